@@ -1,0 +1,14 @@
+//! GreenScale's core: the job model, the queue contract and the rules every backend shares.
+//! Nothing here does I/O.
+
+pub mod job;
+pub mod queue;
+
+pub use job::{
+    ChatMessage, ErrorKind, JobRecord, JobSpec, JobStatus, Limits, Malformed, Usage, new_job_id,
+    parse_entry,
+};
+pub use queue::{
+    Cancelled, Completion, DeadLetter, Finished, JobError, LeasedJob, Maintenance, Outcome, Queue,
+    QueueConfig, QueueError, QueueStats,
+};

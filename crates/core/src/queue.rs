@@ -1,0 +1,263 @@
+//! The queue contract every backend (Redis, SQLite) keeps, and the rules they share.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{ErrorKind, JobRecord, JobSpec, Limits, Usage};
+
+/// Settings shared by every queue backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueConfig {
+    /// How long a worker's lease lasts without a heartbeat before its jobs go back.
+    pub lease: Duration,
+    /// Runs a job may start before it is dead-lettered.
+    pub max_attempts: u32,
+    /// How long finished job records and `result:{id}` answers are kept.
+    pub retention: Duration,
+    /// First retry delay; doubles with every attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay (before honouring an upstream's `Retry-After`).
+    pub retry_cap: Duration,
+    /// Size limits on entries.
+    pub limits: Limits,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            lease: Duration::from_secs(30),
+            max_attempts: 5,
+            retention: Duration::from_secs(24 * 3600),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(60),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The delay before retry number `attempt` (1 = the first retry): exponential backoff
+    /// with full jitter in the upper half, capped, and never shorter than `retry_after`.
+    pub fn retry_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .retry_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let ceiling = exp.min(self.retry_cap);
+        let jittered = if ceiling.is_zero() {
+            ceiling
+        } else {
+            let half = ceiling / 2;
+            half + rand::rng().random_range(Duration::ZERO..=half)
+        };
+        jittered.max(retry_after.unwrap_or_default())
+    }
+}
+
+/// A job a worker holds under lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedJob {
+    /// The job.
+    pub spec: JobSpec,
+    /// Which run this is (1 for the first).
+    pub attempt: u32,
+    /// Backend-specific handle of the lease; pass it back unchanged.
+    pub token: String,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The model answered.
+    Succeeded(Completion),
+    /// The run failed.
+    Failed(JobError),
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Completion {
+    /// The answer text.
+    pub text: String,
+    /// Token usage.
+    pub usage: Usage,
+    /// Milliseconds from the request to the first token, when streamed.
+    pub ttft_ms: Option<u64>,
+}
+
+/// A failed run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// A human-readable message (never contains secrets).
+    pub message: String,
+    /// True when trying again later may succeed.
+    pub transient: bool,
+    /// The upstream's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+/// What the queue did with a finished run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The job succeeded and its answer was stored.
+    Succeeded,
+    /// A transient failure: the job waits for another attempt.
+    RetryScheduled,
+    /// A permanent failure was recorded.
+    Failed,
+    /// The retry budget is spent: the job is on the dead-letter list.
+    Dead,
+    /// The job already had a final status (or was cancelled); nothing was overwritten.
+    AlreadyFinal,
+}
+
+/// What [`Queue::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The job was queued or running and is now cancelled.
+    Cancelled,
+    /// The job had already finished; nothing changed.
+    AlreadyFinal,
+    /// No such job.
+    NotFound,
+}
+
+/// Counts describing a queue right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Entries waiting to be leased.
+    pub pending: u64,
+    /// Entries held by workers.
+    pub in_flight: u64,
+    /// Jobs waiting for a retry.
+    pub delayed: u64,
+    /// Entries on the dead-letter list.
+    pub dead_letter: u64,
+    /// Workers whose heartbeat is current.
+    pub live_workers: u64,
+}
+
+/// One entry of the dead-letter list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The job id, when the entry had one.
+    pub job_id: Option<String>,
+    /// The kind of failure.
+    pub kind: String,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// The raw entry as it was on the queue (what `retry` puts back).
+    pub entry: String,
+    /// When it was dead-lettered (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+/// What a maintenance pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Entries returned from workers whose lease expired.
+    pub reclaimed: u64,
+    /// Delayed retries that became due and went back to the queue.
+    pub promoted: u64,
+}
+
+/// Errors of a queue backend.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The backend could not be reached or answered with an error; retrying may help.
+    #[error("queue backend unavailable: {0}")]
+    Unavailable(String),
+    /// The job was refused (bad input); retrying will not help.
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    /// A job with this id already exists.
+    #[error("a job with id {0:?} already exists")]
+    Duplicate(String),
+}
+
+/// The durable job queue (DESIGN §4): FIFO, at-least-once, leases with heartbeats,
+/// retries with backoff, dead-letter list, idempotent results.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Validates and stores a job; once this returns `Ok` the job is never lost.
+    async fn enqueue(&self, spec: JobSpec) -> Result<String, QueueError>;
+
+    /// Leases up to `max` jobs for `worker`, oldest first, waiting up to `wait` for the first.
+    /// Malformed entries are dead-lettered and jobs that already finished are dropped here,
+    /// so everything returned is to be run.
+    async fn lease(
+        &self,
+        worker: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<LeasedJob>, QueueError>;
+
+    /// Keeps `worker`'s leases alive.
+    async fn heartbeat(&self, worker: &str) -> Result<(), QueueError>;
+
+    /// Records the outcome of a leased job and releases its lease.
+    async fn finish(
+        &self,
+        worker: &str,
+        job: &LeasedJob,
+        outcome: Outcome,
+    ) -> Result<Finished, QueueError>;
+
+    /// Hands a leased job back, unfinished, to the front of the queue (the run is not
+    /// counted as an attempt).
+    async fn release(&self, worker: &str, job: &LeasedJob) -> Result<(), QueueError>;
+
+    /// Removes `worker`, handing back anything it still holds.
+    async fn deregister(&self, worker: &str) -> Result<(), QueueError>;
+
+    /// Returns the jobs of workers whose lease expired and promotes due retries.
+    /// Safe to call from many processes at once.
+    async fn maintain(&self) -> Result<Maintenance, QueueError>;
+
+    /// The record of one job.
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError>;
+
+    /// Cancels a queued or running job.
+    async fn cancel(&self, id: &str) -> Result<Cancelled, QueueError>;
+
+    /// Counts for dashboards and autoscalers.
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// The newest `limit` dead letters.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// Puts dead letters back on the queue (all, or those with the given job ids) with a
+    /// fresh retry budget; returns how many.
+    async fn retry_dead(&self, ids: Option<&[String]>) -> Result<u64, QueueError>;
+
+    /// Deletes every dead letter; returns how many.
+    async fn purge_dead(&self) -> Result<u64, QueueError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        let cfg = QueueConfig::default();
+        for _ in 0..50 {
+            let d1 = cfg.retry_delay(1, None);
+            assert!(d1 >= Duration::from_millis(500) && d1 <= Duration::from_secs(1));
+            let d3 = cfg.retry_delay(3, None);
+            assert!(d3 >= Duration::from_secs(2) && d3 <= Duration::from_secs(4));
+            let d30 = cfg.retry_delay(30, None);
+            assert!(d30 <= cfg.retry_cap && d30 >= cfg.retry_cap / 2);
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let cfg = QueueConfig::default();
+        assert!(cfg.retry_delay(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+    }
+}

@@ -1,0 +1,16 @@
+-- retry_dead.lua: put one dead letter back on the queue with a fresh retry budget.
+-- KEYS[1]  dead-letter list
+-- KEYS[2]  pending list
+-- KEYS[3]  the job's record hash (ignored when ARGV[3] is '0')
+-- ARGV[1]  the dead-letter item, exactly as stored
+-- ARGV[2]  the entry to enqueue again
+-- ARGV[3]  '1' when the entry has a job id and so a record
+-- Returns 1 when re-queued, 0 when the item was no longer there.
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('PERSIST', KEYS[3])
+  redis.call('HSET', KEYS[3], 'status', 'queued', 'attempts', 0)
+  redis.call('HDEL', KEYS[3], 'finished_at_ms', 'error_kind', 'error_message')
+end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 1

@@ -1,0 +1,689 @@
+//! The Redis queue backend, compatible with the prototype's `LPUSH jobs` / `GET result:{id}`.
+//!
+//! Keys, for a pending list named `L` (default `jobs`):
+//! - `L`: pending entries; producers `LPUSH`, the oldest entry is at the right end.
+//! - `greenscale:L:inflight:{worker}`: entries a worker holds (moved there atomically).
+//! - `greenscale:L:workers`: sorted set of workers by lease deadline (heartbeats).
+//! - `greenscale:L:delayed`: retries by due time.
+//! - `greenscale:L:dead`: the dead-letter list (JSON items, newest first).
+//! - `greenscale:job:{id}`: each job's record (a hash); `result:{id}`: its answer.
+//!
+//! Every state change is one Lua script (see `lua/`), so a crash between two steps cannot
+//! lose or duplicate an entry.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use greenscale_core::{
+    Cancelled, DeadLetter, ErrorKind, Finished, JobError, JobRecord, JobSpec, JobStatus,
+    LeasedJob, Maintenance, Outcome, Queue, QueueConfig, QueueError, QueueStats, Usage,
+    parse_entry,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tokio::sync::Mutex;
+
+/// Prefix of job record keys.
+pub const RECORD_PREFIX: &str = "greenscale:job:";
+
+struct Scripts {
+    lease: Script,
+    heartbeat: Script,
+    start: Script,
+    finish: Script,
+    release: Script,
+    reclaim: Script,
+    promote: Script,
+    enqueue: Script,
+    cancel: Script,
+    retry_dead: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        Scripts {
+            lease: Script::new(include_str!("../lua/lease.lua")),
+            heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
+            start: Script::new(include_str!("../lua/start.lua")),
+            finish: Script::new(include_str!("../lua/finish.lua")),
+            release: Script::new(include_str!("../lua/release.lua")),
+            reclaim: Script::new(include_str!("../lua/reclaim.lua")),
+            promote: Script::new(include_str!("../lua/promote.lua")),
+            enqueue: Script::new(include_str!("../lua/enqueue.lua")),
+            cancel: Script::new(include_str!("../lua/cancel.lua")),
+            retry_dead: Script::new(include_str!("../lua/retry_dead.lua")),
+        }
+    }
+}
+
+/// Key names of one queue.
+#[derive(Debug, Clone)]
+struct Keys {
+    pending: String,
+    workers: String,
+    delayed: String,
+    dead: String,
+    inflight_prefix: String,
+}
+
+impl Keys {
+    fn new(list: &str) -> Self {
+        Keys {
+            pending: list.to_string(),
+            workers: format!("greenscale:{list}:workers"),
+            delayed: format!("greenscale:{list}:delayed"),
+            dead: format!("greenscale:{list}:dead"),
+            inflight_prefix: format!("greenscale:{list}:inflight:"),
+        }
+    }
+
+    fn inflight(&self, worker: &str) -> String {
+        format!("{}{worker}", self.inflight_prefix)
+    }
+}
+
+fn record_key(id: &str) -> String {
+    format!("{RECORD_PREFIX}{id}")
+}
+
+fn result_key(id: &str) -> String {
+    format!("result:{id}")
+}
+
+fn unavailable(e: redis::RedisError) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A [`Queue`] stored in Redis.
+pub struct RedisQueue {
+    conn: ConnectionManager,
+    /// A separate connection for blocking waits, so they never hold up other commands.
+    blocking: Mutex<ConnectionManager>,
+    keys: Keys,
+    config: QueueConfig,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisQueue")
+            .field("list", &self.keys.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest blocking wait in one call; keeps shutdown and heartbeats responsive.
+const MAX_BLOCK: Duration = Duration::from_secs(1);
+
+impl RedisQueue {
+    /// Connects to `url` (`redis://[:password@]host:port[/db]`), using `list` as the pending
+    /// list. Connections are re-established by themselves when Redis restarts; this call
+    /// only fails on a malformed URL, not on an unreachable server.
+    pub fn connect(url: &str, list: &str, config: QueueConfig) -> Result<Self, QueueError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| QueueError::Invalid(format!("bad Redis URL: {e}")))?;
+        let manager = |response_timeout: Duration| {
+            let cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(response_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            ConnectionManager::new_lazy_with_config(client.clone(), cfg).map_err(unavailable)
+        };
+        Ok(RedisQueue {
+            conn: manager(Duration::from_secs(10))?,
+            blocking: Mutex::new(manager(MAX_BLOCK + Duration::from_secs(5))?),
+            keys: Keys::new(list),
+            config,
+            scripts: Scripts::load(),
+        })
+    }
+
+    /// The queue's settings.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Checks that Redis answers.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn move_one_blocking(
+        &self,
+        worker: &str,
+        wait: Duration,
+    ) -> Result<Option<String>, QueueError> {
+        let mut c = self.blocking.lock().await;
+        c.blmove(
+            &self.keys.pending,
+            self.keys.inflight(worker),
+            redis::Direction::Right,
+            redis::Direction::Left,
+            wait.min(MAX_BLOCK).as_secs_f64(),
+        )
+        .await
+        .map_err(unavailable)
+    }
+
+    /// Turns raw leased entries into jobs to run: parses, dead-letters the malformed,
+    /// drops the already final, dead-letters those whose workers kept dying.
+    async fn start_all(
+        &self,
+        worker: &str,
+        raw: Vec<String>,
+    ) -> Result<Vec<LeasedJob>, QueueError> {
+        let mut jobs = Vec::with_capacity(raw.len());
+        for entry in raw {
+            let spec = match parse_entry(&entry, &self.config.limits) {
+                Ok(spec) => spec,
+                Err(bad) => {
+                    tracing::warn!(job_id = bad.job_id.as_deref().unwrap_or("-"), reason = %bad.reason, "malformed entry moved to the dead-letter list");
+                    self.dead_letter(worker, &entry, bad.job_id.as_deref(), ErrorKind::Malformed, &bad.reason, None)
+                        .await?;
+                    continue;
+                }
+            };
+            let normalized = spec.to_entry();
+            let mut c = self.conn.clone();
+            let (verdict, value): (String, String) = self
+                .scripts
+                .start
+                .key(record_key(&spec.job_id))
+                .key(self.keys.inflight(worker))
+                .arg(&entry)
+                .arg(&normalized)
+                .arg(worker)
+                .arg(&spec.job_id)
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if verdict == "skip" {
+                tracing::info!(job_id = %spec.job_id, status = %value, "dropped a delivery of a job that is already final");
+                continue;
+            }
+            let attempt: u32 = value.parse().unwrap_or(1);
+            if attempt > self.config.max_attempts {
+                let reason = format!(
+                    "its worker stopped while running it {} times (retry budget {})",
+                    attempt - 1,
+                    self.config.max_attempts
+                );
+                tracing::warn!(job_id = %spec.job_id, %reason, "job moved to the dead-letter list");
+                self.dead_letter(
+                    worker,
+                    &normalized,
+                    Some(&spec.job_id),
+                    ErrorKind::LeaseExpired,
+                    &reason,
+                    Some(attempt - 1),
+                )
+                .await?;
+                continue;
+            }
+            jobs.push(LeasedJob {
+                spec,
+                attempt,
+                token: normalized,
+            });
+        }
+        Ok(jobs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_finish(
+        &self,
+        worker: &str,
+        entry: &str,
+        job_id: Option<&str>,
+        outcome: &str,
+        delay: Duration,
+        answer: &str,
+        dead_item: &str,
+        fields: &[(&str, String)],
+    ) -> Result<String, QueueError> {
+        let id = job_id.unwrap_or("");
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.finish.prepare_invoke();
+        inv.key(record_key(id))
+            .key(self.keys.inflight(worker))
+            .key(result_key(id))
+            .key(&self.keys.delayed)
+            .key(&self.keys.dead)
+            .arg(entry)
+            .arg(outcome)
+            .arg(self.config.retention.as_secs().max(1))
+            .arg(delay.as_millis() as u64)
+            .arg(answer)
+            .arg(dead_item)
+            .arg(if job_id.is_some() { "1" } else { "0" });
+        for (k, v) in fields {
+            inv.arg(*k).arg(v);
+        }
+        inv.invoke_async(&mut c).await.map_err(unavailable)
+    }
+
+    async fn dead_letter(
+        &self,
+        worker: &str,
+        entry: &str,
+        job_id: Option<&str>,
+        kind: ErrorKind,
+        reason: &str,
+        attempts: Option<u32>,
+    ) -> Result<(), QueueError> {
+        let item = DeadLetter {
+            job_id: job_id.map(str::to_string),
+            kind: kind.as_str().to_string(),
+            reason: reason.to_string(),
+            entry: entry.to_string(),
+            at_ms: now_ms(),
+        };
+        let item = serde_json::to_string(&item).expect("dead letters serialize");
+        let mut fields = vec![
+            ("error_kind", kind.as_str().to_string()),
+            ("error_message", reason.to_string()),
+        ];
+        if let Some(a) = attempts {
+            fields.push(("attempts", a.to_string()));
+        }
+        self.run_finish(
+            worker,
+            entry,
+            job_id,
+            "dead",
+            Duration::ZERO,
+            "",
+            &item,
+            &fields,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn reclaim(&self, worker: &str, mode: &str) -> Result<i64, QueueError> {
+        let mut c = self.conn.clone();
+        self.scripts
+            .reclaim
+            .key(&self.keys.workers)
+            .key(self.keys.inflight(worker))
+            .key(&self.keys.pending)
+            .arg(worker)
+            .arg(mode)
+            .arg(RECORD_PREFIX)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn server_now_ms(&self) -> Result<u64, QueueError> {
+        let mut c = self.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+}
+
+fn parse_record(id: &str, map: std::collections::HashMap<String, String>) -> JobRecord {
+    let num = |k: &str| map.get(k).and_then(|v| v.parse::<u64>().ok());
+    let text = |k: &str| map.get(k).filter(|v| !v.is_empty()).cloned();
+    let usage = match (num("prompt_tokens"), num("completion_tokens")) {
+        (None, None) => None,
+        (p, c) => Some(Usage {
+            prompt_tokens: p.unwrap_or(0),
+            completion_tokens: c.unwrap_or(0),
+        }),
+    };
+    JobRecord {
+        id: id.to_string(),
+        status: map
+            .get("status")
+            .and_then(|s| JobStatus::parse(s))
+            .unwrap_or(JobStatus::Queued),
+        attempts: num("attempts").unwrap_or(0) as u32,
+        enqueued_at_ms: num("enqueued_at_ms"),
+        started_at_ms: num("started_at_ms"),
+        finished_at_ms: num("finished_at_ms"),
+        worker_id: text("worker_id"),
+        error_kind: text("error_kind"),
+        error_message: text("error_message"),
+        usage,
+        ttft_ms: num("ttft_ms"),
+        result: map.get("result").cloned(),
+        spec: map.get("spec").and_then(|s| serde_json::from_str(s).ok()),
+    }
+}
+
+#[async_trait]
+impl Queue for RedisQueue {
+    async fn enqueue(&self, spec: JobSpec) -> Result<String, QueueError> {
+        spec.validate(&self.config.limits)
+            .map_err(QueueError::Invalid)?;
+        let entry = spec.to_entry();
+        if entry.len() > self.config.limits.max_entry_bytes {
+            return Err(QueueError::Invalid(format!(
+                "the job is {} bytes, over the limit of {} bytes",
+                entry.len(),
+                self.config.limits.max_entry_bytes
+            )));
+        }
+        let mut c = self.conn.clone();
+        let stored: i64 = self
+            .scripts
+            .enqueue
+            .key(record_key(&spec.job_id))
+            .key(&self.keys.pending)
+            .arg(&entry)
+            .arg(&spec.job_id)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if stored == 0 {
+            return Err(QueueError::Duplicate(spec.job_id));
+        }
+        Ok(spec.job_id)
+    }
+
+    async fn lease(
+        &self,
+        worker: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<LeasedJob>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        let mut raw: Vec<String> = self
+            .scripts
+            .lease
+            .key(&self.keys.pending)
+            .key(self.keys.inflight(worker))
+            .key(&self.keys.workers)
+            .arg(worker)
+            .arg(max)
+            .arg(self.config.lease.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if raw.is_empty() && !wait.is_zero() {
+            raw.extend(self.move_one_blocking(worker, wait).await?);
+        }
+        self.start_all(worker, raw).await
+    }
+
+    async fn heartbeat(&self, worker: &str) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        self.scripts
+            .heartbeat
+            .key(&self.keys.workers)
+            .arg(worker)
+            .arg(self.config.lease.as_millis() as u64)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn finish(
+        &self,
+        worker: &str,
+        job: &LeasedJob,
+        outcome: Outcome,
+    ) -> Result<Finished, QueueError> {
+        let id = job.spec.job_id.as_str();
+        let applied = match outcome {
+            Outcome::Succeeded(done) => {
+                let mut fields = vec![
+                    ("prompt_tokens", done.usage.prompt_tokens.to_string()),
+                    ("completion_tokens", done.usage.completion_tokens.to_string()),
+                    ("worker_id", worker.to_string()),
+                ];
+                if let Some(t) = done.ttft_ms {
+                    fields.push(("ttft_ms", t.to_string()));
+                }
+                self.run_finish(
+                    worker,
+                    &job.token,
+                    Some(id),
+                    "succeeded",
+                    Duration::ZERO,
+                    &done.text,
+                    "",
+                    &fields,
+                )
+                .await?
+            }
+            Outcome::Failed(JobError {
+                kind,
+                message,
+                transient,
+                retry_after,
+            }) => {
+                let fields = [
+                    ("error_kind", kind.as_str().to_string()),
+                    ("error_message", message.clone()),
+                ];
+                if !transient {
+                    self.run_finish(
+                        worker,
+                        &job.token,
+                        Some(id),
+                        "failed",
+                        Duration::ZERO,
+                        "",
+                        "",
+                        &fields,
+                    )
+                    .await?
+                } else if job.attempt >= self.config.max_attempts {
+                    let reason = format!(
+                        "gave up after {} attempts; last error ({}): {message}",
+                        job.attempt,
+                        kind.as_str()
+                    );
+                    self.dead_letter(
+                        worker,
+                        &job.token,
+                        Some(id),
+                        ErrorKind::RetriesExhausted,
+                        &reason,
+                        None,
+                    )
+                    .await?;
+                    "dead".to_string()
+                } else {
+                    let delay = self.config.retry_delay(job.attempt, retry_after);
+                    self.run_finish(
+                        worker, &job.token, Some(id), "retry", delay, "", "", &fields,
+                    )
+                    .await?
+                }
+            }
+        };
+        Ok(match applied.as_str() {
+            "succeeded" => Finished::Succeeded,
+            "retry" => Finished::RetryScheduled,
+            "failed" => Finished::Failed,
+            "dead" => Finished::Dead,
+            _ => Finished::AlreadyFinal,
+        })
+    }
+
+    async fn release(&self, worker: &str, job: &LeasedJob) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        self.scripts
+            .release
+            .key(self.keys.inflight(worker))
+            .key(&self.keys.pending)
+            .key(record_key(&job.spec.job_id))
+            .arg(&job.token)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn deregister(&self, worker: &str) -> Result<(), QueueError> {
+        self.reclaim(worker, "now").await.map(|_| ())
+    }
+
+    async fn maintain(&self) -> Result<Maintenance, QueueError> {
+        let now = self.server_now_ms().await?;
+        let mut c = self.conn.clone();
+        let expired: Vec<String> = c
+            .zrangebyscore(&self.keys.workers, "-inf", now)
+            .await
+            .map_err(unavailable)?;
+        let mut report = Maintenance::default();
+        for worker in expired {
+            let moved = self.reclaim(&worker, "expired").await?;
+            if moved > 0 {
+                tracing::warn!(worker = %worker, jobs = moved, "worker stopped heartbeating; its jobs went back to the queue");
+                report.reclaimed += moved as u64;
+            }
+        }
+        let promoted: i64 = self
+            .scripts
+            .promote
+            .key(&self.keys.delayed)
+            .key(&self.keys.pending)
+            .arg(1000)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        report.promoted = promoted as u64;
+        Ok(report)
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let mut c = self.conn.clone();
+        let map: std::collections::HashMap<String, String> =
+            c.hgetall(record_key(id)).await.map_err(unavailable)?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(parse_record(id, map)))
+    }
+
+    async fn cancel(&self, id: &str) -> Result<Cancelled, QueueError> {
+        let mut c = self.conn.clone();
+        let r: String = self
+            .scripts
+            .cancel
+            .key(record_key(id))
+            .arg(self.config.retention.as_secs().max(1))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(match r.as_str() {
+            "cancelled" => Cancelled::Cancelled,
+            "final" => Cancelled::AlreadyFinal,
+            _ => Cancelled::NotFound,
+        })
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = self.server_now_ms().await?;
+        let mut c = self.conn.clone();
+        let workers: Vec<(String, f64)> = c
+            .zrange_withscores(&self.keys.workers, 0, -1)
+            .await
+            .map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.llen(&self.keys.pending)
+            .zcard(&self.keys.delayed)
+            .llen(&self.keys.dead);
+        for (w, _) in &workers {
+            pipe.llen(self.keys.inflight(w));
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+        Ok(QueueStats {
+            pending: counts[0],
+            delayed: counts[1],
+            dead_letter: counts[2],
+            in_flight: counts[3..].iter().sum(),
+            live_workers: workers.iter().filter(|(_, d)| *d as u64 > now).count() as u64,
+        })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut c = self.conn.clone();
+        let items: Vec<String> = c
+            .lrange(&self.keys.dead, 0, limit.max(1) as isize - 1)
+            .await
+            .map_err(unavailable)?;
+        Ok(items
+            .iter()
+            .map(|i| {
+                serde_json::from_str(i).unwrap_or_else(|_| DeadLetter {
+                    job_id: None,
+                    kind: "unknown".into(),
+                    reason: "unreadable dead-letter item".into(),
+                    entry: i.clone(),
+                    at_ms: 0,
+                })
+            })
+            .collect())
+    }
+
+    async fn retry_dead(&self, ids: Option<&[String]>) -> Result<u64, QueueError> {
+        let mut c = self.conn.clone();
+        let items: Vec<String> = c
+            .lrange(&self.keys.dead, 0, -1)
+            .await
+            .map_err(unavailable)?;
+        let mut count = 0;
+        for item in items {
+            let Ok(letter) = serde_json::from_str::<DeadLetter>(&item) else {
+                continue;
+            };
+            if let Some(ids) = ids
+                && !letter.job_id.as_ref().is_some_and(|j| ids.contains(j))
+            {
+                continue;
+            }
+            let id = letter.job_id.as_deref().unwrap_or("");
+            let n: i64 = self
+                .scripts
+                .retry_dead
+                .key(&self.keys.dead)
+                .key(&self.keys.pending)
+                .key(record_key(id))
+                .arg(&item)
+                .arg(&letter.entry)
+                .arg(if letter.job_id.is_some() { "1" } else { "0" })
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            count += n as u64;
+        }
+        Ok(count)
+    }
+
+    async fn purge_dead(&self) -> Result<u64, QueueError> {
+        let mut c = self.conn.clone();
+        let (n, _): (u64, i64) = redis::pipe()
+            .atomic()
+            .llen(&self.keys.dead)
+            .del(&self.keys.dead)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(n)
+    }
+}
