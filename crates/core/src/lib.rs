@@ -1,9 +1,11 @@
 //! GreenScale's core: the job model, the queue contract and the rules every backend shares.
 //! Nothing here does I/O.
 
+pub mod duration;
 pub mod job;
 pub mod queue;
 
+pub use duration::parse_duration;
 pub use job::{
     ChatMessage, ErrorKind, JobRecord, JobSpec, JobStatus, Limits, Malformed, Usage, new_job_id,
     parse_entry,

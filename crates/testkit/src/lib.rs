@@ -144,6 +144,7 @@ pub struct FakeUpstream {
     /// Base URL, ending in `/v1`.
     pub url: String,
     calls: Arc<AtomicUsize>,
+    prompts: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -154,10 +155,18 @@ impl FakeUpstream {
         let script = Arc::new(script);
         let answer = answer.to_string();
         let counter = calls.clone();
+        let prompts: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let seen = prompts.clone();
         let app = Router::new().route(
             "/v1/chat/completions",
             post(move |body: String| {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
+                if let Some(p) = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["messages"][0]["content"].as_str().map(str::to_string))
+                {
+                    seen.lock().expect("prompts lock").push(p);
+                }
                 let script = script.clone();
                 let answer = answer.clone();
                 async move { reply_to(n, &script, &answer, &body) }
@@ -170,7 +179,17 @@ impl FakeUpstream {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        FakeUpstream { url, calls, task }
+        FakeUpstream {
+            url,
+            calls,
+            prompts,
+            task,
+        }
+    }
+
+    /// The first message of every request, in arrival order.
+    pub fn prompts(&self) -> Vec<String> {
+        self.prompts.lock().expect("prompts lock").clone()
     }
 
     /// Requests received so far.

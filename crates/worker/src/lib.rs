@@ -1,1 +1,20 @@
-//! placeholder
+//! GreenScale's worker: the runtime that leases and runs jobs, and the model backends.
+
+pub mod backend;
+pub mod runtime;
+
+pub use backend::{ModelBackend, OpenAiBackend, OpenAiConfig, chat_completions_url};
+pub use runtime::{WorkerConfig, WorkerReport, run_worker};
+
+/// A worker id that is unique and says where the worker runs: host name, process id and a
+/// short random suffix.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    let suffix = greenscale_core::new_job_id();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
+}

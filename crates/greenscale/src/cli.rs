@@ -1,0 +1,247 @@
+//! Command-line interface: every flag can also be set by an environment variable.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use greenscale_core::{QueueConfig, parse_duration};
+
+/// GreenScale: GPU inference that costs nothing while idle. Jobs go into a durable queue,
+/// workers run them against a model, and capacity scales to zero when there is no work.
+#[derive(Debug, Parser)]
+#[command(name = "greenscale", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, env = "GREENSCALE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a worker: lease jobs from the queue and run them against a model.
+    Worker(WorkerArgs),
+    /// Run the built-in demo model server (OpenAI-compatible; deterministic text).
+    DemoModel(DemoModelArgs),
+    /// Submit a prompt as a job; prints the job id, or the answer with --wait.
+    Submit(SubmitArgs),
+    /// Show queue counts, or one job's record.
+    Status(StatusArgs),
+    /// Inspect, retry or purge the dead-letter list.
+    DeadLetter(DeadLetterArgs),
+}
+
+/// Where the queue is and how it behaves.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0. Without it, the prototype's REDIS_HOST and
+    /// REDIS_PORT are used, and failing those redis://127.0.0.1:6379.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Name of the pending list (the prototype's list name).
+    #[arg(long, env = "REDIS_LIST_NAME", default_value = "jobs")]
+    pub list: String,
+    /// How long a worker's lease lasts without a heartbeat before its jobs go back.
+    #[arg(long, env = "GREENSCALE_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Runs a job may start before it goes to the dead-letter list.
+    #[arg(long, env = "GREENSCALE_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// How long finished job records and result:{id} answers are kept.
+    #[arg(long, env = "GREENSCALE_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// First retry delay after a transient failure (doubles each attempt, with jitter).
+    #[arg(long, env = "GREENSCALE_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+}
+
+impl QueueArgs {
+    /// The Redis URL to use, following the documented fallbacks.
+    pub fn redis_url(&self) -> String {
+        if let Some(url) = &self.redis_url {
+            return url.clone();
+        }
+        match std::env::var("REDIS_HOST") {
+            Ok(host) if !host.is_empty() => {
+                let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".into());
+                format!("redis://{host}:{port}")
+            }
+            _ => "redis://127.0.0.1:6379".into(),
+        }
+    }
+
+    /// The queue settings these flags describe.
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            lease: self.lease,
+            max_attempts: self.max_attempts,
+            retention: self.retention,
+            retry_base: self.retry_base,
+            ..QueueConfig::default()
+        }
+    }
+}
+
+/// `greenscale worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// The model's OpenAI-compatible base URL (…/v1) or full …/chat/completions URL.
+    /// Falls back to the prototype's NEYSA_API_URL.
+    #[arg(long, env = "GREENSCALE_MODEL_URL")]
+    pub model_url: Option<String>,
+    /// Bearer key for the model API. Falls back to the prototype's NEYSA_API_KEY. Never logged.
+    #[arg(long, env = "GREENSCALE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Model to ask for when a job names none.
+    #[arg(long, env = "GREENSCALE_MODEL", default_value = "meta-llama/Llama-3.3-70B-Instruct")]
+    pub model: String,
+    /// Sampling temperature when a job sets none.
+    #[arg(long, env = "GREENSCALE_TEMPERATURE", default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Generated-token limit when a job sets none.
+    #[arg(long, env = "GREENSCALE_MAX_TOKENS", default_value_t = 200)]
+    pub max_tokens: u32,
+    /// Jobs run at once.
+    #[arg(long, env = "GREENSCALE_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// On SIGTERM/SIGINT, how long in-flight jobs may take before they are handed back.
+    #[arg(long, env = "GREENSCALE_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Longest one job may run before it counts as a (transient) timeout.
+    #[arg(long, env = "GREENSCALE_JOB_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub job_timeout: Duration,
+    /// This worker's id (default: host name, process id and a random suffix).
+    #[arg(long, env = "GREENSCALE_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+/// `greenscale demo-model`.
+#[derive(Debug, Args)]
+pub struct DemoModelArgs {
+    /// Port to listen on (0 picks a free one and prints it).
+    #[arg(long, env = "GREENSCALE_DEMO_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "GREENSCALE_DEMO_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Simulated model load time: /health answers 503 until it has passed.
+    #[arg(long, env = "GREENSCALE_DEMO_LOAD_TIME", default_value = "0s", value_parser = parse_duration)]
+    pub load_time: Duration,
+    /// Tokens written per second (0 = as fast as possible).
+    #[arg(long, env = "GREENSCALE_DEMO_TOKENS_PER_SEC", default_value_t = 0.0)]
+    pub tokens_per_sec: f64,
+}
+
+/// `greenscale submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// The prompt.
+    pub prompt: String,
+    /// Wait for the answer and print it (exit status 1 if the job fails).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits before giving up (the job keeps running).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Choose the job id (default: a fresh UUID).
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// Model to ask for (default: the worker's).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Generated-token limit (default: the worker's).
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature (default: the worker's).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+}
+
+/// `greenscale status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// Show this job's record instead of the queue counts.
+    pub job_id: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `greenscale dead-letter`.
+#[derive(Debug, Args)]
+pub struct DeadLetterArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// What to do with the dead-letter list.
+    #[command(subcommand)]
+    pub action: DeadLetterAction,
+}
+
+/// Actions on the dead-letter list.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// List dead letters, newest first.
+    List {
+        /// How many to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back on the queue with a fresh retry budget.
+    Retry {
+        /// Job ids to retry.
+        #[arg(required_unless_present = "all")]
+        job_ids: Vec<String>,
+        /// Retry every dead letter.
+        #[arg(long, conflicts_with = "job_ids")]
+        all: bool,
+    },
+    /// Delete every dead letter.
+    Purge,
+}
+
+/// Sets up logging to stderr; `RUST_LOG` chooses the level (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,334 @@
+//! What each subcommand does.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use greenscale_core::{JobRecord, JobSpec, JobStatus, Queue};
+use greenscale_demo_model::DemoConfig;
+use greenscale_queue::RedisQueue;
+use greenscale_worker::{OpenAiBackend, OpenAiConfig, WorkerConfig, default_worker_id, run_worker};
+
+use crate::cli::{
+    Command, DeadLetterAction, DeadLetterArgs, DemoModelArgs, QueueArgs, StatusArgs, SubmitArgs,
+    WorkerArgs,
+};
+
+/// Runs one subcommand; the exit code says whether it succeeded.
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Worker(args) => worker(args).await,
+        Command::DemoModel(args) => demo_model(args).await,
+        Command::Submit(args) => submit(args).await,
+        Command::Status(args) => status(args).await,
+        Command::DeadLetter(args) => dead_letter(args).await,
+    }
+}
+
+/// A Redis URL with any password replaced, for logs.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+async fn open_queue(args: &QueueArgs) -> anyhow::Result<RedisQueue> {
+    let url = args.redis_url();
+    let queue = RedisQueue::connect(&url, &args.list, args.queue_config())?;
+    Ok(queue)
+}
+
+async fn connected_queue(args: &QueueArgs) -> anyhow::Result<RedisQueue> {
+    let queue = open_queue(args).await?;
+    queue.ping().await.with_context(|| {
+        format!(
+            "cannot reach Redis at {} (set --redis-url or REDIS_URL)",
+            redacted(&args.redis_url())
+        )
+    })?;
+    Ok(queue)
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let model_url = args
+        .model_url
+        .clone()
+        .or_else(|| std::env::var("NEYSA_API_URL").ok().filter(|s| !s.is_empty()))
+        .context("no model URL: pass --model-url or set GREENSCALE_MODEL_URL (or the prototype's NEYSA_API_URL)")?;
+    let api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("NEYSA_API_KEY").ok().filter(|s| !s.is_empty()));
+    let backend = OpenAiBackend::new(OpenAiConfig {
+        url: model_url,
+        api_key,
+        model: args.model.clone(),
+        temperature: args.temperature,
+        max_tokens: args.max_tokens,
+        timeout: args.job_timeout,
+    })
+    .map_err(anyhow::Error::msg)?;
+    let queue = open_queue(&args.queue).await?;
+    let id = args.worker_id.clone().unwrap_or_else(default_worker_id);
+    tracing::info!(
+        worker = %id,
+        redis = %redacted(&args.queue.redis_url()),
+        list = %args.queue.list,
+        model_url = %backend.url(),
+        model = %args.model,
+        "connecting"
+    );
+    if let Err(e) = queue.ping().await {
+        tracing::warn!(error = %e, "Redis is not reachable yet; will keep trying");
+    }
+    let mut config = WorkerConfig::new(id, args.queue.lease);
+    config.concurrency = args.concurrency as usize;
+    config.grace = args.grace;
+    run_worker(Arc::new(queue), Arc::new(backend), config, shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo_model(args: DemoModelArgs) -> anyhow::Result<ExitCode> {
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        url = %format!("http://{local}/v1"),
+        load_time_s = args.load_time.as_secs_f64(),
+        tokens_per_sec = args.tokens_per_sec,
+        "GreenScale demo model (not a real LLM: it writes deterministic text) listening"
+    );
+    greenscale_demo_model::serve(
+        listener,
+        DemoConfig {
+            load_time: args.load_time,
+            tokens_per_sec: args.tokens_per_sec,
+        },
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let queue = connected_queue(&args.queue).await?;
+    let mut spec = JobSpec::from_prompt(args.prompt.clone());
+    if let Some(id) = &args.job_id {
+        spec.job_id = id.clone();
+    }
+    spec.model = args.model.clone();
+    spec.max_tokens = args.max_tokens;
+    spec.temperature = args.temperature;
+    let id = queue.enqueue(spec).await?;
+    if !args.wait {
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tty = std::io::stderr().is_terminal();
+    if tty {
+        eprintln!("job {id} submitted");
+    }
+    let deadline = Instant::now() + args.timeout;
+    let mut last: Option<(JobStatus, u32)> = None;
+    loop {
+        let record = queue.job(&id).await?;
+        if let Some(rec) = &record {
+            if tty && last != Some((rec.status, rec.attempts)) {
+                eprintln!("{}", progress_line(rec));
+                last = Some((rec.status, rec.attempts));
+            }
+            if rec.status.is_terminal() {
+                return Ok(finish_submit(rec));
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "gave up waiting after {} s; the job {id} is still {} (check with: greenscale status {id})",
+                args.timeout.as_secs(),
+                record.map(|r| r.status.as_str()).unwrap_or("queued")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn progress_line(rec: &JobRecord) -> String {
+    match rec.status {
+        JobStatus::Queued if rec.attempts > 0 => format!(
+            "waiting to retry (attempt {} failed: {})",
+            rec.attempts,
+            rec.error_message.as_deref().unwrap_or("unknown error")
+        ),
+        JobStatus::Queued => "queued, waiting for a worker".into(),
+        JobStatus::Running => format!(
+            "running on {} (attempt {})",
+            rec.worker_id.as_deref().unwrap_or("a worker"),
+            rec.attempts
+        ),
+        s => s.to_string(),
+    }
+}
+
+fn finish_submit(rec: &JobRecord) -> ExitCode {
+    if rec.status == JobStatus::Succeeded {
+        println!("{}", rec.result.as_deref().unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "job {} {}: {}",
+        rec.id,
+        rec.status,
+        rec.error_message
+            .as_deref()
+            .unwrap_or("cancelled before it finished")
+    );
+    ExitCode::FAILURE
+}
+
+fn ago(ms: Option<u64>, now: u64) -> String {
+    match ms {
+        Some(t) => format!("{:.1} s ago", now.saturating_sub(t) as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+fn between(a: Option<u64>, b: Option<u64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{:.3} s", b.saturating_sub(a) as f64 / 1000.0),
+        _ => "-".into(),
+    }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let queue = connected_queue(&args.queue).await?;
+    let Some(id) = &args.job_id else {
+        let s = queue.stats().await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            println!("queue        {}", args.queue.list);
+            println!("pending      {}", s.pending);
+            println!("in-flight    {}", s.in_flight);
+            println!("delayed      {}", s.delayed);
+            println!("dead-letter  {}", s.dead_letter);
+            println!("live workers {}", s.live_workers);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(rec) = queue.job(id).await? else {
+        eprintln!(
+            "no job with id {id:?} (an entry pushed straight onto the list gets its record when a worker takes it)"
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = now_ms();
+    println!("job        {}", rec.id);
+    println!("status     {}", rec.status);
+    println!("attempts   {}", rec.attempts);
+    println!("enqueued   {}", ago(rec.enqueued_at_ms, now));
+    println!("waited     {}", between(rec.enqueued_at_ms, rec.started_at_ms));
+    println!("ran        {}", between(rec.started_at_ms, rec.finished_at_ms));
+    println!("worker     {}", rec.worker_id.as_deref().unwrap_or("-"));
+    if let Some(u) = rec.usage {
+        println!(
+            "tokens     {} prompt, {} completion",
+            u.prompt_tokens, u.completion_tokens
+        );
+    }
+    if let Some(t) = rec.ttft_ms {
+        println!("first tok  {t} ms");
+    }
+    if let Some(kind) = &rec.error_kind {
+        println!(
+            "error      {kind}: {}",
+            rec.error_message.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(result) = &rec.result {
+        println!("answer     {result}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dead_letter(args: DeadLetterArgs) -> anyhow::Result<ExitCode> {
+    let queue = connected_queue(&args.queue).await?;
+    match args.action {
+        DeadLetterAction::List { limit, json } => {
+            let items = queue.dead_letters(limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else if items.is_empty() {
+                println!("the dead-letter list is empty");
+            } else {
+                let now = now_ms();
+                for d in items {
+                    println!(
+                        "{}  {}  {}  {}",
+                        d.job_id.as_deref().unwrap_or("(no id)"),
+                        d.kind,
+                        ago(Some(d.at_ms), now),
+                        d.reason
+                    );
+                }
+            }
+        }
+        DeadLetterAction::Retry { job_ids, all } => {
+            let n = queue
+                .retry_dead(if all { None } else { Some(&job_ids) })
+                .await?;
+            println!("{n} dead letter(s) put back on the queue");
+            if n == 0 && !all {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DeadLetterAction::Purge => {
+            let n = queue.purge_dead().await?;
+            println!("{n} dead letter(s) deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+    }
+}

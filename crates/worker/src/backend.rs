@@ -1,0 +1,342 @@
+//! Model backends: what a worker calls to run a job.
+
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use greenscale_core::{Completion, ErrorKind, JobError, JobSpec, Outcome, Usage};
+use serde_json::{Value, json};
+
+/// Something that turns a job into an answer.
+pub trait ModelBackend: Send + Sync + 'static {
+    /// Runs one job; failures come back as [`Outcome::Failed`] saying whether to retry.
+    fn run(&self, spec: &JobSpec) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Settings of an [`OpenAiBackend`].
+#[derive(Clone)]
+pub struct OpenAiConfig {
+    /// Base URL (`http://host/v1`) or the full `.../chat/completions` URL.
+    pub url: String,
+    /// Bearer key, if the upstream needs one. Never logged.
+    pub api_key: Option<String>,
+    /// Model asked for when a job names none.
+    pub model: String,
+    /// Sampling temperature when a job sets none.
+    pub temperature: f32,
+    /// Generated-token limit when a job sets none.
+    pub max_tokens: u32,
+    /// Longest one job may take, first byte to last.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("model", &self.model)
+            .field("temperature", &self.temperature)
+            .field("max_tokens", &self.max_tokens)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            url: "http://127.0.0.1:8000/v1".into(),
+            api_key: None,
+            model: "meta-llama/Llama-3.3-70B-Instruct".into(),
+            temperature: 0.7,
+            max_tokens: 200,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The chat-completions URL for a base URL: `.../chat/completions` is kept as it is, a URL
+/// with no path gets `/v1/chat/completions`, any other path gets `/chat/completions`.
+pub fn chat_completions_url(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|e| format!("model URL {url:?} is not a valid URL: {e}"))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err(format!("model URL {url:?} must start with http:// or https://"));
+    }
+    let trimmed = url.trim().trim_end_matches('/');
+    Ok(if trimmed.ends_with("/chat/completions") {
+        trimmed.to_string()
+    } else if parsed.path() == "/" || parsed.path().is_empty() {
+        format!("{trimmed}/v1/chat/completions")
+    } else {
+        format!("{trimmed}/chat/completions")
+    })
+}
+
+/// Calls an OpenAI-compatible `/chat/completions` endpoint with streaming, measuring time
+/// to first token. 429, 5xx, connection errors and timeouts are transient (with the
+/// upstream's `Retry-After`); other 4xx are permanent.
+#[derive(Debug, Clone)]
+pub struct OpenAiBackend {
+    client: reqwest::Client,
+    url: String,
+    config: OpenAiConfig,
+}
+
+impl OpenAiBackend {
+    /// Builds the backend; fails on a malformed URL.
+    pub fn new(config: OpenAiConfig) -> Result<Self, String> {
+        let url = chat_completions_url(&config.url)?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(1024)
+            .build()
+            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        Ok(OpenAiBackend {
+            client,
+            url,
+            config,
+        })
+    }
+
+    /// The chat-completions URL in use.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn request_body(&self, spec: &JobSpec) -> Value {
+        json!({
+            "model": spec.model.as_deref().unwrap_or(&self.config.model),
+            "messages": spec.chat_messages(),
+            "temperature": spec.temperature.unwrap_or(self.config.temperature),
+            "max_tokens": spec.max_tokens.unwrap_or(self.config.max_tokens),
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+    }
+
+    async fn call(&self, spec: &JobSpec) -> Result<Completion, JobError> {
+        let started = Instant::now();
+        let mut request = self.client.post(&self.url).json(&self.request_body(spec));
+        if let Some(key) = &self.config.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| {
+            transient(
+                ErrorKind::Connection,
+                format!("cannot reach the model: {}", without_url(&e)),
+            )
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = response.text().await.unwrap_or_default();
+            let message = format!(
+                "model answered {}: {}",
+                status.as_u16(),
+                upstream_message(&body)
+            );
+            let is_transient = status.as_u16() == 429 || status.is_server_error();
+            return Err(JobError {
+                kind: if is_transient {
+                    ErrorKind::UpstreamTransient
+                } else {
+                    ErrorKind::UpstreamRejected
+                },
+                message,
+                transient: is_transient,
+                retry_after,
+            });
+        }
+        let is_sse = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_sse {
+            let body: Value = response.json().await.map_err(|e| {
+                transient(
+                    ErrorKind::Connection,
+                    format!("unreadable answer from the model: {}", without_url(&e)),
+                )
+            })?;
+            let text = body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            return Ok(Completion {
+                usage: usage_of(&body).unwrap_or_default(),
+                text,
+                ttft_ms: Some(started.elapsed().as_millis() as u64),
+            });
+        }
+        let mut events = response.bytes_stream().eventsource();
+        let mut text = String::new();
+        let mut chunks = 0u64;
+        let mut usage = None;
+        let mut ttft = None;
+        let mut done = false;
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| {
+                transient(
+                    ErrorKind::Connection,
+                    format!("the model's stream broke: {e}"),
+                )
+            })?;
+            if event.data.trim() == "[DONE]" {
+                done = true;
+                break;
+            }
+            let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            if let Some(err) = chunk.get("error") {
+                return Err(transient(
+                    ErrorKind::UpstreamTransient,
+                    format!("the model reported an error mid-stream: {err}"),
+                ));
+            }
+            if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str()
+                && !piece.is_empty()
+            {
+                ttft.get_or_insert_with(|| started.elapsed().as_millis() as u64);
+                text.push_str(piece);
+                chunks += 1;
+            }
+            if chunk["choices"][0]["finish_reason"].is_string() {
+                done = true;
+            }
+            if let Some(u) = usage_of(&chunk) {
+                usage = Some(u);
+            }
+        }
+        if !done {
+            return Err(transient(
+                ErrorKind::Connection,
+                "the model's stream ended before the answer was complete".into(),
+            ));
+        }
+        Ok(Completion {
+            text,
+            usage: usage.unwrap_or(Usage {
+                prompt_tokens: 0,
+                completion_tokens: chunks,
+            }),
+            ttft_ms: ttft,
+        })
+    }
+}
+
+impl ModelBackend for OpenAiBackend {
+    async fn run(&self, spec: &JobSpec) -> Outcome {
+        match tokio::time::timeout(self.config.timeout, self.call(spec)).await {
+            Ok(Ok(done)) => Outcome::Succeeded(done),
+            Ok(Err(e)) => Outcome::Failed(e),
+            Err(_) => Outcome::Failed(transient(
+                ErrorKind::Timeout,
+                format!(
+                    "the model did not finish within {} s",
+                    self.config.timeout.as_secs()
+                ),
+            )),
+        }
+    }
+}
+
+fn transient(kind: ErrorKind, message: String) -> JobError {
+    JobError {
+        kind,
+        message,
+        transient: true,
+        retry_after: None,
+    }
+}
+
+/// A reqwest error's text without the URL (which may carry credentials): its category
+/// and the chain of underlying causes.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = String::from(if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "bad response body"
+    } else {
+        "request failed"
+    });
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn usage_of(v: &Value) -> Option<Usage> {
+    let u = v.get("usage")?;
+    Some(Usage {
+        prompt_tokens: u["prompt_tokens"].as_u64()?,
+        completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
+    })
+}
+
+/// The upstream's own error message (OpenAI shape), or the start of its body.
+fn upstream_message(body: &str) -> String {
+    let from_json = serde_json::from_str::<Value>(body).ok().and_then(|v| {
+        v["error"]["message"]
+            .as_str()
+            .or_else(|| v["error"].as_str())
+            .or_else(|| v["message"].as_str())
+            .map(str::to_string)
+    });
+    let text = from_json.unwrap_or_else(|| body.trim().to_string());
+    if text.is_empty() {
+        return "(empty body)".into();
+    }
+    text.chars().take(500).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_completed() {
+        let u = |s| chat_completions_url(s).unwrap();
+        assert_eq!(u("http://h:1/v1"), "http://h:1/v1/chat/completions");
+        assert_eq!(u("http://h:1/v1/"), "http://h:1/v1/chat/completions");
+        assert_eq!(u("http://h:1"), "http://h:1/v1/chat/completions");
+        assert_eq!(
+            u("https://api.example.com/v1/chat/completions"),
+            "https://api.example.com/v1/chat/completions"
+        );
+        assert!(chat_completions_url("ftp://x").is_err());
+        assert!(chat_completions_url("nonsense").is_err());
+    }
+
+    #[test]
+    fn upstream_messages_are_extracted() {
+        assert_eq!(
+            upstream_message(r#"{"error":{"message":"no such model"}}"#),
+            "no such model"
+        );
+        assert_eq!(upstream_message("plain"), "plain");
+        assert_eq!(upstream_message(""), "(empty body)");
+    }
+
+    #[test]
+    fn api_key_is_redacted_in_debug() {
+        let cfg = OpenAiConfig {
+            api_key: Some("sk-secret".into()),
+            ..OpenAiConfig::default()
+        };
+        assert!(!format!("{cfg:?}").contains("sk-secret"));
+    }
+}

@@ -1,0 +1,268 @@
+//! The worker runtime: lease jobs, run them on a backend with bounded concurrency,
+//! heartbeat, record outcomes, and drain on shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use greenscale_core::{Finished, LeasedJob, Outcome, Queue};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::backend::ModelBackend;
+
+/// Settings of one worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Unique id of this worker (shown on job records).
+    pub id: String,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// On shutdown, how long in-flight jobs may take before they are handed back.
+    pub grace: Duration,
+    /// How often the lease is renewed (a third of the lease is a good value).
+    pub heartbeat_every: Duration,
+    /// How often this worker reclaims expired leases and promotes due retries.
+    pub maintain_every: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for a worker with the given id and a queue lease of `lease`.
+    pub fn new(id: impl Into<String>, lease: Duration) -> Self {
+        WorkerConfig {
+            id: id.into(),
+            concurrency: 4,
+            grace: Duration::from_secs(25),
+            heartbeat_every: (lease / 3).max(Duration::from_millis(50)),
+            maintain_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counts of what a worker did, reported when it stops.
+#[derive(Debug, Default)]
+pub struct WorkerReport {
+    /// Jobs that succeeded.
+    pub succeeded: AtomicU64,
+    /// Jobs that failed permanently or were dead-lettered.
+    pub failed: AtomicU64,
+    /// Runs that failed transiently and were scheduled for retry.
+    pub retried: AtomicU64,
+    /// Jobs handed back unfinished at shutdown.
+    pub handed_back: AtomicU64,
+}
+
+type Held = Arc<Mutex<HashMap<String, LeasedJob>>>;
+
+/// Runs a worker until `shutdown` completes, then stops leasing, lets in-flight jobs finish
+/// within `grace`, hands back the rest and deregisters. Queue outages are waited out.
+pub async fn run_worker<B: ModelBackend>(
+    queue: Arc<dyn Queue>,
+    backend: Arc<B>,
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Arc<WorkerReport> {
+    let report = Arc::new(WorkerReport::default());
+    let held: Held = Arc::default();
+    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let background = [
+        tokio::spawn(heartbeat_loop(
+            queue.clone(),
+            config.id.clone(),
+            config.heartbeat_every,
+        )),
+        tokio::spawn(maintain_loop(queue.clone(), config.maintain_every)),
+    ];
+    tracing::info!(worker = %config.id, concurrency = config.concurrency, "worker started");
+    tokio::pin!(shutdown);
+    let mut outage: Option<Instant> = None;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        while tasks.try_join_next().is_some() {}
+        let want = 1 + slots.available_permits();
+        let leased = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            r = queue.lease(&config.id, want, Duration::from_secs(1)) => r,
+        };
+        let jobs = match leased {
+            Ok(jobs) => {
+                if let Some(since) = outage.take() {
+                    tracing::info!(after_ms = since.elapsed().as_millis() as u64, "queue reachable again");
+                }
+                jobs
+            }
+            Err(e) => {
+                if outage.is_none() {
+                    tracing::warn!(error = %e, "cannot lease jobs; retrying until the queue is back");
+                    outage = Some(Instant::now());
+                }
+                drop(first);
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                }
+            }
+        };
+        let mut first = Some(first);
+        for job in jobs {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => slots
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("never leases more jobs than free slots"),
+            };
+            held.lock()
+                .expect("held jobs lock")
+                .insert(job.spec.job_id.clone(), job.clone());
+            let (queue, backend, held, report, worker) = (
+                queue.clone(),
+                backend.clone(),
+                held.clone(),
+                report.clone(),
+                config.id.clone(),
+            );
+            tasks.spawn(async move {
+                run_one(&*queue, &*backend, &worker, &job, &report).await;
+                held.lock().expect("held jobs lock").remove(&job.spec.job_id);
+                drop(permit);
+            });
+        }
+    }
+
+    let running = held.lock().expect("held jobs lock").len();
+    tracing::info!(in_flight = running, grace_s = config.grace.as_secs_f64(), "stopping: no new jobs, letting in-flight jobs finish");
+    let drained = tokio::time::timeout(config.grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    if !drained {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let unfinished: Vec<LeasedJob> = held
+            .lock()
+            .expect("held jobs lock")
+            .drain()
+            .map(|(_, j)| j)
+            .collect();
+        for job in unfinished {
+            match retry_queue_op(|| queue.release(&config.id, &job), 10).await {
+                Ok(()) => {
+                    report.handed_back.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(job_id = %job.spec.job_id, "grace period over: job handed back to the queue");
+                }
+                Err(e) => tracing::error!(job_id = %job.spec.job_id, error = %e, "could not hand the job back; it returns when this worker's lease expires"),
+            }
+        }
+    }
+    for task in background {
+        task.abort();
+    }
+    if let Err(e) = retry_queue_op(|| queue.deregister(&config.id), 10).await {
+        tracing::error!(error = %e, "could not deregister; anything held returns when the lease expires");
+    }
+    tracing::info!(
+        succeeded = report.succeeded.load(Ordering::Relaxed),
+        failed = report.failed.load(Ordering::Relaxed),
+        retried = report.retried.load(Ordering::Relaxed),
+        handed_back = report.handed_back.load(Ordering::Relaxed),
+        "worker stopped"
+    );
+    report
+}
+
+async fn run_one<B: ModelBackend>(
+    queue: &dyn Queue,
+    backend: &B,
+    worker: &str,
+    job: &LeasedJob,
+    report: &WorkerReport,
+) {
+    let started = Instant::now();
+    let outcome = backend.run(&job.spec).await;
+    let run_ms = started.elapsed().as_millis() as u64;
+    let error = match &outcome {
+        Outcome::Failed(e) => Some(e.clone()),
+        Outcome::Succeeded(_) => None,
+    };
+    // The answer is only safe once recorded: keep trying while the queue is down.
+    let mut delay = Duration::from_millis(100);
+    let finished = loop {
+        match queue.finish(worker, job, outcome.clone()).await {
+            Ok(f) => break f,
+            Err(e) => {
+                tracing::warn!(job_id = %job.spec.job_id, error = %e, "cannot record the outcome yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    };
+    let id = job.spec.job_id.as_str();
+    match (finished, error) {
+        (Finished::Succeeded, _) => {
+            report.succeeded.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(job_id = id, attempt = job.attempt, run_ms, "job succeeded");
+        }
+        (Finished::RetryScheduled, Some(e)) => {
+            report.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(job_id = id, attempt = job.attempt, kind = e.kind.as_str(), error = %e.message, "job failed; retry scheduled");
+        }
+        (Finished::Failed | Finished::Dead, Some(e)) => {
+            report.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(job_id = id, attempt = job.attempt, kind = e.kind.as_str(), error = %e.message, outcome = ?finished, "job failed");
+        }
+        (f, _) => tracing::info!(job_id = id, outcome = ?f, "job already had a final status; outcome discarded"),
+    }
+}
+
+async fn retry_queue_op<F, Fut>(mut op: F, tries: u32) -> Result<(), greenscale_core::QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), greenscale_core::QueueError>>,
+{
+    let mut last = None;
+    for _ in 0..tries {
+        match op().await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last.expect("at least one try"))
+}
+
+async fn heartbeat_loop(queue: Arc<dyn Queue>, worker: String, every: Duration) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(every).await;
+        match queue.heartbeat(&worker).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("heartbeat recovered");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "heartbeat failed; retrying");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+async fn maintain_loop(queue: Arc<dyn Queue>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = queue.maintain().await {
+            tracing::debug!(error = %e, "queue maintenance failed; will try again");
+        }
+    }
+}
