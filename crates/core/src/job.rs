@@ -76,7 +76,11 @@ impl JobSpec {
         if self.job_id.is_empty() || self.job_id.len() > 200 {
             return Err("job_id must be 1 to 200 characters".into());
         }
-        if self.job_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if self
+            .job_id
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
             return Err("job_id must not contain spaces or control characters".into());
         }
         let messages = self.chat_messages();
@@ -166,8 +170,12 @@ pub fn parse_entry(raw: &str, limits: &Limits) -> Result<JobSpec, Malformed> {
     };
     let job_id = job_id.unwrap_or_else(new_job_id);
     object.insert("job_id".into(), Value::String(job_id.clone()));
-    let spec: JobSpec = serde_json::from_value(value)
-        .map_err(|e| bad(Some(job_id.clone()), format!("entry has a wrong field: {e}")))?;
+    let spec: JobSpec = serde_json::from_value(value).map_err(|e| {
+        bad(
+            Some(job_id.clone()),
+            format!("entry has a wrong field: {e}"),
+        )
+    })?;
     spec.validate(limits).map_err(|r| bad(Some(job_id), r))?;
     Ok(spec)
 }
@@ -333,8 +341,18 @@ mod tests {
     #[test]
     fn malformed_entries_say_why() {
         let l = Limits::default();
-        assert!(parse_entry("not json", &l).unwrap_err().reason.contains("not valid JSON"));
-        assert!(parse_entry("[1]", &l).unwrap_err().reason.contains("not a JSON object"));
+        assert!(
+            parse_entry("not json", &l)
+                .unwrap_err()
+                .reason
+                .contains("not valid JSON")
+        );
+        assert!(
+            parse_entry("[1]", &l)
+                .unwrap_err()
+                .reason
+                .contains("not a JSON object")
+        );
         let e = parse_entry(r#"{"job_id":"a"}"#, &l).unwrap_err();
         assert_eq!(e.job_id.as_deref(), Some("a"));
         assert!(e.reason.contains("prompt"));
@@ -342,10 +360,12 @@ mod tests {
             max_entry_bytes: 10,
             ..l
         };
-        assert!(parse_entry(r#"{"prompt":"long enough"}"#, &small)
-            .unwrap_err()
-            .reason
-            .contains("over the limit"));
+        assert!(
+            parse_entry(r#"{"prompt":"long enough"}"#, &small)
+                .unwrap_err()
+                .reason
+                .contains("over the limit")
+        );
         assert!(parse_entry(r#"{"prompt":"x","temperature":9}"#, &l).is_err());
         assert!(parse_entry(r#"{"prompt":"x","max_tokens":"many"}"#, &l).is_err());
     }

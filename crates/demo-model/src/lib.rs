@@ -208,7 +208,10 @@ fn chunks(
     delay: Option<Duration>,
     usage: Option<Value>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let mut events = vec![(chunk(&id, json!({"role": "assistant", "content": ""}), None), false)];
+    let mut events = vec![(
+        chunk(&id, json!({"role": "assistant", "content": ""}), None),
+        false,
+    )];
     events.extend(
         tokens
             .iter()
@@ -247,7 +250,10 @@ mod tests {
 
     #[test]
     fn answers_are_deterministic_and_bounded() {
-        assert_eq!(demo_tokens("What is 2+2?", 200), demo_tokens("What is 2+2?", 200));
+        assert_eq!(
+            demo_tokens("What is 2+2?", 200),
+            demo_tokens("What is 2+2?", 200)
+        );
         assert_ne!(demo_tokens("a", 200), demo_tokens("b", 200));
         assert_eq!(demo_tokens("x", 3).len(), 3);
         assert_eq!(demo_tokens("x", 200)[0], "[demo]");

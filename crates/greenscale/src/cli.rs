@@ -11,7 +11,12 @@ use greenscale_core::{QueueConfig, parse_duration};
 #[command(name = "greenscale", version, propagate_version = true)]
 pub struct Cli {
     /// Log format: human-readable text or one JSON object per line.
-    #[arg(long, global = true, env = "GREENSCALE_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "GREENSCALE_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// What to run.
     #[command(subcommand)]
@@ -107,7 +112,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "GREENSCALE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Model to ask for when a job names none.
-    #[arg(long, env = "GREENSCALE_MODEL", default_value = "meta-llama/Llama-3.3-70B-Instruct")]
+    #[arg(
+        long,
+        env = "GREENSCALE_MODEL",
+        default_value = "meta-llama/Llama-3.3-70B-Instruct"
+    )]
     pub model: String,
     /// Sampling temperature when a job sets none.
     #[arg(long, env = "GREENSCALE_TEMPERATURE", default_value_t = 0.7)]

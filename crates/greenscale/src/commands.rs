@@ -72,10 +72,11 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| std::env::var("NEYSA_API_URL").ok().filter(|s| !s.is_empty()))
         .context("no model URL: pass --model-url or set GREENSCALE_MODEL_URL (or the prototype's NEYSA_API_URL)")?;
-    let api_key = args
-        .api_key
-        .clone()
-        .or_else(|| std::env::var("NEYSA_API_KEY").ok().filter(|s| !s.is_empty()));
+    let api_key = args.api_key.clone().or_else(|| {
+        std::env::var("NEYSA_API_KEY")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
     let backend = OpenAiBackend::new(OpenAiConfig {
         url: model_url,
         api_key,
@@ -101,7 +102,13 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let mut config = WorkerConfig::new(id, args.queue.lease);
     config.concurrency = args.concurrency as usize;
     config.grace = args.grace;
-    run_worker(Arc::new(queue), Arc::new(backend), config, shutdown_signal()).await;
+    run_worker(
+        Arc::new(queue),
+        Arc::new(backend),
+        config,
+        shutdown_signal(),
+    )
+    .await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -256,8 +263,14 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("status     {}", rec.status);
     println!("attempts   {}", rec.attempts);
     println!("enqueued   {}", ago(rec.enqueued_at_ms, now));
-    println!("waited     {}", between(rec.enqueued_at_ms, rec.started_at_ms));
-    println!("ran        {}", between(rec.started_at_ms, rec.finished_at_ms));
+    println!(
+        "waited     {}",
+        between(rec.enqueued_at_ms, rec.started_at_ms)
+    );
+    println!(
+        "ran        {}",
+        between(rec.started_at_ms, rec.finished_at_ms)
+    );
     println!("worker     {}", rec.worker_id.as_deref().unwrap_or("-"));
     if let Some(u) = rec.usage {
         println!(

@@ -15,9 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use greenscale_core::{
-    Cancelled, DeadLetter, ErrorKind, Finished, JobError, JobRecord, JobSpec, JobStatus,
-    LeasedJob, Maintenance, Outcome, Queue, QueueConfig, QueueError, QueueStats, Usage,
-    parse_entry,
+    Cancelled, DeadLetter, ErrorKind, Finished, JobError, JobRecord, JobSpec, JobStatus, LeasedJob,
+    Maintenance, Outcome, Queue, QueueConfig, QueueError, QueueStats, Usage, parse_entry,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
@@ -191,8 +190,15 @@ impl RedisQueue {
                 Ok(spec) => spec,
                 Err(bad) => {
                     tracing::warn!(job_id = bad.job_id.as_deref().unwrap_or("-"), reason = %bad.reason, "malformed entry moved to the dead-letter list");
-                    self.dead_letter(worker, &entry, bad.job_id.as_deref(), ErrorKind::Malformed, &bad.reason, None)
-                        .await?;
+                    self.dead_letter(
+                        worker,
+                        &entry,
+                        bad.job_id.as_deref(),
+                        ErrorKind::Malformed,
+                        &bad.reason,
+                        None,
+                    )
+                    .await?;
                     continue;
                 }
             };
@@ -450,7 +456,10 @@ impl Queue for RedisQueue {
             Outcome::Succeeded(done) => {
                 let mut fields = vec![
                     ("prompt_tokens", done.usage.prompt_tokens.to_string()),
-                    ("completion_tokens", done.usage.completion_tokens.to_string()),
+                    (
+                        "completion_tokens",
+                        done.usage.completion_tokens.to_string(),
+                    ),
                     ("worker_id", worker.to_string()),
                 ];
                 if let Some(t) = done.ttft_ms {
@@ -509,7 +518,14 @@ impl Queue for RedisQueue {
                 } else {
                     let delay = self.config.retry_delay(job.attempt, retry_after);
                     self.run_finish(
-                        worker, &job.token, Some(id), "retry", delay, "", "", &fields,
+                        worker,
+                        &job.token,
+                        Some(id),
+                        "retry",
+                        delay,
+                        "",
+                        "",
+                        &fields,
                     )
                     .await?
                 }

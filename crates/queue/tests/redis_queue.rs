@@ -48,7 +48,11 @@ async fn jobs_come_out_in_the_order_they_went_in() {
     let q = queue(&server, QueueConfig::default());
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(q.enqueue(JobSpec::from_prompt(format!("job {i}"))).await.unwrap());
+        ids.push(
+            q.enqueue(JobSpec::from_prompt(format!("job {i}")))
+                .await
+                .unwrap(),
+        );
     }
     let mut seen = Vec::new();
     for _ in 0..20 {
@@ -62,7 +66,11 @@ async fn jobs_come_out_in_the_order_they_went_in() {
     let more: Vec<String> = {
         let mut v = Vec::new();
         for i in 0..5 {
-            v.push(q.enqueue(JobSpec::from_prompt(format!("b{i}"))).await.unwrap());
+            v.push(
+                q.enqueue(JobSpec::from_prompt(format!("b{i}")))
+                    .await
+                    .unwrap(),
+            );
         }
         v
     };
@@ -88,7 +96,10 @@ async fn prototype_entry_is_processed_and_result_key_holds_the_answer() {
     let answer: String = c.get("result:test-001").unwrap();
     assert_eq!(answer, "4");
     let ttl: i64 = c.ttl("result:test-001").unwrap();
-    assert!(ttl > 23 * 3600, "result kept for the retention period, ttl {ttl}");
+    assert!(
+        ttl > 23 * 3600,
+        "result kept for the retention period, ttl {ttl}"
+    );
     let rec = q.job("test-001").await.unwrap().unwrap();
     assert_eq!(rec.status, JobStatus::Succeeded);
     assert_eq!(rec.attempts, 1);
@@ -134,15 +145,24 @@ async fn malformed_entries_are_dead_lettered_with_a_reason() {
     let dead = q.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 3);
     let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
-    assert!(reasons.iter().any(|r| r.contains("not valid JSON")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("not valid JSON")),
+        "{reasons:?}"
+    );
     assert!(reasons.iter().any(|r| r.contains("prompt")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("over the limit")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("over the limit")),
+        "{reasons:?}"
+    );
     assert!(dead.iter().all(|d| d.kind == "malformed"));
     let rec = q.job("no-prompt").await.unwrap().unwrap();
     assert_eq!(rec.status, JobStatus::Dead);
     assert_eq!(rec.error_kind.as_deref(), Some("malformed"));
     let stats = q.stats().await.unwrap();
-    assert_eq!((stats.pending, stats.in_flight, stats.dead_letter), (0, 1, 3));
+    assert_eq!(
+        (stats.pending, stats.in_flight, stats.dead_letter),
+        (0, 1, 3)
+    );
 }
 
 #[tokio::test]
@@ -240,12 +260,16 @@ async fn expired_lease_returns_the_job_and_the_late_result_is_not_duplicated() {
     assert_eq!(second[0].spec.job_id, id);
     assert_eq!(second[0].attempt, 2);
     assert_eq!(
-        q.finish("w2", &second[0], success("from w2")).await.unwrap(),
+        q.finish("w2", &second[0], success("from w2"))
+            .await
+            .unwrap(),
         Finished::Succeeded
     );
     // The first worker was only slow: its late answer does not overwrite the record.
     assert_eq!(
-        q.finish("dead-worker", &first[0], success("late")).await.unwrap(),
+        q.finish("dead-worker", &first[0], success("late"))
+            .await
+            .unwrap(),
         Finished::AlreadyFinal
     );
     let rec = q.job(&id).await.unwrap().unwrap();
@@ -311,7 +335,10 @@ async fn cancelled_queued_job_never_runs() {
     assert_eq!(q.cancel(&a).await.unwrap(), Cancelled::AlreadyFinal);
     assert_eq!(q.cancel("nope").await.unwrap(), Cancelled::NotFound);
     assert!(q.lease("w1", 5, Duration::ZERO).await.unwrap().is_empty());
-    assert_eq!(q.job(&a).await.unwrap().unwrap().status, JobStatus::Cancelled);
+    assert_eq!(
+        q.job(&a).await.unwrap().unwrap().status,
+        JobStatus::Cancelled
+    );
 }
 
 #[tokio::test]
@@ -354,7 +381,11 @@ async fn redis_restart_loses_nothing() {
     let q = queue(&server, QueueConfig::default());
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(q.enqueue(JobSpec::from_prompt(format!("j{i}"))).await.unwrap());
+        ids.push(
+            q.enqueue(JobSpec::from_prompt(format!("j{i}")))
+                .await
+                .unwrap(),
+        );
     }
     let held = q.lease("w1", 3, Duration::ZERO).await.unwrap();
     server.restart();

@@ -62,7 +62,9 @@ pub fn chat_completions_url(url: &str) -> Result<String, String> {
     let parsed = reqwest::Url::parse(url.trim())
         .map_err(|e| format!("model URL {url:?} is not a valid URL: {e}"))?;
     if parsed.scheme() != "http" && parsed.scheme() != "https" {
-        return Err(format!("model URL {url:?} must start with http:// or https://"));
+        return Err(format!(
+            "model URL {url:?} must start with http:// or https://"
+        ));
     }
     let trimmed = url.trim().trim_end_matches('/');
     Ok(if trimmed.ends_with("/chat/completions") {

@@ -94,7 +94,10 @@ pub async fn run_worker<B: ModelBackend>(
         let jobs = match leased {
             Ok(jobs) => {
                 if let Some(since) = outage.take() {
-                    tracing::info!(after_ms = since.elapsed().as_millis() as u64, "queue reachable again");
+                    tracing::info!(
+                        after_ms = since.elapsed().as_millis() as u64,
+                        "queue reachable again"
+                    );
                 }
                 jobs
             }
@@ -131,14 +134,20 @@ pub async fn run_worker<B: ModelBackend>(
             );
             tasks.spawn(async move {
                 run_one(&*queue, &*backend, &worker, &job, &report).await;
-                held.lock().expect("held jobs lock").remove(&job.spec.job_id);
+                held.lock()
+                    .expect("held jobs lock")
+                    .remove(&job.spec.job_id);
                 drop(permit);
             });
         }
     }
 
     let running = held.lock().expect("held jobs lock").len();
-    tracing::info!(in_flight = running, grace_s = config.grace.as_secs_f64(), "stopping: no new jobs, letting in-flight jobs finish");
+    tracing::info!(
+        in_flight = running,
+        grace_s = config.grace.as_secs_f64(),
+        "stopping: no new jobs, letting in-flight jobs finish"
+    );
     let drained = tokio::time::timeout(config.grace, async {
         while tasks.join_next().await.is_some() {}
     })
@@ -159,7 +168,9 @@ pub async fn run_worker<B: ModelBackend>(
                     report.handed_back.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(job_id = %job.spec.job_id, "grace period over: job handed back to the queue");
                 }
-                Err(e) => tracing::error!(job_id = %job.spec.job_id, error = %e, "could not hand the job back; it returns when this worker's lease expires"),
+                Err(e) => {
+                    tracing::error!(job_id = %job.spec.job_id, error = %e, "could not hand the job back; it returns when this worker's lease expires")
+                }
             }
         }
     }
@@ -219,7 +230,9 @@ async fn run_one<B: ModelBackend>(
             report.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(job_id = id, attempt = job.attempt, kind = e.kind.as_str(), error = %e.message, outcome = ?finished, "job failed");
         }
-        (f, _) => tracing::info!(job_id = id, outcome = ?f, "job already had a final status; outcome discarded"),
+        (f, _) => {
+            tracing::info!(job_id = id, outcome = ?f, "job already had a final status; outcome discarded")
+        }
     }
 }
 

@@ -15,11 +15,7 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start_worker(
-    queue: Arc<RedisQueue>,
-    upstream_url: &str,
-    concurrency: usize,
-) -> Running {
+fn start_worker(queue: Arc<RedisQueue>, upstream_url: &str, concurrency: usize) -> Running {
     let backend = OpenAiBackend::new(OpenAiConfig {
         url: upstream_url.to_string(),
         ..OpenAiConfig::default()
@@ -65,7 +61,11 @@ async fn one_worker_at_concurrency_one_runs_jobs_in_fifo_order() {
     let q = Arc::new(RedisQueue::connect(&server.url(), "jobs", config()).unwrap());
     let mut ids = Vec::new();
     for i in 0..30 {
-        ids.push(q.enqueue(JobSpec::from_prompt(format!("p{i:02}"))).await.unwrap());
+        ids.push(
+            q.enqueue(JobSpec::from_prompt(format!("p{i:02}")))
+                .await
+                .unwrap(),
+        );
     }
     let w = start_worker(q.clone(), &upstream.url, 1);
     for id in &ids {
@@ -86,7 +86,10 @@ async fn two_server_errors_then_success_takes_three_attempts() {
     )
     .await;
     let q = Arc::new(RedisQueue::connect(&server.url(), "jobs", config()).unwrap());
-    let id = q.enqueue(JobSpec::from_prompt("What is 2+2?")).await.unwrap();
+    let id = q
+        .enqueue(JobSpec::from_prompt("What is 2+2?"))
+        .await
+        .unwrap();
     let w = start_worker(q.clone(), &upstream.url, 4);
     let rec = wait_final(&q, &id).await;
     assert_eq!(rec.status, JobStatus::Succeeded);
@@ -113,7 +116,10 @@ async fn a_rejected_request_fails_once_with_the_upstream_message() {
     assert_eq!(rec.attempts, 1);
     assert_eq!(rec.error_kind.as_deref(), Some("upstream_rejected"));
     assert!(
-        rec.error_message.as_deref().unwrap().contains("model 'x' does not exist"),
+        rec.error_message
+            .as_deref()
+            .unwrap()
+            .contains("model 'x' does not exist"),
         "{rec:?}"
     );
     assert!(rec.result.is_none());
