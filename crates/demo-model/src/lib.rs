@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::sse::{Event, Sse};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use futures::Stream;
+use axum::serve::ListenerExt;
 use serde_json::{Value, json};
 
 /// The model name the demo server reports.
@@ -168,8 +167,29 @@ async fn chat(State(demo): State<Arc<Demo>>, body: Bytes) -> Response {
         let include_usage = request["stream_options"]["include_usage"]
             .as_bool()
             .unwrap_or(false);
-        let stream = chunks(id, tokens, delay, include_usage.then_some(usage));
-        return Sse::new(stream).into_response();
+        let events = sse_events(&id, &tokens, include_usage.then_some(usage));
+        let body = match delay {
+            // Nothing to pace: the whole stream goes out in one write.
+            None => Body::from(events.into_iter().map(|(e, _)| e).collect::<String>()),
+            Some(d) => Body::from_stream(futures::stream::unfold(
+                events.into_iter(),
+                move |mut rest| async move {
+                    let (event, paced) = rest.next()?;
+                    if paced {
+                        tokio::time::sleep(d).await;
+                    }
+                    Some((Ok::<_, Infallible>(event), rest))
+                },
+            )),
+        };
+        return (
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response();
     }
     if let Some(d) = delay {
         tokio::time::sleep(d * tokens.len() as u32).await;
@@ -189,48 +209,29 @@ async fn chat(State(demo): State<Arc<Demo>>, body: Bytes) -> Response {
     .into_response()
 }
 
-fn chunk(id: &str, delta: Value, finish: Option<&str>) -> Event {
-    Event::default().data(
-        json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": unix_now(),
-            "model": DEMO_MODEL,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
-        })
-        .to_string(),
-    )
-}
-
-fn chunks(
-    id: String,
-    tokens: Vec<String>,
-    delay: Option<Duration>,
-    usage: Option<Value>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let mut events = vec![(
-        chunk(&id, json!({"role": "assistant", "content": ""}), None),
-        false,
-    )];
-    events.extend(
-        tokens
-            .iter()
-            .map(|t| (chunk(&id, json!({"content": t}), None), true)),
+/// The SSE events (`data: ...` blocks) of one streamed answer, each marked with whether it
+/// is a token (paced at the configured speed). Every chunk shares one envelope, rendered once.
+fn sse_events(id: &str, tokens: &[String], usage: Option<Value>) -> Vec<(String, bool)> {
+    let created = unix_now();
+    let envelope = format!(
+        r#"{{"id":"{id}","object":"chat.completion.chunk","created":{created},"model":"{DEMO_MODEL}","choices":"#
     );
-    events.push((chunk(&id, json!({}), Some("stop")), false));
+    let chunk = |delta: &str, finish: &str| {
+        format!(
+            "data: {envelope}[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+        )
+    };
+    let mut events = vec![(chunk(r#"{"role":"assistant","content":""}"#, "null"), false)];
+    events.extend(tokens.iter().map(|t| {
+        let delta = format!(r#"{{"content":{}}}"#, Value::from(t.as_str()));
+        (chunk(&delta, "null"), true)
+    }));
+    events.push((chunk("{}", r#""stop""#), false));
     if let Some(u) = usage {
-        let e = json!({"id": id, "object": "chat.completion.chunk", "created": unix_now(),
-            "model": DEMO_MODEL, "choices": [], "usage": u});
-        events.push((Event::default().data(e.to_string()), false));
+        events.push((format!("data: {envelope}[],\"usage\":{u}}}\n\n"), false));
     }
-    events.push((Event::default().data("[DONE]"), false));
-    futures::stream::unfold(events.into_iter(), move |mut rest| async move {
-        let (event, paced) = rest.next()?;
-        if let (true, Some(d)) = (paced, delay) {
-            tokio::time::sleep(d).await;
-        }
-        Some((Ok(event), rest))
-    })
+    events.push(("data: [DONE]\n\n".to_string(), false));
+    events
 }
 
 /// Serves the demo model on `listener` until `shutdown` completes.
@@ -239,6 +240,11 @@ pub async fn serve(
     config: DemoConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Token chunks are small writes: without TCP_NODELAY, Nagle's algorithm and delayed
+    // ACKs hold each one back ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app(config))
         .with_graceful_shutdown(shutdown)
         .await

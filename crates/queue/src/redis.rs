@@ -177,17 +177,18 @@ impl RedisQueue {
         .map_err(unavailable)
     }
 
-    /// Turns raw leased entries into jobs to run: parses, dead-letters the malformed,
-    /// drops the already final, dead-letters those whose workers kept dying.
+    /// Turns raw leased entries into jobs to run: parses them, dead-letters the malformed,
+    /// starts the rest in one script call (dropping those already final), and dead-letters
+    /// those whose workers kept dying.
     async fn start_all(
         &self,
         worker: &str,
         raw: Vec<String>,
     ) -> Result<Vec<LeasedJob>, QueueError> {
-        let mut jobs = Vec::with_capacity(raw.len());
+        let mut parsed = Vec::with_capacity(raw.len());
         for entry in raw {
-            let spec = match parse_entry(&entry, &self.config.limits) {
-                Ok(spec) => spec,
+            match parse_entry(&entry, &self.config.limits) {
+                Ok(spec) => parsed.push((entry, spec)),
                 Err(bad) => {
                     tracing::warn!(job_id = bad.job_id.as_deref().unwrap_or("-"), reason = %bad.reason, "malformed entry moved to the dead-letter list");
                     self.dead_letter(
@@ -199,28 +200,33 @@ impl RedisQueue {
                         None,
                     )
                     .await?;
-                    continue;
                 }
-            };
-            let normalized = spec.to_entry();
-            let mut c = self.conn.clone();
-            let (verdict, value): (String, String) = self
-                .scripts
-                .start
+            }
+        }
+        if parsed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.scripts.start.prepare_invoke();
+        invocation.key(self.keys.inflight(worker)).arg(worker);
+        let normalized: Vec<String> = parsed.iter().map(|(_, spec)| spec.to_entry()).collect();
+        for ((entry, spec), norm) in parsed.iter().zip(&normalized) {
+            invocation
                 .key(record_key(&spec.job_id))
-                .key(self.keys.inflight(worker))
-                .arg(&entry)
-                .arg(&normalized)
-                .arg(worker)
-                .arg(&spec.job_id)
-                .invoke_async(&mut c)
-                .await
-                .map_err(unavailable)?;
-            if verdict == "skip" {
-                tracing::info!(job_id = %spec.job_id, status = %value, "dropped a delivery of a job that is already final");
+                .arg(entry)
+                .arg(norm)
+                .arg(&spec.job_id);
+        }
+        let mut c = self.conn.clone();
+        let verdicts: Vec<String> = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
+        let mut jobs = Vec::with_capacity(parsed.len());
+        for (((_, spec), token), verdict) in
+            parsed.into_iter().zip(normalized).zip(verdicts.chunks(2))
+        {
+            if verdict[0] == "skip" {
+                tracing::info!(job_id = %spec.job_id, status = %verdict[1], "dropped a delivery of a job that is already final");
                 continue;
             }
-            let attempt: u32 = value.parse().unwrap_or(1);
+            let attempt: u32 = verdict[1].parse().unwrap_or(1);
             if attempt > self.config.max_attempts {
                 let reason = format!(
                     "its worker stopped while running it {} times (retry budget {})",
@@ -230,7 +236,7 @@ impl RedisQueue {
                 tracing::warn!(job_id = %spec.job_id, %reason, "job moved to the dead-letter list");
                 self.dead_letter(
                     worker,
-                    &normalized,
+                    &token,
                     Some(&spec.job_id),
                     ErrorKind::LeaseExpired,
                     &reason,
@@ -242,7 +248,7 @@ impl RedisQueue {
             jobs.push(LeasedJob {
                 spec,
                 attempt,
-                token: normalized,
+                token,
             });
         }
         Ok(jobs)
@@ -289,7 +295,7 @@ impl RedisQueue {
         kind: ErrorKind,
         reason: &str,
         attempts: Option<u32>,
-    ) -> Result<(), QueueError> {
+    ) -> Result<String, QueueError> {
         let item = DeadLetter {
             job_id: job_id.map(str::to_string),
             kind: kind.as_str().to_string(),
@@ -316,7 +322,6 @@ impl RedisQueue {
             &fields,
         )
         .await
-        .map(|_| ())
     }
 
     async fn reclaim(&self, worker: &str, mode: &str) -> Result<i64, QueueError> {
@@ -513,8 +518,7 @@ impl Queue for RedisQueue {
                         &reason,
                         None,
                     )
-                    .await?;
-                    "dead".to_string()
+                    .await?
                 } else {
                     let delay = self.config.retry_delay(job.attempt, retry_after);
                     self.run_finish(

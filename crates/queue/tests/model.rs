@@ -317,48 +317,62 @@ async fn drain(real: &mut Real, redis: &mut redis::Connection) {
     panic!("queue did not drain");
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
-
-    #[test]
-    fn queue_agrees_with_model_and_loses_nothing(ops in proptest::collection::vec(op(), 1..60)) {
-        let server = shared_server();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let list = format!("prop-{}", greenscale_core::new_job_id());
-            let config = QueueConfig {
-                max_attempts: MAX_ATTEMPTS,
-                retry_base: Duration::from_secs(3600),
-                ..QueueConfig::default()
-            };
-            let mut real = Real {
-                queue: RedisQueue::connect(&server.url(), &list, config).unwrap(),
-                list,
-                incarnation: [0; WORKERS],
-                held: Default::default(),
-                zombies: Vec::new(),
-            };
-            let mut model = Model::default();
-            let mut redis = server.connection();
-            for op in &ops {
-                apply(op, &mut model, &mut real, &mut redis).await;
-                check_agreement(&model, &real).await;
-            }
-            drain(&mut real, &mut redis).await;
-            for id in model.jobs.keys() {
-                let rec = real.queue.job(id).await.unwrap().expect("record kept");
-                assert!(
-                    matches!(rec.status, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Dead),
-                    "job {id} ended {:?}", rec.status
-                );
-            }
-            let stats = real.queue.stats().await.unwrap();
-            assert_eq!((stats.pending, stats.in_flight, stats.delayed), (0, 0, 0));
-        });
+#[test]
+fn queue_agrees_with_model_and_loses_nothing() {
+    let server = RedisServer::start();
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runner.run(&proptest::collection::vec(op(), 1..60), |ops| {
+        rt.block_on(run_case(&server, &ops));
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
-fn shared_server() -> &'static RedisServer {
-    static SERVER: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
+async fn run_case(server: &RedisServer, ops: &[Op]) {
+    let list = format!("prop-{}", greenscale_core::new_job_id());
+    let config = QueueConfig {
+        max_attempts: MAX_ATTEMPTS,
+        retry_base: Duration::from_secs(3600),
+        ..QueueConfig::default()
+    };
+    let mut real = Real {
+        queue: RedisQueue::connect(&server.url(), &list, config).unwrap(),
+        list,
+        incarnation: [0; WORKERS],
+        held: Default::default(),
+        zombies: Vec::new(),
+    };
+    let mut model = Model::default();
+    let mut redis = server.connection();
+    for op in ops {
+        apply(op, &mut model, &mut real, &mut redis).await;
+        check_agreement(&model, &real).await;
+    }
+    drain(&mut real, &mut redis).await;
+    for id in model.jobs.keys() {
+        let rec = real.queue.job(id).await.unwrap().expect("record kept");
+        assert!(
+            matches!(
+                rec.status,
+                JobStatus::Succeeded | JobStatus::Failed | JobStatus::Dead
+            ),
+            "job {id} ended {:?}",
+            rec.status
+        );
+    }
+    let stats = real.queue.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight, stats.delayed), (0, 0, 0));
 }

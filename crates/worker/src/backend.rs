@@ -1,10 +1,13 @@
 //! Model backends: what a worker calls to run a job.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use greenscale_core::{Completion, ErrorKind, JobError, JobSpec, Outcome, Usage};
+use serde::Deserialize;
+
+use crate::sse::SseReader;
 use serde_json::{Value, json};
 
 /// Something that turns a job into an answer.
@@ -178,47 +181,36 @@ impl OpenAiBackend {
                 ttft_ms: Some(started.elapsed().as_millis() as u64),
             });
         }
-        let mut events = response.bytes_stream().eventsource();
-        let mut text = String::new();
-        let mut chunks = 0u64;
-        let mut usage = None;
-        let mut ttft = None;
-        let mut done = false;
-        while let Some(event) = events.next().await {
-            let event = event.map_err(|e| {
+        let mut body = response.bytes_stream();
+        let mut sse = SseReader::default();
+        let mut answer = Answer::default();
+        while !answer.done {
+            let Some(bytes) = body.next().await else {
+                if let Some(data) = sse.finish() {
+                    answer.on_data(&data, started)?;
+                }
+                break;
+            };
+            let bytes = bytes.map_err(|e| {
                 transient(
                     ErrorKind::Connection,
-                    format!("the model's stream broke: {e}"),
+                    format!("the model's stream broke: {}", without_url(&e)),
                 )
             })?;
-            if event.data.trim() == "[DONE]" {
-                done = true;
-                break;
-            }
-            let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
-                continue;
-            };
-            if let Some(err) = chunk.get("error") {
-                return Err(transient(
-                    ErrorKind::UpstreamTransient,
-                    format!("the model reported an error mid-stream: {err}"),
-                ));
-            }
-            if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str()
-                && !piece.is_empty()
-            {
-                ttft.get_or_insert_with(|| started.elapsed().as_millis() as u64);
-                text.push_str(piece);
-                chunks += 1;
-            }
-            if chunk["choices"][0]["finish_reason"].is_string() {
-                done = true;
-            }
-            if let Some(u) = usage_of(&chunk) {
-                usage = Some(u);
+            sse.feed(&bytes);
+            while let Some(data) = sse.next_data() {
+                answer.on_data(&data, started)?;
             }
         }
-        if !done {
+        let Answer {
+            text,
+            chunks,
+            usage,
+            ttft,
+            done,
+            finished,
+        } = answer;
+        if !done && !finished {
             return Err(transient(
                 ErrorKind::Connection,
                 "the model's stream ended before the answer was complete".into(),
@@ -249,6 +241,90 @@ impl ModelBackend for OpenAiBackend {
             )),
         }
     }
+}
+
+/// An answer being assembled from streamed chunks.
+#[derive(Default)]
+struct Answer {
+    text: String,
+    chunks: u64,
+    usage: Option<Usage>,
+    ttft: Option<u64>,
+    /// `[DONE]` arrived: the stream is over.
+    done: bool,
+    /// A chunk carried a `finish_reason`: the answer is complete even if `[DONE]` is missing.
+    finished: bool,
+}
+
+impl Answer {
+    /// Takes one event's data: a chunk, an error, or the `[DONE]` marker.
+    fn on_data(&mut self, data: &str, started: Instant) -> Result<(), JobError> {
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        let Ok(chunk) = serde_json::from_str::<StreamChunk>(data) else {
+            return Ok(());
+        };
+        if let Some(err) = chunk.error {
+            return Err(transient(
+                ErrorKind::UpstreamTransient,
+                format!("the model reported an error mid-stream: {err}"),
+            ));
+        }
+        if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+            self.finished = true;
+        }
+        if let Some(choice) = chunk.choices.first()
+            && let Some(piece) = choice.delta.content.as_deref()
+            && !piece.is_empty()
+        {
+            self.ttft
+                .get_or_insert_with(|| started.elapsed().as_millis() as u64);
+            self.text.push_str(piece);
+            self.chunks += 1;
+        }
+        if let Some(u) = chunk.usage {
+            self.usage = Some(Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One streamed chunk, read without building a JSON tree (this runs once per token).
+#[derive(Deserialize)]
+struct StreamChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<StreamChoice<'a>>,
+    #[serde(default)]
+    usage: Option<StreamUsage>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice<'a> {
+    #[serde(default, borrow)]
+    delta: StreamDelta<'a>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Default, Deserialize)]
+struct StreamDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct StreamUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
 }
 
 fn transient(kind: ErrorKind, message: String) -> JobError {

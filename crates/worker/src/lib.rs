@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod runtime;
+pub mod sse;
 
 pub use backend::{ModelBackend, OpenAiBackend, OpenAiConfig, chat_completions_url};
 pub use runtime::{WorkerConfig, WorkerReport, run_worker};

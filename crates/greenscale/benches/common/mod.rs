@@ -1,0 +1,127 @@
+//! Helpers shared by the benchmarks: processes of the built `greenscale` binary and the
+//! prototype-design baseline, and figures from /proc.
+
+#![allow(dead_code)] // each benchmark uses a different part
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
+    /// CPU time used so far (user + system), from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id()))
+            .expect("read /proc stat");
+        let after = &stat[stat.rfind(')').expect("comm field") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_secs_f64(ticks as f64 / 100.0)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `greenscale` binary built for this benchmark.
+pub fn greenscale() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_greenscale"));
+    c.env("RUST_LOG", "warn").stdout(Stdio::null());
+    c
+}
+
+/// Waits until something listens on `port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `greenscale demo-model` with zero delay; returns it and its base URL.
+pub fn demo_model() -> (Proc, String) {
+    let port = greenscale_testkit::free_port();
+    let child = greenscale()
+        .args(["demo-model", "--port", &port.to_string()])
+        .spawn()
+        .expect("spawn demo model");
+    wait_for_port(port);
+    (Proc(child), format!("http://127.0.0.1:{port}/v1"))
+}
+
+/// Starts `greenscale worker` with the given id and extra flags.
+pub fn worker(redis_url: &str, model_url: &str, id: &str, extra: &[&str]) -> Proc {
+    let child = greenscale()
+        .arg("worker")
+        .args([
+            "--redis-url",
+            redis_url,
+            "--model-url",
+            model_url,
+            "--worker-id",
+            id,
+        ])
+        .args(extra)
+        .spawn()
+        .expect("spawn greenscale worker");
+    Proc(child)
+}
+
+/// Starts the prototype-design baseline (`bench/baseline_worker.py`).
+pub fn baseline_worker(redis_port: u16, model_url: &str, list: &str, idle_exit: f64) -> Proc {
+    let python = std::env::var("GREENSCALE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../bench/baseline_worker.py"
+    );
+    let child = Command::new(&python)
+        .arg(script)
+        .args(["--redis-port", &redis_port.to_string()])
+        .args(["--model-url", model_url, "--list", list])
+        .args(["--idle-exit", &idle_exit.to_string()])
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python} (use bench/run, which sets up redis-py): {e}")
+        });
+    Proc(child)
+}
+
+/// The q-th quantile (0..=1) of sorted samples.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+/// "PASS"/"MISS" for a target.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
+}
