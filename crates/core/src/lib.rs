@@ -1,8 +1,9 @@
-//! GreenScale's core: the job model, the queue contract and the rules every backend shares.
-//! Nothing here does I/O.
+//! GreenScale's core: the job model, the queue contract and the rules every backend shares,
+//! the scaling policies and the trace simulator. Nothing here does I/O.
 
 pub mod duration;
 pub mod job;
+pub mod policy;
 pub mod queue;
 
 pub use duration::parse_duration;

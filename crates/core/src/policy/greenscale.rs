@@ -1,0 +1,361 @@
+//! GreenScale's own policy.
+//!
+//! - Never below the replicas that hold in-flight work.
+//! - Scale-up from backlog and measured service rate: a new replica is started only when the
+//!   replicas already there cannot drain the backlog within one cold start (the time the
+//!   new one would take to help); at zero, every job in the system gets a slot at once.
+//! - Each level above one is kept for one cold start after it was last wanted (ski rental:
+//!   keeping warm for exactly the cold-start time is 2-competitive).
+//! - The last step to zero is separate: it weighs the pool's own idle-time history against
+//!   its measured cold-start cost plus `cold_cost` (how many GPU-seconds avoiding one
+//!   cold-start wait is worth), choosing the keep-alive and the pre-warm point that minimise
+//!   the expected cost over the observed idle times. With too little history it keeps warm
+//!   for `cold_start + cold_cost` (the deterministic ski-rental break-even).
+//! - It reacts to arrivals at once (push), so waking from zero never waits for a tick.
+
+use std::collections::VecDeque;
+
+use super::window::SlidingMax;
+use super::{Decision, Observation, Policy, Reason, div_ceil};
+
+/// Idle times kept in the history.
+const HISTORY: usize = 256;
+/// Idle times needed before the history replaces the break-even rule.
+const MIN_HISTORY: usize = 8;
+/// Candidate values tried for each window when planning.
+const CANDIDATES: usize = 48;
+
+/// Parameters of the `greenscale` policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GreenScaleParams {
+    /// GPU-seconds that avoiding one cold-start wait is worth to the user.
+    pub cold_cost: f64,
+    /// Cold-start duration assumed until one has been measured, seconds.
+    pub cold_start_prior: f64,
+    /// Replica budget below the pool's limit, if any.
+    pub max: Option<u32>,
+}
+
+impl Default for GreenScaleParams {
+    fn default() -> Self {
+        GreenScaleParams {
+            cold_cost: 600.0,
+            cold_start_prior: 30.0,
+            max: None,
+        }
+    }
+}
+
+/// When the last replica stays warm during an idle period.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IdlePlan {
+    /// Keep the last replica warm for this long after going idle, seconds.
+    pub keep: f64,
+    /// Warm it again from this idle time until the second value (pre-warm), if worth it.
+    pub prewarm: Option<(f64, f64)>,
+}
+
+/// The `greenscale` policy.
+#[derive(Debug, Clone)]
+pub struct GreenScale {
+    name: String,
+    params: GreenScaleParams,
+    idle_since: Option<f64>,
+    history: VecDeque<f64>,
+    new_since_plan: usize,
+    plan: Option<(IdlePlan, f64)>,
+    levels: SlidingMax,
+}
+
+impl GreenScale {
+    /// A `greenscale` policy with the given parameters.
+    pub fn new(name: impl Into<String>, params: GreenScaleParams) -> Self {
+        GreenScale {
+            name: name.into(),
+            params,
+            idle_since: None,
+            history: VecDeque::with_capacity(HISTORY),
+            new_since_plan: 0,
+            plan: None,
+            levels: SlidingMax::default(),
+        }
+    }
+
+    fn record_idle(&mut self, idle: f64) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(idle);
+        self.new_since_plan += 1;
+    }
+
+    /// The idle plan for cold-start time `cs`, recomputed as history accumulates.
+    fn idle_plan(&mut self, cs: f64) -> IdlePlan {
+        let stale = match self.plan {
+            None => true,
+            Some((_, planned_cs)) => {
+                (planned_cs - cs).abs() > 0.05 * cs.max(1.0)
+                    || self.new_since_plan >= (self.history.len() / 8).max(MIN_HISTORY / 2)
+            }
+        };
+        if stale {
+            let samples: Vec<f64> = self.history.iter().copied().collect();
+            self.plan = Some((plan_idle(&samples, cs, self.params.cold_cost), cs));
+            self.new_since_plan = 0;
+        }
+        self.plan.expect("just planned").0
+    }
+}
+
+/// Chooses the keep-alive and pre-warm windows minimising the mean cost over the observed
+/// idle times. For an idle time `I`, keep-alive `T` and pre-warm start `P` (warm from `P`
+/// until the next arrival), the cost in GPU-seconds is:
+/// `I` when `I <= T` (kept warm); `T + cs + cold_cost` when the arrival finds no ready
+/// replica (`T < I < P + cs`); `T + I - P` when the pre-warmed replica is ready in time.
+pub fn plan_idle(samples: &[f64], cs: f64, cold_cost: f64) -> IdlePlan {
+    let miss = cs + cold_cost;
+    if samples.len() < MIN_HISTORY {
+        return IdlePlan {
+            keep: miss,
+            prewarm: None,
+        };
+    }
+    let mut sorted: Vec<f64> = samples.iter().map(|s| s.max(0.0)).collect();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let mut prefix = Vec::with_capacity(n + 1);
+    prefix.push(0.0);
+    for s in &sorted {
+        prefix.push(prefix.last().expect("non-empty") + s);
+    }
+    // Number of samples <= x, and their sum.
+    let upto = |x: f64| sorted.partition_point(|&s| s <= x);
+    let below = |x: f64| sorted.partition_point(|&s| s < x);
+    let cost = |t: f64, p: Option<f64>| -> f64 {
+        let a = upto(t);
+        let mut total = prefix[a];
+        match p {
+            None => total += (n - a) as f64 * (t + miss),
+            Some(p) => {
+                let c = below(p + cs).max(a);
+                total += (c - a) as f64 * (t + miss);
+                total += (n - c) as f64 * (t - p) + (prefix[n] - prefix[c]);
+            }
+        }
+        total / n as f64
+    };
+    let step = (n / CANDIDATES).max(1);
+    let mut keeps: Vec<f64> = vec![0.0, miss.min(sorted[n - 1])];
+    keeps.extend(sorted.iter().step_by(step).copied());
+    keeps.push(sorted[n - 1]);
+    let mut best = (cost(0.0, None), 0.0, None);
+    for &t in &keeps {
+        let c = cost(t, None);
+        if c < best.0 {
+            best = (c, t, None);
+        }
+        for &s in sorted.iter().step_by(step).chain(std::iter::once(&sorted[n - 1])) {
+            let p = s - cs;
+            if p <= t {
+                continue;
+            }
+            let c = cost(t, Some(p));
+            if c < best.0 - 1e-9 {
+                best = (c, t, Some(p));
+            }
+        }
+    }
+    IdlePlan {
+        keep: best.1,
+        prewarm: best.2.map(|p| (p, sorted[n - 1] * 1.1 + cs)),
+    }
+}
+
+impl Policy for GreenScale {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn decide(&mut self, obs: &Observation) -> Decision {
+        let now = obs.now;
+        let cs = obs.cold_start.unwrap_or(self.params.cold_start_prior).max(0.0);
+        let conc = obs.concurrency.max(1);
+        let max = self
+            .params
+            .max
+            .map_or(obs.max_replicas, |m| m.min(obs.max_replicas));
+        let work = obs.work();
+        let floor = obs.busy.max(div_ceil(obs.in_flight, conc as u64));
+        let have = obs.replicas();
+
+        if work == 0 {
+            let since = *self.idle_since.get_or_insert(now);
+            let idle_s = now - since;
+            let plan = self.idle_plan(cs);
+            let prewarm = plan
+                .prewarm
+                .filter(|&(from, until)| idle_s >= from && idle_s < until);
+            let (desired, reason) = if idle_s < plan.keep {
+                let kept = self.levels.max_since(now - cs).max(1);
+                (
+                    kept,
+                    Reason::KeepAlive {
+                        idle_s,
+                        window_s: plan.keep,
+                    },
+                )
+            } else if let Some((from, _)) = prewarm {
+                (
+                    1,
+                    Reason::Prewarm {
+                        idle_s,
+                        from_s: from,
+                    },
+                )
+            } else if have > 0 {
+                (
+                    0,
+                    Reason::ScaleToZero {
+                        idle_s,
+                        window_s: plan.keep,
+                    },
+                )
+            } else {
+                (0, Reason::Idle)
+            };
+            return Decision {
+                desired: desired.min(max),
+                reason,
+            };
+        }
+
+        if let Some(since) = self.idle_since.take() {
+            self.record_idle(now - since);
+        }
+        let need = obs.slots_needed();
+        let (mut wanted, mut reason) = (
+            need,
+            Reason::Backlog {
+                work,
+                per_replica: conc,
+            },
+        );
+        if need > have && obs.ready > 0 {
+            if let Some(svc) = obs.service_time.filter(|s| *s > 0.0) {
+                // Jobs the ready replicas finish before a new replica could be ready.
+                let absorb = obs.ready as f64 * conc as f64 * cs / svc;
+                let beyond = work.saturating_sub(have as u64 * conc as u64) as f64;
+                if beyond <= absorb {
+                    wanted = have;
+                    reason = Reason::BacklogDrainsInTime {
+                        pending: obs.pending,
+                        drain_s: obs.pending as f64 * svc / (obs.ready as f64 * conc as f64),
+                        cold_start_s: cs,
+                    };
+                } else {
+                    wanted = have + div_ceil((beyond - absorb).ceil() as u64, conc as u64);
+                }
+            }
+        }
+        self.levels.push(now, wanted.min(max));
+        let kept = self.levels.max_since(now - cs);
+        let mut desired = wanted.max(kept).max(1);
+        if desired < floor {
+            desired = floor;
+            reason = Reason::HoldInFlight { busy: floor };
+        }
+        if desired > max {
+            desired = max.max(floor);
+            reason = Reason::Capped { max };
+        }
+        Decision { desired, reason }
+    }
+
+    fn on_arrival(&mut self, obs: &Observation) -> Option<Decision> {
+        Some(self.decide(obs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::obs;
+
+    #[test]
+    fn without_history_keeps_warm_for_the_break_even_time() {
+        let plan = plan_idle(&[], 30.0, 120.0);
+        assert_eq!(plan.keep, 150.0);
+        assert_eq!(plan.prewarm, None);
+    }
+
+    #[test]
+    fn short_idle_times_are_bridged_and_long_ones_are_not() {
+        // Idle times all ~20 s: keeping warm through them is cheaper than any cold start.
+        let short: Vec<f64> = (0..50).map(|i| 15.0 + (i % 10) as f64).collect();
+        assert!(plan_idle(&short, 30.0, 0.0).keep >= 24.0);
+        // Idle times all ~2 h with no cold_cost: go to zero at once.
+        let long: Vec<f64> = (0..50).map(|i| 7000.0 + (i % 100) as f64 * 10.0).collect();
+        assert_eq!(plan_idle(&long, 30.0, 0.0).keep, 0.0);
+    }
+
+    #[test]
+    fn periodic_arrivals_are_prewarmed() {
+        // A cron-like job every 600 s (idle ~590 s): pre-warm shortly before.
+        let periodic: Vec<f64> = (0..50).map(|i| 590.0 + (i % 3) as f64).collect();
+        let plan = plan_idle(&periodic, 30.0, 300.0);
+        let (from, until) = plan.prewarm.expect("pre-warm");
+        assert_eq!(plan.keep, 0.0);
+        assert!(from <= 590.0 - 30.0 && from > 400.0, "{plan:?}");
+        assert!(until > 592.0);
+    }
+
+    #[test]
+    fn cold_cost_moves_the_plan_toward_warmth() {
+        let mixed: Vec<f64> = (0..100).map(|i| (i * i) as f64).collect(); // 0 .. 9801 s
+        let cheap = plan_idle(&mixed, 30.0, 0.0).keep;
+        let dear = plan_idle(&mixed, 30.0, 5000.0).keep;
+        assert!(dear > cheap, "cheap {cheap} dear {dear}");
+    }
+
+    #[test]
+    fn never_below_in_flight_and_wakes_on_arrival() {
+        let mut g = GreenScale::new("greenscale", GreenScaleParams::default());
+        let d = g.on_arrival(&obs(0.0, 3, 0, 0)).unwrap();
+        assert_eq!(d.desired, 3, "at zero every job gets a slot at once");
+        let mut o = obs(100.0, 0, 5, 5);
+        o.busy = 5;
+        assert!(g.decide(&o).desired >= 5);
+    }
+
+    #[test]
+    fn backlog_that_drains_before_a_cold_start_does_not_scale_up() {
+        let mut g = GreenScale::new("greenscale", GreenScaleParams::default());
+        // One ready replica (concurrency 1, 2 s jobs): 10 waiting drain in ~20 s < 30 s.
+        let mut o = obs(0.0, 10, 1, 1);
+        o.busy = 1;
+        let d = g.decide(&o);
+        assert_eq!(d.desired, 1);
+        assert!(matches!(d.reason, Reason::BacklogDrainsInTime { .. }));
+        // 40 waiting would take 80 s: scale up for what one replica cannot absorb.
+        let mut o = obs(1.0, 40, 1, 1);
+        o.busy = 1;
+        assert!(g.decide(&o).desired > 1);
+    }
+
+    #[test]
+    fn goes_to_zero_after_the_planned_keepalive() {
+        let mut g = GreenScale::new(
+            "greenscale",
+            GreenScaleParams {
+                cold_cost: 60.0,
+                ..GreenScaleParams::default()
+            },
+        );
+        g.decide(&obs(0.0, 0, 1, 1));
+        assert_eq!(g.decide(&obs(10.0, 0, 0, 1)).desired, 1);
+        assert_eq!(g.decide(&obs(99.0, 0, 0, 1)).desired, 1);
+        let d = g.decide(&obs(100.5, 0, 0, 1));
+        assert_eq!(d.desired, 0, "30 s cold start + 60 s cold_cost = 90 s keep-alive");
+        assert!(matches!(d.reason, Reason::ScaleToZero { .. }));
+    }
+}

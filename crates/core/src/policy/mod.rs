@@ -1,0 +1,547 @@
+//! Scaling policies: pure functions of observations and time (no I/O, no clock).
+//!
+//! The same policy objects run in the trace simulator (virtual time), the single-machine
+//! supervisor, the KEDA external scaler and the Kubernetes actuator. Each takes its
+//! parameters from a small spec string such as `keda:poll=5s,cooldown=30s,list_length=1`.
+
+mod greenscale;
+mod histogram;
+mod keda;
+mod keepalive;
+mod knative;
+mod window;
+
+use std::fmt;
+
+pub use greenscale::{GreenScale, GreenScaleParams};
+pub use histogram::{Histogram, HistogramParams};
+pub use keda::{Keda, KedaParams};
+pub use keepalive::KeepAlive;
+pub use knative::{Knative, KnativeParams};
+
+use crate::duration::parse_duration;
+
+/// What a policy sees of one pool at one moment. Times are seconds on the caller's clock
+/// (virtual in the simulator, monotonic in production).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    /// Current time, seconds.
+    pub now: f64,
+    /// Jobs waiting to start (the queue's pending list).
+    pub pending: u64,
+    /// Jobs running on replicas.
+    pub in_flight: u64,
+    /// Replicas ready to serve.
+    pub ready: u32,
+    /// Replicas started but not ready yet (loading).
+    pub starting: u32,
+    /// Replicas holding at least one in-flight job.
+    pub busy: u32,
+    /// Jobs one replica serves at once.
+    pub concurrency: u32,
+    /// Measured cold-start duration (mean), seconds; `None` before the first one.
+    pub cold_start: Option<f64>,
+    /// Measured job service time (mean), seconds; `None` before the first job ends.
+    pub service_time: Option<f64>,
+    /// The pool's replica limit.
+    pub max_replicas: u32,
+}
+
+impl Observation {
+    /// Replicas that exist (ready or starting).
+    pub fn replicas(&self) -> u32 {
+        self.ready + self.starting
+    }
+
+    /// Jobs in the system (waiting or running).
+    pub fn work(&self) -> u64 {
+        self.pending + self.in_flight
+    }
+
+    /// Replicas needed to run every job in the system at once.
+    pub fn slots_needed(&self) -> u32 {
+        div_ceil(self.work(), self.concurrency.max(1) as u64)
+    }
+}
+
+/// `ceil(a / b)` as a replica count, saturating.
+pub(crate) fn div_ceil(a: u64, b: u64) -> u32 {
+    a.div_ceil(b.max(1)).min(u32::MAX as u64) as u32
+}
+
+/// A policy's answer: how many replicas the pool should have, and why.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// Desired replicas (ready + starting).
+    pub desired: u32,
+    /// Why, in a form the dashboard and logs can print.
+    pub reason: Reason,
+}
+
+/// Why a policy decided what it did. Printed with `Display`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reason {
+    /// Jobs in the system need this many replicas.
+    Backlog {
+        /// Jobs waiting or running.
+        work: u64,
+        /// Jobs per replica.
+        per_replica: u32,
+    },
+    /// The backlog drains on the replicas already there before a new one could be ready.
+    BacklogDrainsInTime {
+        /// Jobs waiting.
+        pending: u64,
+        /// Expected seconds to drain them.
+        drain_s: f64,
+        /// Seconds a new replica takes to become ready.
+        cold_start_s: f64,
+    },
+    /// Replicas holding in-flight jobs are never removed.
+    HoldInFlight {
+        /// Replicas with running jobs.
+        busy: u32,
+    },
+    /// Capacity is kept for a while after it was last needed.
+    KeepAlive {
+        /// Seconds since the capacity was last needed.
+        idle_s: f64,
+        /// Seconds it is kept.
+        window_s: f64,
+    },
+    /// Idle past the keep-alive window: the last replica goes.
+    ScaleToZero {
+        /// Seconds idle.
+        idle_s: f64,
+        /// The keep-alive window that passed.
+        window_s: f64,
+    },
+    /// The pool's history predicts an arrival: a replica is warmed ahead of it.
+    Prewarm {
+        /// Seconds idle.
+        idle_s: f64,
+        /// Idle time at which pre-warming starts.
+        from_s: f64,
+    },
+    /// Nothing to do and nothing running.
+    Idle,
+    /// KEDA: the list is longer than the activation threshold; scale from zero to one.
+    KedaActivate {
+        /// List length seen at the poll.
+        list_length: u64,
+    },
+    /// KEDA: inactive for the cooldown period; scale to zero.
+    KedaCooldown {
+        /// Seconds since the trigger was last active.
+        inactive_s: f64,
+    },
+    /// KEDA/HPA: waiting for the next poll or sync; keeping the current count.
+    KedaWait,
+    /// HPA: `ceil(metric / target)`.
+    Hpa {
+        /// Metric total (list length).
+        metric: u64,
+        /// Target per replica (listLength).
+        target: u32,
+        /// The HPA's recommendation before limits.
+        recommended: u32,
+    },
+    /// HPA: usage within the 10 % tolerance; no change.
+    HpaTolerance {
+        /// Usage ratio.
+        ratio: f64,
+    },
+    /// HPA: scale-down held at the highest recommendation of the stabilization window.
+    HpaStabilized {
+        /// Current recommendation.
+        recommended: u32,
+        /// Value kept.
+        kept: u32,
+    },
+    /// Knative KPA: stable-window average concurrency over the target.
+    KnativeStable {
+        /// Average concurrency over the stable window.
+        average: f64,
+        /// Target concurrency per replica.
+        target: f64,
+    },
+    /// Knative KPA: panic mode on the short window.
+    KnativePanic {
+        /// Average concurrency over the panic window.
+        average: f64,
+        /// Target concurrency per replica.
+        target: f64,
+    },
+    /// Knative KPA: no traffic; the last replica waits out the scale-to-zero grace period.
+    KnativeGrace {
+        /// Seconds without traffic.
+        idle_s: f64,
+    },
+    /// Capped by a replica limit.
+    Capped {
+        /// The limit.
+        max: u32,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Reason::Backlog { work, per_replica } => write!(
+                f,
+                "{work} jobs waiting or running need {} replicas at {per_replica} per replica",
+                div_ceil(work, per_replica as u64)
+            ),
+            Reason::BacklogDrainsInTime {
+                pending,
+                drain_s,
+                cold_start_s,
+            } => write!(
+                f,
+                "{pending} waiting jobs drain in ~{drain_s:.0} s on ready replicas, sooner than a {cold_start_s:.0} s cold start"
+            ),
+            Reason::HoldInFlight { busy } => {
+                write!(f, "{busy} replicas hold running jobs and are kept")
+            }
+            Reason::KeepAlive { idle_s, window_s } => write!(
+                f,
+                "idle {idle_s:.0} s; keeping capacity warm for {window_s:.0} s"
+            ),
+            Reason::ScaleToZero { idle_s, window_s } => write!(
+                f,
+                "idle {idle_s:.0} s, past the {window_s:.0} s keep-alive: scale to zero"
+            ),
+            Reason::Prewarm { idle_s, from_s } => write!(
+                f,
+                "idle {idle_s:.0} s; history predicts an arrival: pre-warmed from {from_s:.0} s"
+            ),
+            Reason::Idle => f.write_str("no work"),
+            Reason::KedaActivate { list_length } => {
+                write!(f, "list length {list_length} > activation: KEDA scales 0 -> 1")
+            }
+            Reason::KedaCooldown { inactive_s } => {
+                write!(f, "trigger inactive {inactive_s:.0} s >= cooldown: KEDA scales to 0")
+            }
+            Reason::KedaWait => f.write_str("waiting for the next poll"),
+            Reason::Hpa {
+                metric,
+                target,
+                recommended,
+            } => write!(f, "HPA: ceil({metric} / {target}) = {recommended}"),
+            Reason::HpaTolerance { ratio } => {
+                write!(f, "HPA: usage ratio {ratio:.2} within tolerance 0.1")
+            }
+            Reason::HpaStabilized { recommended, kept } => write!(
+                f,
+                "HPA: recommends {recommended}, stabilization window keeps {kept}"
+            ),
+            Reason::KnativeStable { average, target } => write!(
+                f,
+                "KPA stable: average concurrency {average:.2} / target {target:.2}"
+            ),
+            Reason::KnativePanic { average, target } => write!(
+                f,
+                "KPA panic: 6 s average concurrency {average:.2} / target {target:.2}"
+            ),
+            Reason::KnativeGrace { idle_s } => {
+                write!(f, "KPA: no traffic for {idle_s:.0} s; scale-to-zero grace")
+            }
+            Reason::Capped { max } => write!(f, "capped at {max} replicas"),
+        }
+    }
+}
+
+/// A scaling policy. Implementations keep whatever history they need; they never do I/O
+/// and never read a clock: time comes in with each observation.
+pub trait Policy: Send {
+    /// The name it was built from (e.g. `keda-seed`, `greenscale:cold_cost=120`).
+    fn name(&self) -> &str;
+
+    /// Called on every tick: the desired replica count and why.
+    fn decide(&mut self, obs: &Observation) -> Decision;
+
+    /// Called when a job arrives (after it is counted in `obs`). Push-capable policies
+    /// answer at once (waking from zero without waiting for a tick); poll-driven ones
+    /// (KEDA) return `None`.
+    fn on_arrival(&mut self, obs: &Observation) -> Option<Decision>;
+}
+
+/// Errors in a policy spec.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("policy {spec:?}: {message}")]
+pub struct SpecError {
+    /// The spec as given.
+    pub spec: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The names `build` accepts.
+pub const POLICY_NAMES: &[&str] = &[
+    "greenscale",
+    "keda",
+    "keda-seed",
+    "keda-default",
+    "knative",
+    "keepalive",
+    "histogram",
+];
+
+/// A parsed `name:key=value,...` spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// The whole spec text.
+    pub text: String,
+    /// The policy name.
+    pub name: String,
+    /// A lone value after the colon (as in `keepalive:10m`).
+    pub value: Option<String>,
+    /// `key=value` parameters, in order.
+    pub params: Vec<(String, String)>,
+}
+
+impl Spec {
+    /// Parses one spec.
+    pub fn parse(text: &str) -> Result<Spec, SpecError> {
+        let err = |m: String| SpecError {
+            spec: text.to_string(),
+            message: m,
+        };
+        let (name, rest) = match text.split_once(':') {
+            Some((n, r)) => (n.trim(), Some(r)),
+            None => (text.trim(), None),
+        };
+        if !POLICY_NAMES.contains(&name) {
+            return Err(err(format!(
+                "unknown policy {name:?} (known: {})",
+                POLICY_NAMES.join(", ")
+            )));
+        }
+        let mut spec = Spec {
+            text: text.to_string(),
+            name: name.to_string(),
+            value: None,
+            params: Vec::new(),
+        };
+        for part in rest.unwrap_or("").split(',').filter(|p| !p.trim().is_empty()) {
+            match part.split_once('=') {
+                Some((k, v)) => spec.params.push((k.trim().to_string(), v.trim().to_string())),
+                None if spec.value.is_none() && spec.params.is_empty() => {
+                    spec.value = Some(part.trim().to_string())
+                }
+                None => return Err(err(format!("{part:?} is not key=value"))),
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Splits a comma-separated list of specs, keeping each spec's own `key=value` parts:
+    /// `keda:poll=5s,cooldown=30s,greenscale` is two specs.
+    pub fn parse_list(text: &str) -> Result<Vec<Spec>, SpecError> {
+        let mut specs: Vec<String> = Vec::new();
+        for part in text.split(',') {
+            let starts_policy = POLICY_NAMES
+                .iter()
+                .any(|n| part.trim() == *n || part.trim().starts_with(&format!("{n}:")));
+            match specs.last_mut() {
+                Some(last) if !starts_policy => {
+                    last.push(',');
+                    last.push_str(part);
+                }
+                _ => specs.push(part.trim().to_string()),
+            }
+        }
+        specs.iter().map(|s| Spec::parse(s)).collect()
+    }
+
+    fn error(&self, message: String) -> SpecError {
+        SpecError {
+            spec: self.text.clone(),
+            message,
+        }
+    }
+
+    /// Reads the parameters through `read`, refusing unknown keys.
+    fn read_params(
+        &self,
+        known: &[&str],
+        mut read: impl FnMut(&str, &str) -> Result<(), String>,
+    ) -> Result<(), SpecError> {
+        for (k, v) in &self.params {
+            if !known.contains(&k.as_str()) {
+                return Err(self.error(format!(
+                    "unknown parameter {k:?} (known: {})",
+                    known.join(", ")
+                )));
+            }
+            read(k, v).map_err(|m| self.error(format!("{k}: {m}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a duration parameter into seconds.
+pub(crate) fn secs(v: &str) -> Result<f64, String> {
+    parse_duration(v).map(|d| d.as_secs_f64())
+}
+
+/// Parses a number parameter.
+pub(crate) fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("{v:?} is not a valid number"))
+}
+
+/// Builds a policy from its spec.
+pub fn build(spec: &Spec) -> Result<Box<dyn Policy>, SpecError> {
+    let name = spec.text.clone();
+    Ok(match spec.name.as_str() {
+        "keda" | "keda-seed" | "keda-default" => {
+            let mut p = match spec.name.as_str() {
+                "keda-seed" => KedaParams::seed(),
+                "keda-default" => KedaParams::default(),
+                _ => KedaParams::default(),
+            };
+            spec.read_params(
+                &["poll", "cooldown", "list_length", "activation", "max"],
+                |k, v| {
+                    match k {
+                        "poll" => p.poll = secs(v)?,
+                        "cooldown" => p.cooldown = secs(v)?,
+                        "list_length" => p.list_length = num(v)?,
+                        "activation" => p.activation = num(v)?,
+                        _ => p.max = Some(num(v)?),
+                    }
+                    Ok(())
+                },
+            )?;
+            if p.list_length == 0 || p.poll <= 0.0 {
+                return Err(spec.error("list_length and poll must be positive".into()));
+            }
+            Box::new(Keda::new(name, p))
+        }
+        "knative" => {
+            let mut p = KnativeParams::default();
+            spec.read_params(
+                &["target", "stable", "panic", "panic_threshold", "grace"],
+                |k, v| {
+                    match k {
+                        "target" => p.target_utilization = num(v)?,
+                        "stable" => p.stable_window = secs(v)?,
+                        "panic" => p.panic_window = secs(v)?,
+                        "panic_threshold" => p.panic_threshold = num(v)?,
+                        _ => p.grace = secs(v)?,
+                    }
+                    Ok(())
+                },
+            )?;
+            if !(p.target_utilization > 0.0 && p.target_utilization <= 1.0) {
+                return Err(spec.error("target must be in (0, 1]".into()));
+            }
+            Box::new(Knative::new(name, p))
+        }
+        "keepalive" => {
+            let mut window = spec
+                .value
+                .as_deref()
+                .map(secs)
+                .transpose()
+                .map_err(|m| spec.error(m))?
+                .unwrap_or(600.0);
+            spec.read_params(&["window"], |_, v| {
+                window = secs(v)?;
+                Ok(())
+            })?;
+            Box::new(KeepAlive::new(name, window))
+        }
+        "histogram" => {
+            let mut p = HistogramParams::default();
+            spec.read_params(
+                &["head", "tail", "margin", "range", "bin", "fallback", "min_samples", "cv"],
+                |k, v| {
+                    match k {
+                        "head" => p.head_percentile = num(v)?,
+                        "tail" => p.tail_percentile = num(v)?,
+                        "margin" => p.margin = num(v)?,
+                        "range" => p.range = secs(v)?,
+                        "bin" => p.bin = secs(v)?,
+                        "fallback" => p.fallback_keepalive = secs(v)?,
+                        "min_samples" => p.min_samples = num(v)?,
+                        _ => p.min_cv = num(v)?,
+                    }
+                    Ok(())
+                },
+            )?;
+            if p.bin <= 0.0 || p.range < p.bin {
+                return Err(spec.error("bin must be positive and range at least one bin".into()));
+            }
+            Box::new(Histogram::new(name, p))
+        }
+        _ => {
+            let mut p = GreenScaleParams::default();
+            spec.read_params(&["cold_cost", "max", "cold_start"], |k, v| {
+                match k {
+                    "cold_cost" => p.cold_cost = num(v)?,
+                    "cold_start" => p.cold_start_prior = secs(v)?,
+                    _ => p.max = Some(num(v)?),
+                }
+                Ok(())
+            })?;
+            if p.cold_cost < 0.0 || !p.cold_cost.is_finite() {
+                return Err(spec.error("cold_cost must be a non-negative number".into()));
+            }
+            Box::new(GreenScale::new(name, p))
+        }
+    })
+}
+
+/// Parses and builds a comma-separated list of policies.
+pub fn build_list(text: &str) -> Result<Vec<Box<dyn Policy>>, SpecError> {
+    Spec::parse_list(text)?.iter().map(build).collect()
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Observation;
+
+    /// An observation with everything at zero but the given fields.
+    pub fn obs(now: f64, pending: u64, in_flight: u64, ready: u32) -> Observation {
+        Observation {
+            now,
+            pending,
+            in_flight,
+            ready,
+            starting: 0,
+            busy: ready.min(in_flight as u32),
+            concurrency: 1,
+            cold_start: Some(30.0),
+            service_time: Some(2.0),
+            max_replicas: 100,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_split() {
+        let list = Spec::parse_list("keda:poll=5s,cooldown=30s,list_length=1,max=5,greenscale:cold_cost=120,keepalive:10m").unwrap();
+        assert_eq!(list.len(), 3);
+        assert_eq!(list[0].params.len(), 4);
+        assert_eq!(list[2].value.as_deref(), Some("10m"));
+        assert!(build(&list[0]).is_ok());
+        assert!(build(&list[2]).is_ok());
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        let e = Spec::parse("nope").unwrap_err();
+        assert!(e.message.contains("unknown policy"));
+        let e = build(&Spec::parse("keda:pol=5s").unwrap()).err().unwrap();
+        assert!(e.message.contains("unknown parameter"), "{e}");
+        let e = build(&Spec::parse("keda:poll=soon").unwrap()).err().unwrap();
+        assert!(e.message.contains("poll"), "{e}");
+        let e = build(&Spec::parse("greenscale:cold_cost=-1").unwrap()).err().unwrap();
+        assert!(e.message.contains("cold_cost"), "{e}");
+    }
+}
