@@ -5,6 +5,7 @@ pub mod duration;
 pub mod job;
 pub mod policy;
 pub mod queue;
+pub mod sim;
 
 pub use duration::parse_duration;
 pub use job::{

@@ -45,6 +45,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Inspect, retry or purge the dead-letter list.
     DeadLetter(DeadLetterArgs),
+    /// Replay a request trace against scaling policies: GPU-seconds, cold-start waits,
+    /// wait percentiles, interruptions, against an offline oracle.
+    Sim(SimArgs),
 }
 
 /// Where the queue is and how it behaves.
@@ -228,6 +231,61 @@ pub enum DeadLetterAction {
     },
     /// Delete every dead letter.
     Purge,
+}
+
+/// `greenscale sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// The trace file.
+    #[arg(
+        long,
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic"
+    )]
+    pub trace: Option<std::path::PathBuf>,
+    /// Use a generated trace instead: poisson, diurnal, onoff, cron or burst.
+    #[arg(long)]
+    pub synthetic: Option<String>,
+    /// Trace format: auto, azure-llm, azure-functions, jsonl or plain.
+    #[arg(long, default_value = "auto")]
+    pub format: greenscale_core::sim::Format,
+    /// Policies to compare, comma-separated, each with optional parameters
+    /// (e.g. keda-seed,greenscale:cold_cost=120,keepalive:10m).
+    #[arg(
+        long,
+        default_value = "greenscale,keda-seed,keda-default,knative,keepalive:10m,histogram"
+    )]
+    pub policy: String,
+    /// Seconds from starting a replica to it being ready.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub cold_start: Duration,
+    /// Jobs one replica serves at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+    /// Prompt tokens processed per second (service time from token counts).
+    #[arg(long, default_value_t = 5000.0)]
+    pub prefill_tps: f64,
+    /// Tokens generated per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub decode_tps: f64,
+    /// Service time for traces without token counts or times.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub service_time: Duration,
+    /// How often policies are consulted.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub tick: Duration,
+    /// The pool's replica limit, shared by every policy.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_replicas: u32,
+    /// Seed for spreading per-minute counts and for synthetic traces.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print a JSON array, one object per policy.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw replicas and queue depth over time to this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// Sets up logging to stderr; `RUST_LOG` chooses the level (default `info`).

@@ -24,6 +24,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => submit(args).await,
         Command::Status(args) => status(args).await,
         Command::DeadLetter(args) => dead_letter(args).await,
+        Command::Sim(args) => crate::sim::run(args),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod sim;
 
 use clap::Parser;
 

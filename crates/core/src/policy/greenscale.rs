@@ -1,21 +1,25 @@
 //! GreenScale's own policy.
 //!
+//! One knob, `cold_cost`: how many GPU-seconds avoiding one cold-start wait is worth. It
+//! also prices waiting in general: a job-second of waiting is worth `cold_cost / cold_start`
+//! GPU-seconds.
+//!
 //! - Never below the replicas that hold in-flight work.
-//! - Scale-up from backlog and measured service rate: a new replica is started only when the
-//!   replicas already there cannot drain the backlog within one cold start (the time the
-//!   new one would take to help); at zero, every job in the system gets a slot at once.
-//! - Each level above one is kept for one cold start after it was last wanted (ski rental:
-//!   keeping warm for exactly the cold-start time is 2-competitive).
-//! - The last step to zero is separate: it weighs the pool's own idle-time history against
-//!   its measured cold-start cost plus `cold_cost` (how many GPU-seconds avoiding one
-//!   cold-start wait is worth), choosing the keep-alive and the pre-warm point that minimise
-//!   the expected cost over the observed idle times. With too little history it keeps warm
-//!   for `cold_start + cold_cost` (the deterministic ski-rental break-even).
+//! - Scale-up from backlog and measured service rate: when jobs have no free slot, new
+//!   replicas are started unless the replicas already there drain the backlog within the
+//!   wait a new replica is not worth (`min(cs, 2 cs^2 / (concurrency * cold_cost))`: a new
+//!   replica costs about one cold start and saves about `concurrency` jobs half that wait).
+//!   At zero, every job in the system gets a slot at once.
+//! - Each level of capacity (the k-th replica) learns how long it tends to stay unneeded
+//!   before it is needed again, and is kept through that gap when that is cheaper than
+//!   restarting it (cold start plus `cold_cost`); with too little history it is kept for
+//!   the break-even time `cold_start + cold_cost` (ski rental: 2-competitive).
+//! - The last step to zero is its own decision on the first level's idle-time history, and
+//!   may also pre-warm ahead of a predicted arrival.
 //! - It reacts to arrivals at once (push), so waking from zero never waits for a tick.
 
 use std::collections::VecDeque;
 
-use super::window::SlidingMax;
 use super::{Decision, Observation, Policy, Reason, div_ceil};
 
 /// Idle times kept in the history.
@@ -24,6 +28,10 @@ const HISTORY: usize = 256;
 const MIN_HISTORY: usize = 8;
 /// Candidate values tried for each window when planning.
 const CANDIDATES: usize = 48;
+
+/// Default `cold_cost`: two GPU-minutes per avoided cold-start wait. With a 30 s cold start
+/// this prices a second of a caller's waiting at four GPU-seconds (see docs/scaling.md).
+pub const DEFAULT_COLD_COST: f64 = 120.0;
 
 /// Parameters of the `greenscale` policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +47,7 @@ pub struct GreenScaleParams {
 impl Default for GreenScaleParams {
     fn default() -> Self {
         GreenScaleParams {
-            cold_cost: 600.0,
+            cold_cost: DEFAULT_COLD_COST,
             cold_start_prior: 30.0,
             max: None,
         }
@@ -55,16 +63,60 @@ pub struct IdlePlan {
     pub prewarm: Option<(f64, f64)>,
 }
 
+/// What one level of capacity (the k-th replica) has learned.
+#[derive(Debug, Clone, Default)]
+struct Level {
+    /// Gaps between this level being released and being needed again, seconds.
+    gaps: VecDeque<f64>,
+    new_since_plan: usize,
+    plan: Option<(IdlePlan, f64)>,
+    /// When the level was last released (None while needed, or never used).
+    off_since: Option<f64>,
+    /// The level is kept until this time.
+    keep_until: f64,
+    /// Pre-warm window, absolute times (first level only).
+    prewarm: Option<(f64, f64)>,
+}
+
+impl Level {
+    fn record(&mut self, gap: f64) {
+        if self.gaps.len() == HISTORY {
+            self.gaps.pop_front();
+        }
+        self.gaps.push_back(gap);
+        self.new_since_plan += 1;
+    }
+
+    /// The plan for cold start `cs`, recomputed as history accumulates.
+    fn plan(&mut self, cs: f64, cold_cost: f64) -> IdlePlan {
+        let stale = match self.plan {
+            None => true,
+            Some((_, planned_cs)) => {
+                (planned_cs - cs).abs() > 0.05 * cs.max(1.0)
+                    || self.new_since_plan >= (self.gaps.len() / 8).max(MIN_HISTORY / 2)
+            }
+        };
+        if stale {
+            let samples: Vec<f64> = self.gaps.iter().copied().collect();
+            self.plan = Some((plan_idle(&samples, cs, cold_cost), cs));
+            self.new_since_plan = 0;
+        }
+        self.plan.expect("just planned").0
+    }
+}
+
 /// The `greenscale` policy.
 #[derive(Debug, Clone)]
 pub struct GreenScale {
     name: String,
     params: GreenScaleParams,
+    /// `levels[k - 1]` is the k-th replica.
+    levels: Vec<Level>,
+    /// Replicas wanted by the backlog at the last decision.
+    wanted: u32,
+    /// Highest level that may still be kept.
+    kept_top: u32,
     idle_since: Option<f64>,
-    history: VecDeque<f64>,
-    new_since_plan: usize,
-    plan: Option<(IdlePlan, f64)>,
-    levels: SlidingMax,
 }
 
 impl GreenScale {
@@ -73,37 +125,60 @@ impl GreenScale {
         GreenScale {
             name: name.into(),
             params,
+            levels: Vec::new(),
+            wanted: 0,
+            kept_top: 0,
             idle_since: None,
-            history: VecDeque::with_capacity(HISTORY),
-            new_since_plan: 0,
-            plan: None,
-            levels: SlidingMax::default(),
         }
     }
 
-    fn record_idle(&mut self, idle: f64) {
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
+    /// Records level transitions from the last `wanted` to `now_wanted`.
+    fn track_levels(&mut self, now: f64, now_wanted: u32, cs: f64) {
+        let cold_cost = self.params.cold_cost;
+        if self.levels.len() < now_wanted as usize {
+            self.levels.resize_with(now_wanted as usize, Level::default);
         }
-        self.history.push_back(idle);
-        self.new_since_plan += 1;
-    }
-
-    /// The idle plan for cold-start time `cs`, recomputed as history accumulates.
-    fn idle_plan(&mut self, cs: f64) -> IdlePlan {
-        let stale = match self.plan {
-            None => true,
-            Some((_, planned_cs)) => {
-                (planned_cs - cs).abs() > 0.05 * cs.max(1.0)
-                    || self.new_since_plan >= (self.history.len() / 8).max(MIN_HISTORY / 2)
+        for k in (self.wanted + 1)..=now_wanted {
+            let level = &mut self.levels[k as usize - 1];
+            if let Some(off) = level.off_since.take() {
+                level.record(now - off);
             }
-        };
-        if stale {
-            let samples: Vec<f64> = self.history.iter().copied().collect();
-            self.plan = Some((plan_idle(&samples, cs, self.params.cold_cost), cs));
-            self.new_since_plan = 0;
+            level.prewarm = None;
         }
-        self.plan.expect("just planned").0
+        for k in (now_wanted + 1)..=self.wanted {
+            let level = &mut self.levels[k as usize - 1];
+            level.off_since = Some(now);
+            let plan = level.plan(cs, cold_cost);
+            level.keep_until = now + plan.keep;
+            level.prewarm = if k == 1 {
+                plan.prewarm.map(|(a, b)| (now + a, now + b))
+            } else {
+                None
+            };
+        }
+        self.kept_top = self.kept_top.max(self.wanted).max(now_wanted);
+        self.wanted = now_wanted;
+    }
+
+    /// The highest level still kept at `now` (levels above `wanted` within their window).
+    fn kept(&mut self, now: f64) -> u32 {
+        while self.kept_top > self.wanted {
+            let level = &self.levels[self.kept_top as usize - 1];
+            let warm =
+                now < level.keep_until || level.prewarm.is_some_and(|(a, b)| now >= a && now < b);
+            if warm {
+                return self.kept_top;
+            }
+            if level.prewarm.is_some_and(|(a, _)| now < a) {
+                // Off now, but pre-warms later: look lower without forgetting it.
+                return (1..self.kept_top)
+                    .rev()
+                    .find(|&k| k <= self.wanted || now < self.levels[k as usize - 1].keep_until)
+                    .unwrap_or(self.wanted);
+            }
+            self.kept_top -= 1;
+        }
+        self.wanted
     }
 }
 
@@ -154,7 +229,11 @@ pub fn plan_idle(samples: &[f64], cs: f64, cold_cost: f64) -> IdlePlan {
         if c < best.0 {
             best = (c, t, None);
         }
-        for &s in sorted.iter().step_by(step).chain(std::iter::once(&sorted[n - 1])) {
+        for &s in sorted
+            .iter()
+            .step_by(step)
+            .chain(std::iter::once(&sorted[n - 1]))
+        {
             let p = s - cs;
             if p <= t {
                 continue;
@@ -178,7 +257,10 @@ impl Policy for GreenScale {
 
     fn decide(&mut self, obs: &Observation) -> Decision {
         let now = obs.now;
-        let cs = obs.cold_start.unwrap_or(self.params.cold_start_prior).max(0.0);
+        let cs = obs
+            .cold_start
+            .unwrap_or(self.params.cold_start_prior)
+            .max(0.0);
         let conc = obs.concurrency.max(1);
         let max = self
             .params
@@ -188,78 +270,74 @@ impl Policy for GreenScale {
         let floor = obs.busy.max(div_ceil(obs.in_flight, conc as u64));
         let have = obs.replicas();
 
-        if work == 0 {
-            let since = *self.idle_since.get_or_insert(now);
-            let idle_s = now - since;
-            let plan = self.idle_plan(cs);
-            let prewarm = plan
-                .prewarm
-                .filter(|&(from, until)| idle_s >= from && idle_s < until);
-            let (desired, reason) = if idle_s < plan.keep {
-                let kept = self.levels.max_since(now - cs).max(1);
+        let (wanted, mut reason) = if work == 0 {
+            (0, Reason::Idle)
+        } else if obs.slots_needed() > have
+            && have > 0
+            && let Some(svc) = obs.service_time.filter(|s| *s > 0.0)
+        {
+            // A job may wait on busy replicas while its waiting costs less than a cold
+            // start: (cold_cost / cs) * wait <= cs.
+            let tolerable = if self.params.cold_cost > cs {
+                cs * cs / self.params.cold_cost
+            } else {
+                cs
+            };
+            // Replicas still starting absorb the same once ready (within a cold start).
+            let absorb = have as f64 * conc as f64 * tolerable / svc;
+            let beyond = work.saturating_sub(have as u64 * conc as u64) as f64;
+            if beyond <= absorb {
                 (
-                    kept,
-                    Reason::KeepAlive {
-                        idle_s,
-                        window_s: plan.keep,
-                    },
-                )
-            } else if let Some((from, _)) = prewarm {
-                (
-                    1,
-                    Reason::Prewarm {
-                        idle_s,
-                        from_s: from,
-                    },
-                )
-            } else if have > 0 {
-                (
-                    0,
-                    Reason::ScaleToZero {
-                        idle_s,
-                        window_s: plan.keep,
+                    have,
+                    Reason::BacklogDrainsInTime {
+                        pending: obs.pending,
+                        drain_s: obs.pending as f64 * svc / (have as f64 * conc as f64),
+                        cold_start_s: tolerable,
                     },
                 )
             } else {
-                (0, Reason::Idle)
-            };
-            return Decision {
-                desired: desired.min(max),
-                reason,
-            };
-        }
-
-        if let Some(since) = self.idle_since.take() {
-            self.record_idle(now - since);
-        }
-        let need = obs.slots_needed();
-        let (mut wanted, mut reason) = (
-            need,
-            Reason::Backlog {
-                work,
-                per_replica: conc,
-            },
-        );
-        if need > have && obs.ready > 0 {
-            if let Some(svc) = obs.service_time.filter(|s| *s > 0.0) {
-                // Jobs the ready replicas finish before a new replica could be ready.
-                let absorb = obs.ready as f64 * conc as f64 * cs / svc;
-                let beyond = work.saturating_sub(have as u64 * conc as u64) as f64;
-                if beyond <= absorb {
-                    wanted = have;
-                    reason = Reason::BacklogDrainsInTime {
-                        pending: obs.pending,
-                        drain_s: obs.pending as f64 * svc / (obs.ready as f64 * conc as f64),
-                        cold_start_s: cs,
-                    };
-                } else {
-                    wanted = have + div_ceil((beyond - absorb).ceil() as u64, conc as u64);
-                }
+                (
+                    have + div_ceil((beyond - absorb).ceil() as u64, conc as u64),
+                    Reason::Backlog {
+                        work,
+                        per_replica: conc,
+                    },
+                )
             }
+        } else {
+            (
+                obs.slots_needed(),
+                Reason::Backlog {
+                    work,
+                    per_replica: conc,
+                },
+            )
+        };
+        let wanted = wanted.min(max);
+        self.track_levels(now, wanted, cs);
+        let mut desired = self.kept(now).max(wanted);
+        if work == 0 {
+            let since = *self.idle_since.get_or_insert(now);
+            let idle_s = now - since;
+            let first = self.levels.first();
+            reason = match first {
+                _ if desired == 0 && have == 0 => Reason::Idle,
+                _ if desired == 0 => Reason::ScaleToZero {
+                    idle_s,
+                    window_s: first.map_or(0.0, |l| l.keep_until - since),
+                },
+                Some(l) if l.prewarm.is_some_and(|(a, b)| now >= a && now < b) => Reason::Prewarm {
+                    idle_s,
+                    from_s: l.prewarm.map_or(0.0, |(a, _)| a - since),
+                },
+                _ => Reason::KeepAlive {
+                    idle_s,
+                    window_s: first.map_or(0.0, |l| l.keep_until - since),
+                },
+            };
+        } else {
+            self.idle_since = None;
         }
-        self.levels.push(now, wanted.min(max));
-        let kept = self.levels.max_since(now - cs);
-        let mut desired = wanted.max(kept).max(1);
         if desired < floor {
             desired = floor;
             reason = Reason::HoldInFlight { busy: floor };
@@ -328,18 +406,28 @@ mod tests {
     }
 
     #[test]
-    fn backlog_that_drains_before_a_cold_start_does_not_scale_up() {
-        let mut g = GreenScale::new("greenscale", GreenScaleParams::default());
-        // One ready replica (concurrency 1, 2 s jobs): 10 waiting drain in ~20 s < 30 s.
+    fn tolerated_backlog_depends_on_cold_cost() {
+        // One ready replica (concurrency 1, 2 s jobs), 10 waiting: ~20 s to drain.
         let mut o = obs(0.0, 10, 1, 1);
         o.busy = 1;
-        let d = g.decide(&o);
+        // Waiting is cheap (cold_cost 10: tolerate up to the 30 s cold start): no scale-up.
+        let mut cheap = GreenScale::new(
+            "greenscale",
+            GreenScaleParams {
+                cold_cost: 10.0,
+                ..GreenScaleParams::default()
+            },
+        );
+        let d = cheap.decide(&o);
         assert_eq!(d.desired, 1);
         assert!(matches!(d.reason, Reason::BacklogDrainsInTime { .. }));
         // 40 waiting would take 80 s: scale up for what one replica cannot absorb.
-        let mut o = obs(1.0, 40, 1, 1);
-        o.busy = 1;
-        assert!(g.decide(&o).desired > 1);
+        let mut o40 = obs(1.0, 40, 1, 1);
+        o40.busy = 1;
+        assert!(cheap.decide(&o40).desired > 1);
+        // Waiting is dear (default 600: tolerate 2*30*30/600 = 3 s): scale up at once.
+        let mut dear = GreenScale::new("greenscale", GreenScaleParams::default());
+        assert!(dear.decide(&o).desired > 1);
     }
 
     #[test]
@@ -355,7 +443,10 @@ mod tests {
         assert_eq!(g.decide(&obs(10.0, 0, 0, 1)).desired, 1);
         assert_eq!(g.decide(&obs(99.0, 0, 0, 1)).desired, 1);
         let d = g.decide(&obs(100.5, 0, 0, 1));
-        assert_eq!(d.desired, 0, "30 s cold start + 60 s cold_cost = 90 s keep-alive");
+        assert_eq!(
+            d.desired, 0,
+            "30 s cold start + 60 s cold_cost = 90 s keep-alive"
+        );
         assert!(matches!(d.reason, Reason::ScaleToZero { .. }));
     }
 }

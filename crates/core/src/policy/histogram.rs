@@ -141,7 +141,7 @@ impl Policy for Histogram {
 
     fn decide(&mut self, obs: &Observation) -> Decision {
         let now = obs.now;
-        let need = obs.slots_needed().max(obs.busy);
+        let need = obs.slots_needed().max(obs.busy).min(obs.max_replicas);
         if need > 0 {
             if let Some(since) = self.idle_since.take() {
                 self.record_idle(now - since);
@@ -199,7 +199,8 @@ impl Policy for Histogram {
             (false, _) => 0,
             (true, true) => 1,
             (true, false) => kept.max(1),
-        };
+        }
+        .min(obs.max_replicas);
         Decision { desired, reason }
     }
 
@@ -254,6 +255,10 @@ mod tests {
         let d = h.decide(&obs(10.0 + 541.0, 0, 0, 0));
         assert_eq!(d.desired, 1, "pre-warmed at 540 s");
         assert!(matches!(d.reason, Reason::Prewarm { .. }));
-        assert_eq!(h.decide(&obs(10.0 + 727.0, 0, 0, 1)).desired, 0, "past 726 s");
+        assert_eq!(
+            h.decide(&obs(10.0 + 727.0, 0, 0, 1)).desired,
+            0,
+            "past 726 s"
+        );
     }
 }

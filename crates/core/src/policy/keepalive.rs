@@ -31,7 +31,7 @@ impl Policy for KeepAlive {
     }
 
     fn decide(&mut self, obs: &Observation) -> Decision {
-        let need = obs.slots_needed().max(obs.busy);
+        let need = obs.slots_needed().max(obs.busy).min(obs.max_replicas);
         self.levels.push(obs.now, need);
         let kept = self.levels.max_since(obs.now - self.window);
         if need > 0 {
@@ -83,7 +83,11 @@ mod tests {
         assert_eq!(k.decide(&obs(10.0, 0, 1, 3)).desired, 3);
         assert_eq!(k.decide(&obs(20.0, 0, 0, 3)).desired, 3);
         assert_eq!(k.decide(&obs(599.0, 0, 0, 3)).desired, 3);
-        assert_eq!(k.decide(&obs(605.0, 0, 0, 3)).desired, 1, "level 1 was needed until 10 s");
+        assert_eq!(
+            k.decide(&obs(605.0, 0, 0, 3)).desired,
+            1,
+            "level 1 was needed until 10 s"
+        );
         let d = k.decide(&obs(611.0, 0, 0, 1));
         assert_eq!(d.desired, 0);
         assert!(matches!(d.reason, Reason::ScaleToZero { .. }));

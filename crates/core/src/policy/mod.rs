@@ -217,10 +217,16 @@ impl fmt::Display for Reason {
             ),
             Reason::Idle => f.write_str("no work"),
             Reason::KedaActivate { list_length } => {
-                write!(f, "list length {list_length} > activation: KEDA scales 0 -> 1")
+                write!(
+                    f,
+                    "list length {list_length} > activation: KEDA scales 0 -> 1"
+                )
             }
             Reason::KedaCooldown { inactive_s } => {
-                write!(f, "trigger inactive {inactive_s:.0} s >= cooldown: KEDA scales to 0")
+                write!(
+                    f,
+                    "trigger inactive {inactive_s:.0} s >= cooldown: KEDA scales to 0"
+                )
             }
             Reason::KedaWait => f.write_str("waiting for the next poll"),
             Reason::Hpa {
@@ -323,9 +329,15 @@ impl Spec {
             value: None,
             params: Vec::new(),
         };
-        for part in rest.unwrap_or("").split(',').filter(|p| !p.trim().is_empty()) {
+        for part in rest
+            .unwrap_or("")
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+        {
             match part.split_once('=') {
-                Some((k, v)) => spec.params.push((k.trim().to_string(), v.trim().to_string())),
+                Some((k, v)) => spec
+                    .params
+                    .push((k.trim().to_string(), v.trim().to_string())),
                 None if spec.value.is_none() && spec.params.is_empty() => {
                     spec.value = Some(part.trim().to_string())
                 }
@@ -387,7 +399,8 @@ pub(crate) fn secs(v: &str) -> Result<f64, String> {
 
 /// Parses a number parameter.
 pub(crate) fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{v:?} is not a valid number"))
+    v.parse()
+        .map_err(|_| format!("{v:?} is not a valid number"))
 }
 
 /// Builds a policy from its spec.
@@ -455,7 +468,16 @@ pub fn build(spec: &Spec) -> Result<Box<dyn Policy>, SpecError> {
         "histogram" => {
             let mut p = HistogramParams::default();
             spec.read_params(
-                &["head", "tail", "margin", "range", "bin", "fallback", "min_samples", "cv"],
+                &[
+                    "head",
+                    "tail",
+                    "margin",
+                    "range",
+                    "bin",
+                    "fallback",
+                    "min_samples",
+                    "cv",
+                ],
                 |k, v| {
                     match k {
                         "head" => p.head_percentile = num(v)?,
@@ -525,7 +547,10 @@ mod tests {
 
     #[test]
     fn specs_parse_and_split() {
-        let list = Spec::parse_list("keda:poll=5s,cooldown=30s,list_length=1,max=5,greenscale:cold_cost=120,keepalive:10m").unwrap();
+        let list = Spec::parse_list(
+            "keda:poll=5s,cooldown=30s,list_length=1,max=5,greenscale:cold_cost=120,keepalive:10m",
+        )
+        .unwrap();
         assert_eq!(list.len(), 3);
         assert_eq!(list[0].params.len(), 4);
         assert_eq!(list[2].value.as_deref(), Some("10m"));
@@ -539,9 +564,13 @@ mod tests {
         assert!(e.message.contains("unknown policy"));
         let e = build(&Spec::parse("keda:pol=5s").unwrap()).err().unwrap();
         assert!(e.message.contains("unknown parameter"), "{e}");
-        let e = build(&Spec::parse("keda:poll=soon").unwrap()).err().unwrap();
+        let e = build(&Spec::parse("keda:poll=soon").unwrap())
+            .err()
+            .unwrap();
         assert!(e.message.contains("poll"), "{e}");
-        let e = build(&Spec::parse("greenscale:cold_cost=-1").unwrap()).err().unwrap();
+        let e = build(&Spec::parse("greenscale:cold_cost=-1").unwrap())
+            .err()
+            .unwrap();
         assert!(e.message.contains("cold_cost"), "{e}");
     }
 }

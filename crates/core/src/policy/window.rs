@@ -50,7 +50,11 @@ impl WindowAverage {
     pub fn push(&mut self, now: f64, value: f64, window: f64) {
         self.samples.push_back((now, value));
         self.sum += value;
-        while self.samples.front().is_some_and(|&(t, _)| t <= now - window) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(t, _)| t <= now - window)
+        {
             let (_, v) = self.samples.pop_front().expect("checked");
             self.sum -= v;
         }

@@ -1,0 +1,627 @@
+//! The trace simulator: replays a trace against policies in virtual time (DESIGN §5).
+//!
+//! Cost model: a replica costs GPU time from the moment it is started (including its cold
+//! start) until it is stopped; it serves up to `concurrency` jobs at once; jobs start in
+//! FIFO order on the least-loaded ready replica. The policy is consulted every tick and, if
+//! it is push-capable, on every arrival. A replica removed while serving interrupts its
+//! jobs; they go back to the front of the queue and run again (as GreenScale's queue would
+//! re-deliver them), so every job completes exactly once.
+
+pub mod oracle;
+pub mod plot;
+pub mod synthetic;
+pub mod trace;
+
+use std::collections::{BinaryHeap, VecDeque};
+
+use serde::Serialize;
+
+use crate::policy::{self, Observation, Policy, Spec};
+pub use trace::{Format, Job, Pool, ServiceModel, Trace, TraceError};
+
+/// Settings of one simulation (shared by every policy in a run).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimConfig {
+    /// Seconds from starting a replica to it being ready.
+    pub cold_start: f64,
+    /// Jobs one replica serves at once.
+    pub concurrency: u32,
+    /// Seconds between policy ticks.
+    pub tick: f64,
+    /// The pool's replica limit.
+    pub max_replicas: u32,
+    /// After the last job, how long a policy may keep replicas before the run ends
+    /// (and they stop being charged).
+    pub horizon: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            cold_start: 30.0,
+            concurrency: 8,
+            tick: 1.0,
+            max_replicas: 20,
+            horizon: 4.0 * 3600.0,
+        }
+    }
+}
+
+/// One moment of a simulation, for plots.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    /// Virtual time, seconds.
+    pub t: f64,
+    /// Replicas (ready + starting).
+    pub replicas: u32,
+    /// Jobs waiting to start.
+    pub pending: u64,
+}
+
+/// What one pool's simulation measured.
+#[derive(Debug, Clone, Default)]
+pub struct PoolOutcome {
+    /// Jobs completed.
+    pub jobs: u64,
+    /// GPU-seconds used (replica lifetimes, cold starts included).
+    pub gpu_seconds: f64,
+    /// Jobs that waited on a cold start.
+    pub cold_start_waits: u64,
+    /// Each job's wait (start - arrival), seconds.
+    pub waits: Vec<f32>,
+    /// Job runs cut short by a replica being removed.
+    pub interrupted: u64,
+    /// Most replicas at once.
+    pub peak_replicas: u32,
+    /// Decisions that added replicas.
+    pub scale_ups: u64,
+    /// Replicas started.
+    pub cold_starts: u64,
+    /// Replica count changes (time, +1/-1), to find the peak over many pools.
+    pub changes: Vec<(f64, i8)>,
+    /// Per-tick samples, when asked for.
+    pub timeline: Vec<Sample>,
+}
+
+#[derive(Debug, Clone)]
+struct Replica {
+    uid: u64,
+    started_at: f64,
+    ready_at: f64,
+    ready: bool,
+    busy: u32,
+    running: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct JobState {
+    start: f64,
+    run: u32,
+    free_at_arrival: bool,
+    cold: bool,
+}
+
+/// A completion event, ordered earliest first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Completion {
+    at: f64,
+    job: u32,
+    run: u32,
+    replica: u64,
+}
+
+impl Eq for Completion {}
+impl PartialOrd for Completion {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Completion {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.at.total_cmp(&self.at).then(other.job.cmp(&self.job))
+    }
+}
+
+struct Engine<'a> {
+    cfg: SimConfig,
+    jobs: &'a [Job],
+    state: Vec<JobState>,
+    replicas: Vec<Replica>,
+    next_uid: u64,
+    starting_queue: VecDeque<(f64, u64)>,
+    pending: VecDeque<u32>,
+    completions: BinaryHeap<Completion>,
+    in_flight: u64,
+    free_slots: u64,
+    n_ready: u32,
+    n_busy: u32,
+    measured_cold: Option<f64>,
+    service_mean: Option<f64>,
+    out: PoolOutcome,
+}
+
+impl<'a> Engine<'a> {
+    fn new(jobs: &'a [Job], cfg: SimConfig) -> Self {
+        Engine {
+            cfg,
+            jobs,
+            state: vec![JobState::default(); jobs.len()],
+            replicas: Vec::new(),
+            next_uid: 0,
+            starting_queue: VecDeque::new(),
+            pending: VecDeque::new(),
+            completions: BinaryHeap::new(),
+            in_flight: 0,
+            free_slots: 0,
+            n_ready: 0,
+            n_busy: 0,
+            measured_cold: None,
+            service_mean: None,
+            out: PoolOutcome {
+                waits: Vec::with_capacity(jobs.len()),
+                ..PoolOutcome::default()
+            },
+        }
+    }
+
+    fn observe(&self, now: f64) -> Observation {
+        Observation {
+            now,
+            pending: self.pending.len() as u64,
+            in_flight: self.in_flight,
+            ready: self.n_ready,
+            starting: self.replicas.len() as u32 - self.n_ready,
+            busy: self.n_busy,
+            concurrency: self.cfg.concurrency,
+            cold_start: self.measured_cold,
+            service_time: self.service_mean,
+            max_replicas: self.cfg.max_replicas,
+        }
+    }
+
+    fn actuate(&mut self, now: f64, desired: u32) {
+        let desired = desired.min(self.cfg.max_replicas) as usize;
+        let current = self.replicas.len();
+        if desired > current {
+            self.out.scale_ups += 1;
+            for _ in current..desired {
+                let uid = self.next_uid;
+                self.next_uid += 1;
+                let ready_at = now + self.cfg.cold_start;
+                self.replicas.push(Replica {
+                    uid,
+                    started_at: now,
+                    ready_at,
+                    ready: false,
+                    busy: 0,
+                    running: Vec::new(),
+                });
+                self.starting_queue.push_back((ready_at, uid));
+                self.out.cold_starts += 1;
+                self.out.changes.push((now, 1));
+            }
+            self.out.peak_replicas = self.out.peak_replicas.max(desired as u32);
+        } else if desired < current {
+            for _ in desired..current {
+                // Kubernetes' order: not-ready first (newest), then idle, then least busy.
+                let victim = (0..self.replicas.len())
+                    .min_by(|&a, &b| {
+                        let (ra, rb) = (&self.replicas[a], &self.replicas[b]);
+                        ra.ready
+                            .cmp(&rb.ready)
+                            .then(ra.busy.cmp(&rb.busy))
+                            .then(rb.started_at.total_cmp(&ra.started_at))
+                    })
+                    .expect("a replica to remove");
+                self.remove(now, victim);
+            }
+            self.dispatch(now);
+        }
+    }
+
+    fn remove(&mut self, now: f64, index: usize) {
+        let r = self.replicas.swap_remove(index);
+        self.out.gpu_seconds += now - r.started_at;
+        self.out.changes.push((now, -1));
+        if r.ready {
+            self.n_ready -= 1;
+            self.free_slots -= (self.cfg.concurrency - r.busy) as u64;
+        }
+        if r.busy > 0 {
+            self.n_busy -= 1;
+            self.in_flight -= r.busy as u64;
+            self.out.interrupted += r.busy as u64;
+            // Back to the front of the queue, oldest first.
+            let mut cut = r.running;
+            cut.sort_unstable();
+            for j in cut.into_iter().rev() {
+                self.state[j as usize].run += 1;
+                self.pending.push_front(j);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, now: f64) {
+        let conc = self.cfg.concurrency;
+        while self.free_slots > 0 && !self.pending.is_empty() {
+            let (i, _) = self
+                .replicas
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.ready && r.busy < conc)
+                .min_by_key(|(_, r)| r.busy)
+                .expect("free slots imply a ready replica with room");
+            let j = self.pending.pop_front().expect("checked") as usize;
+            let r = &mut self.replicas[i];
+            if r.busy == 0 {
+                self.n_busy += 1;
+            }
+            r.busy += 1;
+            r.running.push(j as u32);
+            self.free_slots -= 1;
+            self.in_flight += 1;
+            let job = self.jobs[j];
+            let st = &mut self.state[j];
+            st.start = now;
+            st.cold = !st.free_at_arrival && r.ready_at > job.arrival;
+            self.completions.push(Completion {
+                at: now + job.service,
+                job: j as u32,
+                run: st.run,
+                replica: r.uid,
+            });
+        }
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let st = self.state[c.job as usize];
+        if st.run != c.run {
+            return; // interrupted run
+        }
+        let Some(r) = self.replicas.iter_mut().find(|r| r.uid == c.replica) else {
+            return;
+        };
+        r.busy -= 1;
+        if r.busy == 0 {
+            self.n_busy -= 1;
+        }
+        if let Some(p) = r.running.iter().position(|&j| j == c.job) {
+            r.running.swap_remove(p);
+        }
+        self.free_slots += 1;
+        self.in_flight -= 1;
+        let job = self.jobs[c.job as usize];
+        self.out.jobs += 1;
+        self.out.waits.push((st.start - job.arrival) as f32);
+        if st.cold {
+            self.out.cold_start_waits += 1;
+        }
+        let s = job.service;
+        self.service_mean = Some(match self.service_mean {
+            None => s,
+            Some(m) => m + 0.05 * (s - m),
+        });
+        self.dispatch(c.at);
+    }
+
+    fn become_ready(&mut self, now: f64, uid: u64) {
+        let Some(r) = self.replicas.iter_mut().find(|r| r.uid == uid) else {
+            return; // removed while starting
+        };
+        r.ready = true;
+        let cold = r.ready_at - r.started_at;
+        self.n_ready += 1;
+        self.free_slots += self.cfg.concurrency as u64;
+        self.measured_cold = Some(match self.measured_cold {
+            None => cold,
+            Some(m) => m + 0.2 * (cold - m),
+        });
+        self.dispatch(now);
+    }
+
+    fn run(mut self, policy: &mut dyn Policy, record: bool) -> PoolOutcome {
+        let n = self.jobs.len();
+        let mut next_job = 0usize;
+        let mut tick = self.jobs.first().map_or(0.0, |j| j.arrival);
+        let last_arrival = self.jobs.last().map_or(0.0, |j| j.arrival);
+        loop {
+            let done = next_job == n && self.out.jobs as usize == n;
+            if done && self.replicas.is_empty() {
+                break;
+            }
+            let t_completion = self.completions.peek().map_or(f64::INFINITY, |c| c.at);
+            let t_ready = self.starting_queue.front().map_or(f64::INFINITY, |s| s.0);
+            let t_arrival = self.jobs.get(next_job).map_or(f64::INFINITY, |j| j.arrival);
+            let next = t_completion.min(t_ready).min(t_arrival).min(tick);
+            if next > last_arrival + self.cfg.horizon {
+                break; // a policy that keeps replicas (or never serves) stops being charged
+            }
+            if t_completion <= next {
+                let c = self.completions.pop().expect("peeked");
+                self.complete(c);
+            } else if t_ready <= next {
+                let (at, uid) = self.starting_queue.pop_front().expect("peeked");
+                self.become_ready(at, uid);
+            } else if t_arrival <= next {
+                let j = next_job;
+                next_job += 1;
+                self.state[j].free_at_arrival = self.free_slots > 0;
+                self.pending.push_back(j as u32);
+                if let Some(d) = policy.on_arrival(&self.observe(t_arrival)) {
+                    self.actuate(t_arrival, d.desired);
+                }
+                self.dispatch(t_arrival);
+            } else {
+                let d = policy.decide(&self.observe(tick));
+                self.actuate(tick, d.desired);
+                if record {
+                    self.out.timeline.push(Sample {
+                        t: tick,
+                        replicas: self.replicas.len() as u32,
+                        pending: self.pending.len() as u64,
+                    });
+                }
+                tick += self.cfg.tick;
+            }
+        }
+        let end = if self.replicas.is_empty() {
+            0.0
+        } else {
+            tick.min(last_arrival + self.cfg.horizon)
+        };
+        for r in std::mem::take(&mut self.replicas) {
+            self.out.gpu_seconds += (end - r.started_at).max(0.0);
+            self.out.changes.push((end, -1));
+        }
+        self.out
+    }
+}
+
+/// Simulates one pool under one policy.
+pub fn simulate_pool(
+    jobs: &[Job],
+    policy: &mut dyn Policy,
+    cfg: &SimConfig,
+    record: bool,
+) -> PoolOutcome {
+    Engine::new(jobs, *cfg).run(policy, record)
+}
+
+/// One row of a simulation report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The policy spec.
+    pub policy: String,
+    /// Jobs served.
+    pub jobs: u64,
+    /// Jobs never completed before the run ended (a policy that never served them).
+    pub unserved: u64,
+    /// GPU-seconds used.
+    pub gpu_seconds: f64,
+    /// The oracle's GPU-seconds for the same trace.
+    pub oracle_gpu_seconds: f64,
+    /// `gpu_seconds / oracle_gpu_seconds`.
+    pub oracle_ratio: f64,
+    /// Jobs that waited on a cold start.
+    pub cold_start_waits: u64,
+    /// Share of jobs that waited on a cold start, percent.
+    pub cold_start_wait_pct: f64,
+    /// Median wait, seconds.
+    pub wait_p50: f64,
+    /// 95th percentile wait, seconds.
+    pub wait_p95: f64,
+    /// 99th percentile wait, seconds.
+    pub wait_p99: f64,
+    /// Job runs interrupted by a replica being removed.
+    pub interrupted: u64,
+    /// Most replicas at once (over all pools together).
+    pub peak_replicas: u32,
+    /// Decisions that added replicas.
+    pub scale_ups: u64,
+    /// Replicas started.
+    pub cold_starts: u64,
+}
+
+/// The q-quantile (nearest rank) of `values`, reordering them.
+fn quantile(values: &mut [f32], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
+    let (_, v, _) = values.select_nth_unstable_by(rank, f32::total_cmp);
+    *v as f64
+}
+
+/// The oracle's GPU-seconds for a whole trace.
+pub fn oracle(trace: &Trace, cfg: &SimConfig) -> f64 {
+    trace
+        .pools
+        .iter()
+        .map(|p| oracle::oracle_gpu_seconds(&p.jobs, cfg.concurrency, cfg.cold_start))
+        .sum()
+}
+
+/// Simulates every pool of `trace` under a fresh instance of the policy in `spec`, on all
+/// cores, and sums the results. Deterministic: the same inputs give the same report.
+pub fn simulate(
+    trace: &Trace,
+    spec: &Spec,
+    cfg: &SimConfig,
+    oracle_gpu_seconds: f64,
+) -> Result<(Report, Vec<Sample>), policy::SpecError> {
+    policy::build(spec)?; // report a bad spec before starting threads
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(trace.pools.len().max(1));
+    let record = trace.pools.len() == 1;
+    let chunk = trace.pools.len().div_ceil(threads);
+    let outcomes: Vec<PoolOutcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = trace
+            .pools
+            .chunks(chunk.max(1))
+            .map(|pools| {
+                s.spawn(move || {
+                    pools
+                        .iter()
+                        .map(|p| {
+                            let mut policy = policy::build(spec).expect("validated above");
+                            simulate_pool(&p.jobs, policy.as_mut(), cfg, record)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("simulation thread"))
+            .collect()
+    });
+    let mut waits: Vec<f32> = Vec::with_capacity(trace.jobs());
+    let mut changes: Vec<(f64, i8)> = Vec::new();
+    let mut report = Report {
+        policy: spec.text.clone(),
+        jobs: 0,
+        unserved: 0,
+        gpu_seconds: 0.0,
+        oracle_gpu_seconds,
+        oracle_ratio: 0.0,
+        cold_start_waits: 0,
+        cold_start_wait_pct: 0.0,
+        wait_p50: 0.0,
+        wait_p95: 0.0,
+        wait_p99: 0.0,
+        interrupted: 0,
+        peak_replicas: 0,
+        scale_ups: 0,
+        cold_starts: 0,
+    };
+    let mut timeline = Vec::new();
+    for o in outcomes {
+        report.jobs += o.jobs;
+        report.gpu_seconds += o.gpu_seconds;
+        report.cold_start_waits += o.cold_start_waits;
+        report.interrupted += o.interrupted;
+        report.scale_ups += o.scale_ups;
+        report.cold_starts += o.cold_starts;
+        report.peak_replicas = report.peak_replicas.max(o.peak_replicas);
+        waits.extend_from_slice(&o.waits);
+        if trace.pools.len() > 1 {
+            changes.extend_from_slice(&o.changes);
+        } else {
+            timeline = o.timeline;
+        }
+    }
+    if trace.pools.len() > 1 {
+        changes.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut now = 0i64;
+        for (_, d) in changes {
+            now += d as i64;
+            report.peak_replicas = report.peak_replicas.max(now.max(0) as u32);
+        }
+    }
+    report.unserved = trace.jobs() as u64 - report.jobs;
+    report.oracle_ratio = if oracle_gpu_seconds > 0.0 {
+        report.gpu_seconds / oracle_gpu_seconds
+    } else {
+        0.0
+    };
+    report.cold_start_wait_pct = if report.jobs > 0 {
+        100.0 * report.cold_start_waits as f64 / report.jobs as f64
+    } else {
+        0.0
+    };
+    report.wait_p50 = quantile(&mut waits, 0.50);
+    report.wait_p95 = quantile(&mut waits, 0.95);
+    report.wait_p99 = quantile(&mut waits, 0.99);
+    Ok((report, timeline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::build;
+
+    fn run(jobs: &[Job], spec: &str, cfg: SimConfig) -> PoolOutcome {
+        let mut p = build(&Spec::parse(spec).unwrap()).unwrap();
+        simulate_pool(jobs, p.as_mut(), &cfg, false)
+    }
+
+    fn job(arrival: f64, service: f64) -> Job {
+        Job { arrival, service }
+    }
+
+    #[test]
+    fn one_job_waits_one_cold_start_and_costs_lifetime() {
+        let cfg = SimConfig {
+            cold_start: 10.0,
+            concurrency: 1,
+            ..SimConfig::default()
+        };
+        let o = run(&[job(0.0, 5.0)], "keepalive:20s", cfg);
+        assert_eq!(o.jobs, 1);
+        assert_eq!(o.cold_start_waits, 1);
+        assert_eq!(o.waits, vec![10.0]);
+        // Started at 0, ready at 10, busy until 15, kept 20 s after the last need (15 s).
+        assert!((o.gpu_seconds - 35.0).abs() <= 1.0, "{}", o.gpu_seconds);
+        assert_eq!(o.interrupted, 0);
+    }
+
+    #[test]
+    fn keda_waits_for_a_poll_and_scales_to_zero_under_long_jobs() {
+        let cfg = SimConfig {
+            cold_start: 10.0,
+            concurrency: 1,
+            ..SimConfig::default()
+        };
+        // A 20 s job arriving at 1 s: the poll at 1 s activates, ready at 11 s, done at 31 s,
+        // before the 30 s cooldown (counted from the last poll that saw it, at 6 s) ends.
+        let o = run(&[job(1.0, 20.0), job(1.0 + 200.0, 20.0)], "keda-seed", cfg);
+        assert_eq!((o.jobs, o.interrupted), (2, 0));
+        // The second job arrives at 201 s, between polls (every 5 s from 1 s): it waits for
+        // the poll at 201 s... exactly on a poll, so only the cold start.
+        assert_eq!(o.waits[1], 10.0);
+        let o = run(&[job(1.0, 20.0), job(203.0, 20.0)], "keda-seed", cfg);
+        assert_eq!(o.waits[1], 13.0, "3 s to the next poll + 10 s cold start");
+        // A 100 s job: the list is empty once it runs, so KEDA scales to zero under it after
+        // the cooldown, again and again; it never finishes.
+        let o = run(&[job(1.0, 100.0)], "keda-seed", cfg);
+        assert_eq!(o.jobs, 0);
+        assert!(o.interrupted >= 3, "{}", o.interrupted);
+    }
+
+    #[test]
+    fn every_job_completes_exactly_once_even_with_interruptions() {
+        let jobs: Vec<Job> = (0..200)
+            .map(|i| job(i as f64 * 0.7, 3.0 + (i % 7) as f64))
+            .collect();
+        for spec in [
+            "keda-seed",
+            "keda-default",
+            "knative",
+            "keepalive:1m",
+            "histogram",
+            "greenscale",
+        ] {
+            let o = run(&jobs, spec, SimConfig::default());
+            assert_eq!(o.jobs, 200, "{spec}");
+            assert_eq!(o.waits.len(), 200, "{spec}");
+        }
+    }
+
+    #[test]
+    fn greenscale_never_interrupts() {
+        let jobs: Vec<Job> = (0..300).map(|i| job((i * i % 997) as f64, 20.0)).collect();
+        let mut sorted = jobs.clone();
+        sorted.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
+        let o = run(&sorted, "greenscale", SimConfig::default());
+        assert_eq!(o.interrupted, 0);
+    }
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let mut v: Vec<f32> = (1..=100).map(|i| i as f32).collect();
+        assert_eq!(quantile(&mut v, 0.5), 50.0);
+        assert_eq!(quantile(&mut v, 0.95), 95.0);
+        assert_eq!(quantile(&mut v, 0.99), 99.0);
+    }
+}

@@ -1,0 +1,147 @@
+//! `greenscale sim`: replay a trace against scaling policies.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use greenscale_core::policy::Spec;
+use greenscale_core::sim::{self, Pool, Report, ServiceModel, SimConfig, Trace, plot, synthetic};
+
+use crate::cli::SimArgs;
+
+/// Loads the trace the flags name.
+fn load(args: &SimArgs) -> anyhow::Result<(String, Trace)> {
+    if let Some(shape) = &args.synthetic {
+        let jobs = synthetic::by_name(shape, args.seed).with_context(|| {
+            format!(
+                "unknown synthetic shape {shape:?} (one of: {})",
+                synthetic::SHAPES.join(", ")
+            )
+        })?;
+        let trace = Trace {
+            pools: vec![Pool {
+                name: shape.clone(),
+                jobs,
+            }],
+        };
+        return Ok((format!("synthetic:{shape} (seed {})", args.seed), trace));
+    }
+    let path = args
+        .trace
+        .as_ref()
+        .expect("clap requires --trace or --synthetic");
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read trace {}", path.display()))?;
+    let model = ServiceModel {
+        prefill_tps: args.prefill_tps,
+        decode_tps: args.decode_tps,
+        default_service: args.service_time.as_secs_f64(),
+        seed: args.seed,
+    };
+    let trace = sim::trace::parse(&text, args.format, &model)
+        .with_context(|| format!("trace {}", path.display()))?;
+    Ok((path.display().to_string(), trace))
+}
+
+/// Runs the simulation and prints the table (or JSON).
+pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
+    if args.prefill_tps <= 0.0 || args.decode_tps <= 0.0 {
+        bail!("--prefill-tps and --decode-tps must be positive");
+    }
+    if args.tick.is_zero() {
+        bail!("--tick must be positive");
+    }
+    let specs = Spec::parse_list(&args.policy)?;
+    for spec in &specs {
+        greenscale_core::policy::build(spec)?;
+    }
+    let (name, trace) = load(&args)?;
+    let cfg = SimConfig {
+        cold_start: args.cold_start.as_secs_f64(),
+        concurrency: args.concurrency,
+        tick: args.tick.as_secs_f64(),
+        max_replicas: args.max_replicas,
+        ..SimConfig::default()
+    };
+    let started = Instant::now();
+    let oracle = sim::oracle(&trace, &cfg);
+    let mut rows: Vec<Report> = Vec::new();
+    let mut series = Vec::new();
+    for spec in &specs {
+        let (report, timeline) = sim::simulate(&trace, spec, &cfg, oracle)?;
+        series.push((spec.text.clone(), timeline));
+        rows.push(report);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.plot {
+        if trace.pools.len() > 1 {
+            bail!(
+                "--plot draws one pool; this trace has {}",
+                trace.pools.len()
+            );
+        }
+        let title = format!("{name}: replicas and queue depth");
+        std::fs::write(path, plot::timeline_svg(&title, &series))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let span = trace
+        .pools
+        .iter()
+        .flat_map(|p| p.jobs.last().map(|j| j.arrival))
+        .fold(0.0, f64::max);
+    println!(
+        "trace {name}: {} jobs in {} pool(s) over {:.0} s; cold start {:.0} s, concurrency {}, max {} replicas, tick {} s",
+        trace.jobs(),
+        trace.pools.len(),
+        span,
+        cfg.cold_start,
+        cfg.concurrency,
+        cfg.max_replicas,
+        cfg.tick
+    );
+    println!(
+        "{:<28} {:>11} {:>8} {:>17} {:>9} {:>9} {:>9} {:>11} {:>5} {:>9}",
+        "policy",
+        "GPU-s",
+        "x oracle",
+        "cold-start waits",
+        "wait p50",
+        "wait p95",
+        "wait p99",
+        "interrupted",
+        "peak",
+        "scale-ups"
+    );
+    for r in &rows {
+        println!(
+            "{:<28} {:>11.0} {:>8.2} {:>9} ({:>5.2}%) {:>8.2}s {:>8.2}s {:>8.2}s {:>11} {:>5} {:>9}",
+            r.policy,
+            r.gpu_seconds,
+            r.oracle_ratio,
+            r.cold_start_waits,
+            r.cold_start_wait_pct,
+            r.wait_p50,
+            r.wait_p95,
+            r.wait_p99,
+            r.interrupted,
+            r.peak_replicas,
+            r.scale_ups
+        );
+        if r.unserved > 0 {
+            println!(
+                "{:<28} ({} jobs never served before the run ended)",
+                "", r.unserved
+            );
+        }
+    }
+    println!(
+        "{:<28} {:>11.0} {:>8.2} {:>9} ({:>5.2}%) {:>8.2}s {:>8.2}s {:>8.2}s {:>11} {:>5} {:>9}",
+        "oracle", oracle, 1.0, 0, 0.0, 0.0, 0.0, 0.0, 0, "-", "-"
+    );
+    println!("simulated in {elapsed:.2} s");
+    Ok(ExitCode::SUCCESS)
+}
