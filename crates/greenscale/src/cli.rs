@@ -286,6 +286,10 @@ pub struct SimArgs {
     /// Draw replicas and queue depth over time to this SVG file.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
+    /// Draw GPU-seconds against cold-start waits for every policy to this SVG file,
+    /// joining the `greenscale` points (e.g. a sweep of cold_cost) into a frontier.
+    #[arg(long)]
+    pub frontier: Option<std::path::PathBuf>,
 }
 
 /// Sets up logging to stderr; `RUST_LOG` chooses the level (default `info`).

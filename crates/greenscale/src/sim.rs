@@ -84,6 +84,29 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, plot::timeline_svg(&title, &series))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
+    if let Some(path) = &args.frontier {
+        let mut points: Vec<(String, f64, f64, bool)> = rows
+            .iter()
+            .map(|r| {
+                let ours = r.policy == "greenscale" || r.policy.starts_with("greenscale:");
+                (
+                    r.policy.clone(),
+                    r.gpu_seconds,
+                    r.cold_start_waits as f64,
+                    ours,
+                )
+            })
+            .collect();
+        points.push(("oracle".into(), oracle, 0.0, false));
+        let title = format!("{name}: GPU-seconds against cold-start waits");
+        let svg = plot::scatter_svg(
+            &title,
+            "GPU-seconds",
+            "jobs that waited on a cold start",
+            &points,
+        );
+        std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);

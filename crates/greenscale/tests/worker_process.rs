@@ -272,7 +272,7 @@ fn no_job_is_lost_over_500_jobs_with_repeated_kills() {
         logs.push(w.log());
     }
     assert_eq!(kills, 8);
-    // Every job has one record, succeeded, with its answer; each answer was recorded once.
+    // Every job has one record, succeeded, with its answer; no answer was recorded twice.
     let mut completions: HashMap<String, usize> = HashMap::new();
     for log in &logs {
         for id in succeeded_lines(log) {
@@ -287,9 +287,10 @@ fn no_job_is_lost_over_500_jobs_with_repeated_kills() {
             Some("succeeded"),
             "{id}: {rec:?}"
         );
-        assert_eq!(
-            completions.get(&id),
-            Some(&1),
+        // A worker killed right after recording an answer may not have logged it, so the
+        // logs can show 0 completions for a succeeded job; they must never show 2.
+        assert!(
+            completions.get(&id).copied().unwrap_or(0) <= 1,
             "{id} completed {:?} times",
             completions.get(&id)
         );

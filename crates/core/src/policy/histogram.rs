@@ -66,6 +66,8 @@ pub struct Histogram {
     out_of_range: u32,
     idle_since: Option<f64>,
     levels: SlidingMax,
+    /// `windows()` cached until the next idle time is recorded.
+    cached: Option<Option<Windows>>,
 }
 
 impl Histogram {
@@ -80,11 +82,13 @@ impl Histogram {
             out_of_range: 0,
             idle_since: None,
             levels: SlidingMax::default(),
+            cached: None,
         }
     }
 
     /// Adds one observed idle time, seconds.
     pub fn record_idle(&mut self, idle: f64) {
+        self.cached = None;
         let i = (idle / self.params.bin).floor() as usize;
         match self.bins.get_mut(i) {
             Some(b) => {
@@ -148,7 +152,14 @@ impl Policy for Histogram {
             }
             self.levels.push(now, need);
         }
-        let windows = self.windows();
+        let windows = match self.cached {
+            Some(w) => w,
+            None => {
+                let w = self.windows();
+                self.cached = Some(w);
+                w
+            }
+        };
         let keep = windows.map_or(self.params.fallback_keepalive, |w| w.keepalive);
         let kept = self.levels.max_since(now - keep);
         if need > 0 {

@@ -352,15 +352,17 @@ impl Spec {
     pub fn parse_list(text: &str) -> Result<Vec<Spec>, SpecError> {
         let mut specs: Vec<String> = Vec::new();
         for part in text.split(',') {
+            let part = part.trim();
             let starts_policy = POLICY_NAMES
                 .iter()
-                .any(|n| part.trim() == *n || part.trim().starts_with(&format!("{n}:")));
+                .any(|n| part == *n || part.starts_with(&format!("{n}:")));
             match specs.last_mut() {
-                Some(last) if !starts_policy => {
+                // `key=value` continues the previous spec's parameters.
+                Some(last) if !starts_policy && part.contains('=') && !part.contains(':') => {
                     last.push(',');
                     last.push_str(part);
                 }
-                _ => specs.push(part.trim().to_string()),
+                _ => specs.push(part.to_string()),
             }
         }
         specs.iter().map(|s| Spec::parse(s)).collect()

@@ -1,0 +1,140 @@
+//! `greenscale sim` from the built binary.
+
+use std::process::Command;
+
+fn sim(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_greenscale"))
+        .arg("sim")
+        .args(args)
+        .output()
+        .expect("run greenscale sim")
+}
+
+fn trace(name: &str) -> String {
+    format!(
+        "{}/../../../shared/traces/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn json_report_has_one_object_per_policy_with_the_documented_keys() {
+    let out = sim(&[
+        "--trace",
+        &trace("AzureLLMInferenceTrace_code.csv"),
+        "--policy",
+        "greenscale,keda:poll=5s,cooldown=30s,list_length=1,max=5,keepalive:10m",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        for key in [
+            "policy",
+            "jobs",
+            "gpu_seconds",
+            "oracle_gpu_seconds",
+            "cold_start_waits",
+            "wait_p50",
+            "wait_p95",
+            "wait_p99",
+            "interrupted",
+            "peak_replicas",
+            "scale_ups",
+        ] {
+            assert!(row.get(key).is_some(), "missing {key} in {row}");
+        }
+        assert_eq!(row["jobs"], 8819);
+        assert!(row["gpu_seconds"].as_f64().unwrap() > 0.0);
+    }
+    assert!(
+        rows[1]["peak_replicas"].as_u64().unwrap() <= 5,
+        "keda max=5 respected"
+    );
+    assert_eq!(rows[0]["interrupted"], 0);
+}
+
+#[test]
+fn table_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("plot.svg");
+    let frontier = dir.path().join("frontier.svg");
+    let out = sim(&[
+        "--synthetic",
+        "cron",
+        "--policy",
+        "greenscale,keda-seed",
+        "--plot",
+        svg.to_str().unwrap(),
+        "--frontier",
+        frontier.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("greenscale") && table.contains("keda-seed") && table.contains("oracle")
+    );
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("keda-seed"));
+    assert!(
+        std::fs::read_to_string(frontier)
+            .unwrap()
+            .contains("<circle")
+    );
+}
+
+#[test]
+fn malformed_traces_and_specs_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00.0,10,10\n2023-11-16 18:00:01.0,ten,10\n",
+    )
+    .unwrap();
+    let out = sim(&["--trace", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 3") && err.contains("ContextTokens"),
+        "{err}"
+    );
+
+    let out = sim(&["--synthetic", "poisson", "--policy", "greenscale,kedda"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown policy \"kedda\""));
+
+    let out = sim(&["--synthetic", "poisson", "--policy", "keda:pol=5s"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown parameter"));
+
+    let out = sim(&["--trace", "/nonexistent/trace.csv"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read trace"));
+
+    let multi = dir.path().join("functions.csv");
+    std::fs::write(
+        &multi,
+        "HashFunction,HashApp,HashOwner,minute_1,minute_2\na,b,c,1,2\nd,e,f,0,3\n",
+    )
+    .unwrap();
+    let out = sim(&[
+        "--trace",
+        multi.to_str().unwrap(),
+        "--plot",
+        "/tmp/never.svg",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--plot draws one pool"));
+    let out = sim(&["--trace", multi.to_str().unwrap(), "--json"]);
+    assert!(out.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["jobs"], 6);
+}
