@@ -38,6 +38,9 @@ pub struct JobSpec {
     /// Free-form data the producer wants kept with the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// Publish the job's events (start, tokens, end) as it runs, for streaming clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
 }
 
 impl JobSpec {
@@ -51,7 +54,13 @@ impl JobSpec {
             max_tokens: None,
             temperature: None,
             metadata: None,
+            stream: None,
         }
+    }
+
+    /// True when the job's events are published as it runs.
+    pub fn streams(&self) -> bool {
+        self.stream == Some(true)
     }
 
     /// The conversation to send to the model: `messages`, or `prompt` as one user message.
@@ -277,6 +286,32 @@ pub struct JobRecord {
     pub result: Option<String>,
     /// The job as submitted.
     pub spec: Option<JobSpec>,
+}
+
+/// Something that happened to a job, published while it runs (for jobs with `stream`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent {
+    /// A worker started a run.
+    Started {
+        /// The worker.
+        worker_id: String,
+        /// Which run (1 for the first).
+        attempt: u32,
+    },
+    /// Generated text, in order.
+    Token {
+        /// The new text.
+        text: String,
+    },
+    /// The run ended; `status` says how (a transient failure ends as `queued`).
+    Finished {
+        /// The job's status after the run.
+        status: JobStatus,
+        /// The error message, when the run failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// Kinds of failure, as recorded on jobs and dead letters.

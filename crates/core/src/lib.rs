@@ -9,10 +9,10 @@ pub mod sim;
 
 pub use duration::parse_duration;
 pub use job::{
-    ChatMessage, ErrorKind, JobRecord, JobSpec, JobStatus, Limits, Malformed, Usage, new_job_id,
-    parse_entry,
+    ChatMessage, ErrorKind, JobEvent, JobRecord, JobSpec, JobStatus, Limits, Malformed, Usage,
+    new_job_id, parse_entry,
 };
 pub use queue::{
-    Cancelled, Completion, DeadLetter, Finished, JobError, LeasedJob, Maintenance, Outcome, Queue,
-    QueueConfig, QueueError, QueueStats,
+    Cancelled, Completion, DeadLetter, EventStream, Finished, JobError, JobPage, LeasedJob,
+    Maintenance, Outcome, Queue, QueueConfig, QueueError, QueueStats,
 };

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::job::{ErrorKind, JobRecord, JobSpec, Limits, Usage};
+use crate::job::{ErrorKind, JobEvent, JobRecord, JobSpec, JobStatus, Limits, Usage};
 
 /// Settings shared by every queue backend.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +120,8 @@ pub enum Finished {
 pub enum Cancelled {
     /// The job was queued or running and is now cancelled.
     Cancelled,
+    /// The job is running and only queued jobs were to be cancelled.
+    Running,
     /// The job had already finished; nothing changed.
     AlreadyFinal,
     /// No such job.
@@ -165,6 +167,18 @@ pub struct Maintenance {
     pub promoted: u64,
 }
 
+/// One page of job records, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobPage {
+    /// The records.
+    pub jobs: Vec<JobRecord>,
+    /// Pass back as `cursor` for the next page; `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// A stream of `(job id, event)` for every job that publishes events.
+pub type EventStream = futures::stream::BoxStream<'static, (String, JobEvent)>;
+
 /// Errors of a queue backend.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -185,6 +199,28 @@ pub enum QueueError {
 pub trait Queue: Send + Sync {
     /// Validates and stores a job; once this returns `Ok` the job is never lost.
     async fn enqueue(&self, spec: JobSpec) -> Result<String, QueueError>;
+
+    /// Like `enqueue`, but a repeated `key` (within the retention period) returns the job
+    /// first enqueued with it instead of a new one. Returns the id and whether it is new.
+    async fn enqueue_idempotent(
+        &self,
+        spec: JobSpec,
+        key: &str,
+    ) -> Result<(String, bool), QueueError>;
+
+    /// Job records, newest first, optionally only those with `status`.
+    async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, QueueError>;
+
+    /// Publishes an event of a running job.
+    async fn publish(&self, job_id: &str, event: &JobEvent) -> Result<(), QueueError>;
+
+    /// Every event published from now on, for all jobs.
+    async fn events(&self) -> Result<EventStream, QueueError>;
 
     /// Leases up to `max` jobs for `worker`, oldest first, waiting up to `wait` for the first.
     /// Malformed entries are dead-lettered and jobs that already finished are dropped here,
@@ -221,8 +257,8 @@ pub trait Queue: Send + Sync {
     /// The record of one job.
     async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError>;
 
-    /// Cancels a queued or running job.
-    async fn cancel(&self, id: &str) -> Result<Cancelled, QueueError>;
+    /// Cancels a queued job, or also a running one when `running_too`.
+    async fn cancel(&self, id: &str, running_too: bool) -> Result<Cancelled, QueueError>;
 
     /// Counts for dashboards and autoscalers.
     async fn stats(&self) -> Result<QueueStats, QueueError>;

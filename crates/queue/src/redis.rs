@@ -6,6 +6,9 @@
 //! - `greenscale:L:workers`: sorted set of workers by lease deadline (heartbeats).
 //! - `greenscale:L:delayed`: retries by due time.
 //! - `greenscale:L:dead`: the dead-letter list (JSON items, newest first).
+//! - `greenscale:L:index`: job ids by enqueue time (for listing), trimmed after retention.
+//! - `greenscale:L:events`: pub/sub channel of job events (jobs with `stream`).
+//! - `greenscale:idem:{key}`: the job an idempotency key created.
 //! - `greenscale:job:{id}`: each job's record (a hash); `result:{id}`: its answer.
 //!
 //! Every state change is one Lua script (see `lua/`), so a crash between two steps cannot
@@ -14,9 +17,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use greenscale_core::{
-    Cancelled, DeadLetter, ErrorKind, Finished, JobError, JobRecord, JobSpec, JobStatus, LeasedJob,
-    Maintenance, Outcome, Queue, QueueConfig, QueueError, QueueStats, Usage, parse_entry,
+    Cancelled, DeadLetter, ErrorKind, EventStream, Finished, JobError, JobEvent, JobPage,
+    JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance, Outcome, Queue, QueueConfig, QueueError,
+    QueueStats, Usage, parse_entry,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
@@ -62,6 +67,8 @@ struct Keys {
     workers: String,
     delayed: String,
     dead: String,
+    index: String,
+    events: String,
     inflight_prefix: String,
 }
 
@@ -72,6 +79,8 @@ impl Keys {
             workers: format!("greenscale:{list}:workers"),
             delayed: format!("greenscale:{list}:delayed"),
             dead: format!("greenscale:{list}:dead"),
+            index: format!("greenscale:{list}:index"),
+            events: format!("greenscale:{list}:events"),
             inflight_prefix: format!("greenscale:{list}:inflight:"),
         }
     }
@@ -102,6 +111,7 @@ fn now_ms() -> u64 {
 
 /// A [`Queue`] stored in Redis.
 pub struct RedisQueue {
+    client: redis::Client,
     conn: ConnectionManager,
     /// A separate connection for blocking waits, so they never hold up other commands.
     blocking: Mutex<ConnectionManager>,
@@ -137,6 +147,7 @@ impl RedisQueue {
             ConnectionManager::new_lazy_with_config(client.clone(), cfg).map_err(unavailable)
         };
         Ok(RedisQueue {
+            client: client.clone(),
             conn: manager(Duration::from_secs(10))?,
             blocking: Mutex::new(manager(MAX_BLOCK + Duration::from_secs(5))?),
             keys: Keys::new(list),
@@ -207,7 +218,10 @@ impl RedisQueue {
             return Ok(Vec::new());
         }
         let mut invocation = self.scripts.start.prepare_invoke();
-        invocation.key(self.keys.inflight(worker)).arg(worker);
+        invocation
+            .key(self.keys.inflight(worker))
+            .key(&self.keys.index)
+            .arg(worker);
         let normalized: Vec<String> = parsed.iter().map(|(_, spec)| spec.to_entry()).collect();
         for ((entry, spec), norm) in parsed.iter().zip(&normalized) {
             invocation
@@ -324,6 +338,45 @@ impl RedisQueue {
         .await
     }
 
+    /// Validates and stores a job; with `idempotency_key`, returns the job an earlier call
+    /// with the same key created. Returns the id and whether it is new.
+    async fn store(
+        &self,
+        spec: JobSpec,
+        idempotency_key: Option<&str>,
+    ) -> Result<(String, bool), QueueError> {
+        spec.validate(&self.config.limits)
+            .map_err(QueueError::Invalid)?;
+        let entry = spec.to_entry();
+        if entry.len() > self.config.limits.max_entry_bytes {
+            return Err(QueueError::Invalid(format!(
+                "the job is {} bytes, over the limit of {} bytes",
+                entry.len(),
+                self.config.limits.max_entry_bytes
+            )));
+        }
+        let mut c = self.conn.clone();
+        let (code, id): (i64, String) = self
+            .scripts
+            .enqueue
+            .key(record_key(&spec.job_id))
+            .key(&self.keys.pending)
+            .key(format!("greenscale:idem:{}", idempotency_key.unwrap_or("")))
+            .key(&self.keys.index)
+            .arg(&entry)
+            .arg(&spec.job_id)
+            .arg(self.config.retention.as_secs().max(1))
+            .arg(if idempotency_key.is_some() { "1" } else { "0" })
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        match code {
+            1 => Ok((id, true)),
+            0 => Ok((id, false)),
+            _ => Ok((id, false)),
+        }
+    }
+
     async fn reclaim(&self, worker: &str, mode: &str) -> Result<i64, QueueError> {
         let mut c = self.conn.clone();
         self.scripts
@@ -382,31 +435,125 @@ fn parse_record(id: &str, map: std::collections::HashMap<String, String>) -> Job
 #[async_trait]
 impl Queue for RedisQueue {
     async fn enqueue(&self, spec: JobSpec) -> Result<String, QueueError> {
-        spec.validate(&self.config.limits)
-            .map_err(QueueError::Invalid)?;
-        let entry = spec.to_entry();
-        if entry.len() > self.config.limits.max_entry_bytes {
-            return Err(QueueError::Invalid(format!(
-                "the job is {} bytes, over the limit of {} bytes",
-                entry.len(),
-                self.config.limits.max_entry_bytes
-            )));
+        let (id, created) = self.store(spec, None).await?;
+        if !created {
+            return Err(QueueError::Duplicate(id));
         }
+        Ok(id)
+    }
+
+    async fn enqueue_idempotent(
+        &self,
+        spec: JobSpec,
+        key: &str,
+    ) -> Result<(String, bool), QueueError> {
+        self.store(spec, Some(key)).await
+    }
+
+    async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, QueueError> {
+        // Cursor: "<enqueue ms>.<entries with that score already returned>".
+        let (mut max, mut skip) = match cursor {
+            None => (f64::INFINITY, 0usize),
+            Some(c) => {
+                let (ms, n) = c.split_once('.').unwrap_or((c, "0"));
+                match (ms.parse::<f64>(), n.parse::<usize>()) {
+                    (Ok(ms), Ok(n)) => (ms, n),
+                    _ => return Err(QueueError::Invalid(format!("bad cursor {c:?}"))),
+                }
+            }
+        };
+        let limit = limit.clamp(1, 1000);
         let mut c = self.conn.clone();
-        let stored: i64 = self
-            .scripts
-            .enqueue
-            .key(record_key(&spec.job_id))
-            .key(&self.keys.pending)
-            .arg(&entry)
-            .arg(&spec.job_id)
-            .invoke_async(&mut c)
+        let mut jobs = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let max_arg = if max.is_infinite() {
+                "+inf".to_string()
+            } else {
+                max.to_string()
+            };
+            let batch: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
+                .arg(&self.keys.index)
+                .arg(&max_arg)
+                .arg("-inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(skip)
+                .arg(200)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if batch.is_empty() {
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: None,
+                });
+            }
+            let mut pipe = redis::pipe();
+            for (id, _) in &batch {
+                pipe.hgetall(record_key(id));
+            }
+            let records: Vec<std::collections::HashMap<String, String>> =
+                pipe.query_async(&mut c).await.map_err(unavailable)?;
+            for ((id, score), map) in batch.into_iter().zip(records) {
+                scanned += 1;
+                if score == max {
+                    skip += 1;
+                } else {
+                    max = score;
+                    skip = 1;
+                }
+                if map.is_empty() {
+                    continue; // expired
+                }
+                let rec = parse_record(&id, map);
+                if status.is_none_or(|s| s == rec.status) {
+                    jobs.push(rec);
+                    if jobs.len() == limit {
+                        return Ok(JobPage {
+                            jobs,
+                            next_cursor: Some(format!("{max}.{skip}")),
+                        });
+                    }
+                }
+            }
+            if scanned >= 5000 {
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: Some(format!("{max}.{skip}")),
+                });
+            }
+        }
+    }
+
+    async fn publish(&self, job_id: &str, event: &JobEvent) -> Result<(), QueueError> {
+        let payload = serde_json::json!({"job_id": job_id, "event": event}).to_string();
+        let mut c = self.conn.clone();
+        c.publish::<_, _, i64>(&self.keys.events, payload)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn events(&self) -> Result<EventStream, QueueError> {
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+        pubsub
+            .subscribe(&self.keys.events)
             .await
             .map_err(unavailable)?;
-        if stored == 0 {
-            return Err(QueueError::Duplicate(spec.job_id));
-        }
-        Ok(spec.job_id)
+        let stream = pubsub.into_on_message().filter_map(|msg| async move {
+            let payload: String = msg.get_payload().ok()?;
+            let v: serde_json::Value = serde_json::from_str(&payload).ok()?;
+            let id = v["job_id"].as_str()?.to_string();
+            let event: JobEvent = serde_json::from_value(v["event"].clone()).ok()?;
+            Some((id, event))
+        });
+        Ok(Box::pin(stream))
     }
 
     async fn lease(
@@ -587,6 +734,11 @@ impl Queue for RedisQueue {
             .await
             .map_err(unavailable)?;
         report.promoted = promoted as u64;
+        let horizon = now.saturating_sub(self.config.retention.as_millis() as u64);
+        let _: i64 = c
+            .zrembyscore(&self.keys.index, "-inf", horizon)
+            .await
+            .map_err(unavailable)?;
         Ok(report)
     }
 
@@ -600,18 +752,20 @@ impl Queue for RedisQueue {
         Ok(Some(parse_record(id, map)))
     }
 
-    async fn cancel(&self, id: &str) -> Result<Cancelled, QueueError> {
+    async fn cancel(&self, id: &str, running_too: bool) -> Result<Cancelled, QueueError> {
         let mut c = self.conn.clone();
         let r: String = self
             .scripts
             .cancel
             .key(record_key(id))
             .arg(self.config.retention.as_secs().max(1))
+            .arg(if running_too { "1" } else { "0" })
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
         Ok(match r.as_str() {
             "cancelled" => Cancelled::Cancelled,
+            "running" => Cancelled::Running,
             "final" => Cancelled::AlreadyFinal,
             _ => Cancelled::NotFound,
         })

@@ -331,9 +331,9 @@ async fn cancelled_queued_job_never_runs() {
     let server = RedisServer::start();
     let q = queue(&server, QueueConfig::default());
     let a = q.enqueue(JobSpec::from_prompt("a")).await.unwrap();
-    assert_eq!(q.cancel(&a).await.unwrap(), Cancelled::Cancelled);
-    assert_eq!(q.cancel(&a).await.unwrap(), Cancelled::AlreadyFinal);
-    assert_eq!(q.cancel("nope").await.unwrap(), Cancelled::NotFound);
+    assert_eq!(q.cancel(&a, true).await.unwrap(), Cancelled::Cancelled);
+    assert_eq!(q.cancel(&a, true).await.unwrap(), Cancelled::AlreadyFinal);
+    assert_eq!(q.cancel("nope", true).await.unwrap(), Cancelled::NotFound);
     assert!(q.lease("w1", 5, Duration::ZERO).await.unwrap().is_empty());
     assert_eq!(
         q.job(&a).await.unwrap().unwrap().status,
@@ -416,4 +416,90 @@ async fn redis_restart_loses_nothing() {
             JobStatus::Succeeded
         );
     }
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_job() {
+    let server = RedisServer::start();
+    let q = queue(&server, QueueConfig::default());
+    let (a, new_a) = q
+        .enqueue_idempotent(JobSpec::from_prompt("once"), "key-1")
+        .await
+        .unwrap();
+    let (b, new_b) = q
+        .enqueue_idempotent(JobSpec::from_prompt("once again"), "key-1")
+        .await
+        .unwrap();
+    assert!(new_a && !new_b);
+    assert_eq!(a, b);
+    assert_eq!(q.stats().await.unwrap().pending, 1);
+}
+
+#[tokio::test]
+async fn jobs_are_listed_newest_first_by_page_and_status() {
+    let server = RedisServer::start();
+    let q = queue(&server, QueueConfig::default());
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(
+            q.enqueue(JobSpec::from_prompt(format!("l{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let jobs = q.lease("w1", 5, Duration::ZERO).await.unwrap();
+    for j in &jobs {
+        q.finish("w1", j, success("ok")).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut times = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = q.list_jobs(None, 10, cursor.as_deref()).await.unwrap();
+        seen.extend(page.jobs.iter().map(|r| r.id.clone()));
+        times.extend(page.jobs.iter().map(|r| r.enqueued_at_ms.unwrap()));
+        match page.next_cursor {
+            Some(c) if !page.jobs.is_empty() => cursor = Some(c),
+            _ => break,
+        }
+    }
+    // Every job exactly once across pages, newest first (ties within a millisecond in
+    // any order).
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    let mut sorted_seen = seen.clone();
+    sorted_seen.sort();
+    let mut sorted_ids = ids.clone();
+    sorted_ids.sort();
+    assert_eq!(sorted_seen, sorted_ids);
+    let done = q
+        .list_jobs(Some(JobStatus::Succeeded), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(done.jobs.len(), 5);
+    assert!(q.list_jobs(None, 10, Some("garbage")).await.is_err());
+}
+
+#[tokio::test]
+async fn events_reach_subscribers() {
+    use futures::StreamExt;
+    let server = RedisServer::start();
+    let q = queue(&server, QueueConfig::default());
+    let mut events = q.events().await.unwrap();
+    let ev = greenscale_core::JobEvent::Token { text: "hi".into() };
+    q.publish("job-9", &ev).await.unwrap();
+    let (id, got) = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((id.as_str(), got), ("job-9", ev));
+}
+
+#[tokio::test]
+async fn cancel_can_spare_running_jobs() {
+    let server = RedisServer::start();
+    let q = queue(&server, QueueConfig::default());
+    let a = q.enqueue(JobSpec::from_prompt("a")).await.unwrap();
+    q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(q.cancel(&a, false).await.unwrap(), Cancelled::Running);
+    assert_eq!(q.cancel(&a, true).await.unwrap(), Cancelled::Cancelled);
 }

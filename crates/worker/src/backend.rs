@@ -12,9 +12,13 @@ use serde_json::{Value, json};
 
 /// Something that turns a job into an answer.
 pub trait ModelBackend: Send + Sync + 'static {
-    /// Runs one job; failures come back as [`Outcome::Failed`] saying whether to retry.
-    fn run(&self, spec: &JobSpec) -> impl Future<Output = Outcome> + Send;
+    /// Runs one job, handing each piece of generated text to `on_token` as it arrives;
+    /// failures come back as [`Outcome::Failed`] saying whether to retry.
+    fn run(&self, spec: &JobSpec, on_token: &TokenSink) -> impl Future<Output = Outcome> + Send;
 }
+
+/// Receives generated text as it streams in.
+pub type TokenSink = dyn Fn(&str) + Send + Sync;
 
 /// Settings of an [`OpenAiBackend`].
 #[derive(Clone)]
@@ -121,7 +125,7 @@ impl OpenAiBackend {
         })
     }
 
-    async fn call(&self, spec: &JobSpec) -> Result<Completion, JobError> {
+    async fn call(&self, spec: &JobSpec, on_token: &TokenSink) -> Result<Completion, JobError> {
         let started = Instant::now();
         let mut request = self.client.post(&self.url).json(&self.request_body(spec));
         if let Some(key) = &self.config.api_key {
@@ -175,6 +179,7 @@ impl OpenAiBackend {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            on_token(&text);
             return Ok(Completion {
                 usage: usage_of(&body).unwrap_or_default(),
                 text,
@@ -187,7 +192,7 @@ impl OpenAiBackend {
         while !answer.done {
             let Some(bytes) = body.next().await else {
                 if let Some(data) = sse.finish() {
-                    answer.on_data(&data, started)?;
+                    answer.on_data(&data, started, on_token)?;
                 }
                 break;
             };
@@ -199,7 +204,7 @@ impl OpenAiBackend {
             })?;
             sse.feed(&bytes);
             while let Some(data) = sse.next_data() {
-                answer.on_data(&data, started)?;
+                answer.on_data(&data, started, on_token)?;
             }
         }
         let Answer {
@@ -228,8 +233,8 @@ impl OpenAiBackend {
 }
 
 impl ModelBackend for OpenAiBackend {
-    async fn run(&self, spec: &JobSpec) -> Outcome {
-        match tokio::time::timeout(self.config.timeout, self.call(spec)).await {
+    async fn run(&self, spec: &JobSpec, on_token: &TokenSink) -> Outcome {
+        match tokio::time::timeout(self.config.timeout, self.call(spec, on_token)).await {
             Ok(Ok(done)) => Outcome::Succeeded(done),
             Ok(Err(e)) => Outcome::Failed(e),
             Err(_) => Outcome::Failed(transient(
@@ -258,7 +263,12 @@ struct Answer {
 
 impl Answer {
     /// Takes one event's data: a chunk, an error, or the `[DONE]` marker.
-    fn on_data(&mut self, data: &str, started: Instant) -> Result<(), JobError> {
+    fn on_data(
+        &mut self,
+        data: &str,
+        started: Instant,
+        on_token: &TokenSink,
+    ) -> Result<(), JobError> {
         if data.trim() == "[DONE]" {
             self.done = true;
             return Ok(());
@@ -283,6 +293,7 @@ impl Answer {
                 .get_or_insert_with(|| started.elapsed().as_millis() as u64);
             self.text.push_str(piece);
             self.chunks += 1;
+            on_token(piece);
         }
         if let Some(u) = chunk.usage {
             self.usage = Some(Usage {

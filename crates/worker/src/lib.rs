@@ -4,7 +4,7 @@ pub mod backend;
 pub mod runtime;
 pub mod sse;
 
-pub use backend::{ModelBackend, OpenAiBackend, OpenAiConfig, chat_completions_url};
+pub use backend::{ModelBackend, OpenAiBackend, OpenAiConfig, TokenSink, chat_completions_url};
 pub use runtime::{WorkerConfig, WorkerReport, run_worker};
 
 /// A worker id that is unique and says where the worker runs: host name, process id and a

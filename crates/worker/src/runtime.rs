@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use greenscale_core::{Finished, LeasedJob, Outcome, Queue};
+use greenscale_core::{Finished, JobEvent, JobStatus, LeasedJob, Outcome, Queue};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -198,7 +198,18 @@ async fn run_one<B: ModelBackend>(
     report: &WorkerReport,
 ) {
     let started = Instant::now();
-    let outcome = backend.run(&job.spec).await;
+    let streaming = job.spec.streams();
+    let id = job.spec.job_id.as_str();
+    let outcome = if streaming {
+        let event = JobEvent::Started {
+            worker_id: worker.to_string(),
+            attempt: job.attempt,
+        };
+        publish_quietly(queue, id, &event).await;
+        run_streaming(queue, backend, job).await
+    } else {
+        backend.run(&job.spec, &|_| {}).await
+    };
     let run_ms = started.elapsed().as_millis() as u64;
     let error = match &outcome {
         Outcome::Failed(e) => Some(e.clone()),
@@ -216,7 +227,23 @@ async fn run_one<B: ModelBackend>(
             }
         }
     };
-    let id = job.spec.job_id.as_str();
+    if streaming {
+        let status = match finished {
+            Finished::Succeeded => JobStatus::Succeeded,
+            Finished::RetryScheduled => JobStatus::Queued,
+            Finished::Failed => JobStatus::Failed,
+            Finished::Dead => JobStatus::Dead,
+            Finished::AlreadyFinal => match queue.job(id).await {
+                Ok(Some(rec)) => rec.status,
+                _ => JobStatus::Cancelled,
+            },
+        };
+        let event = JobEvent::Finished {
+            status,
+            error: error.as_ref().map(|e| e.message.clone()),
+        };
+        publish_quietly(queue, id, &event).await;
+    }
     match (finished, error) {
         (Finished::Succeeded, _) => {
             report.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -233,6 +260,44 @@ async fn run_one<B: ModelBackend>(
         (f, _) => {
             tracing::info!(job_id = id, outcome = ?f, "job already had a final status; outcome discarded")
         }
+    }
+}
+
+/// Runs a job whose tokens are published as they arrive, in batches of at most 20 ms.
+async fn run_streaming<B: ModelBackend>(
+    queue: &dyn Queue,
+    backend: &B,
+    job: &LeasedJob,
+) -> Outcome {
+    let buffer = Arc::new(Mutex::new(String::new()));
+    let sink = buffer.clone();
+    let on_token = move |piece: &str| sink.lock().expect("token buffer").push_str(piece);
+    let run = backend.run(&job.spec, &on_token);
+    tokio::pin!(run);
+    let id = job.spec.job_id.as_str();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            _ = tick.tick() => flush_tokens(queue, id, &buffer).await,
+        }
+    };
+    flush_tokens(queue, id, &buffer).await;
+    outcome
+}
+
+async fn flush_tokens(queue: &dyn Queue, id: &str, buffer: &Mutex<String>) {
+    let text = std::mem::take(&mut *buffer.lock().expect("token buffer"));
+    if !text.is_empty() {
+        publish_quietly(queue, id, &JobEvent::Token { text }).await;
+    }
+}
+
+/// Events are a convenience for live clients; the record is the truth, so a failed publish
+/// is logged and the job goes on.
+async fn publish_quietly(queue: &dyn Queue, id: &str, event: &JobEvent) {
+    if let Err(e) = queue.publish(id, event).await {
+        tracing::debug!(job_id = id, error = %e, "could not publish a job event");
     }
 }
 
