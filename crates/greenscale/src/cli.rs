@@ -37,6 +37,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run a worker: lease jobs from the queue and run them against a model.
     Worker(WorkerArgs),
+    /// Run the HTTP gateway: jobs API, OpenAI-compatible API, metrics, OpenAPI document.
+    Gateway(GatewayArgs),
     /// Run the built-in demo model server (OpenAI-compatible; deterministic text).
     DemoModel(DemoModelArgs),
     /// Submit a prompt as a job; prints the job id, or the answer with --wait.
@@ -140,6 +142,44 @@ pub struct WorkerArgs {
     /// This worker's id (default: host name, process id and a random suffix).
     #[arg(long, env = "GREENSCALE_WORKER_ID")]
     pub worker_id: Option<String>,
+}
+
+/// `greenscale gateway`.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// Address to listen on. A non-loopback address needs API keys.
+    #[arg(long, env = "GREENSCALE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Accepted API key (repeat, or comma-separate in GREENSCALE_API_KEYS).
+    #[arg(
+        long = "api-key",
+        env = "GREENSCALE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// How long an OpenAI-compatible request waits for a worker to start it.
+    #[arg(long, env = "GREENSCALE_WAIT_DEADLINE", default_value = "300s", value_parser = parse_duration)]
+    pub wait_deadline: Duration,
+    /// Pending jobs above which new requests get 429 with Retry-After.
+    #[arg(long, env = "GREENSCALE_MAX_PENDING", default_value_t = 10_000)]
+    pub max_pending: u64,
+    /// Largest request body, bytes.
+    #[arg(long, env = "GREENSCALE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Longest prompt (all messages), characters.
+    #[arg(long, env = "GREENSCALE_MAX_PROMPT_CHARS", default_value_t = 200_000)]
+    pub max_prompt_chars: usize,
+    /// Model names listed by /v1/models; the first is used when a request names none.
+    #[arg(
+        long = "model",
+        env = "GREENSCALE_MODEL",
+        value_delimiter = ',',
+        default_value = "meta-llama/Llama-3.3-70B-Instruct"
+    )]
+    pub models: Vec<String>,
 }
 
 /// `greenscale demo-model`.

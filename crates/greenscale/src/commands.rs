@@ -12,14 +12,15 @@ use greenscale_queue::RedisQueue;
 use greenscale_worker::{OpenAiBackend, OpenAiConfig, WorkerConfig, default_worker_id, run_worker};
 
 use crate::cli::{
-    Command, DeadLetterAction, DeadLetterArgs, DemoModelArgs, QueueArgs, StatusArgs, SubmitArgs,
-    WorkerArgs,
+    Command, DeadLetterAction, DeadLetterArgs, DemoModelArgs, GatewayArgs, QueueArgs, StatusArgs,
+    SubmitArgs, WorkerArgs,
 };
 
 /// Runs one subcommand; the exit code says whether it succeeded.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Worker(args) => worker(args).await,
+        Command::Gateway(args) => gateway(args).await,
         Command::DemoModel(args) => demo_model(args).await,
         Command::Submit(args) => submit(args).await,
         Command::Status(args) => status(args).await,
@@ -110,6 +111,46 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         shutdown_signal(),
     )
     .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    let keys = greenscale_gateway::ApiKeys::new(args.api_keys.clone());
+    greenscale_gateway::check_exposure(&args.listen, &keys).map_err(anyhow::Error::msg)?;
+    let queue = open_queue(&args.queue).await?;
+    if let Err(e) = queue.ping().await {
+        tracing::warn!(error = %e, "Redis is not reachable yet; /readyz will say so until it is");
+    }
+    let config = greenscale_gateway::GatewayConfig {
+        api_keys: keys.clone(),
+        wait_deadline: args.wait_deadline,
+        max_pending: args.max_pending,
+        max_body_bytes: args.max_body_bytes,
+        limits: greenscale_core::Limits {
+            max_prompt_chars: args.max_prompt_chars,
+            ..greenscale_core::Limits::default()
+        },
+        models: args.models.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gateway = greenscale_gateway::Gateway::new(Arc::new(queue), config, stop_rx);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(
+        listen = %args.listen,
+        redis = %redacted(&args.queue.redis_url()),
+        api_keys = if keys.is_empty() { "none (loopback only)" } else { "required" },
+        "gateway listening; OpenAI-compatible base URL http://{}/v1",
+        args.listen
+    );
+    axum::serve(listener, greenscale_gateway::app(gateway))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    tracing::info!("gateway stopped");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,116 +3,28 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use greenscale_demo_model::DemoConfig;
 use greenscale_testkit::RedisServer;
 use redis::Commands;
 
-/// A demo model on its own thread and runtime, so it keeps serving while the test blocks.
-struct DemoModel {
-    url: String,
-}
+mod common;
+use common::{DemoModel, Process, demo_model, wait_until};
 
-fn demo_model(tokens_per_sec: f64) -> DemoModel {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let config = DemoConfig {
-                load_time: Duration::ZERO,
-                tokens_per_sec,
-            };
-            greenscale_demo_model::serve(listener, config, std::future::pending())
-                .await
-                .unwrap();
-        });
-    });
-    DemoModel { url }
-}
-
-struct Worker {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn spawn(
-        redis: &RedisServer,
-        model: &DemoModel,
-        log_dir: &Path,
-        name: &str,
-        extra: &[&str],
-    ) -> Self {
-        let log = log_dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_greenscale"))
-            .arg("worker")
-            .args(["--redis-url", &redis.url()])
-            .args(["--model-url", &model.url])
-            .args(["--worker-id", name])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn greenscale worker");
-        Worker { child, log }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn worker(
+    redis: &RedisServer,
+    model: &DemoModel,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Process {
+    Process::worker(dir, name, &redis.url(), &model.url, extra)
 }
 
 fn record(c: &mut redis::Connection, id: &str) -> HashMap<String, String> {
     c.hgetall(format!("greenscale:job:{id}")).unwrap()
-}
-
-fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn succeeded_lines(log: &str) -> Vec<String> {
@@ -131,7 +43,7 @@ fn prototype_contract_with_redis_cli() {
     let redis = RedisServer::start();
     let model = demo_model(0.0);
     let dir = tempfile::tempdir().unwrap();
-    let _w = Worker::spawn(&redis, &model, dir.path(), "w1", &[]);
+    let _w = worker(&redis, &model, dir.path(), "w1", &[]);
     let port = redis.port().to_string();
     let pushed = Command::new("redis-cli")
         .args([
@@ -199,7 +111,7 @@ fn sigkilled_worker_job_completes_once_through_another_worker() {
     let model = demo_model(15.0);
     let dir = tempfile::tempdir().unwrap();
     let mut c = redis.connection();
-    let mut w1 = Worker::spawn(&redis, &model, dir.path(), "w1", &["--lease", "1s"]);
+    let mut w1 = worker(&redis, &model, dir.path(), "w1", &["--lease", "1s"]);
     let _: i64 = c
         .lpush("jobs", r#"{"job_id":"slow-1","prompt":"take your time"}"#)
         .unwrap();
@@ -208,7 +120,7 @@ fn sigkilled_worker_job_completes_once_through_another_worker() {
     });
     w1.signal("KILL");
     w1.wait_exit(Duration::from_secs(5));
-    let w2 = Worker::spawn(&redis, &model, dir.path(), "w2", &["--lease", "1s"]);
+    let w2 = worker(&redis, &model, dir.path(), "w2", &["--lease", "1s"]);
     wait_until("job succeeded", Duration::from_secs(20), || {
         record(&mut c, "slow-1").get("status").map(String::as_str) == Some("succeeded")
     });
@@ -232,8 +144,8 @@ fn no_job_is_lost_over_500_jobs_with_repeated_kills() {
     }
     let args = ["--lease", "1s", "--concurrency", "16"];
     let mut logs = Vec::new();
-    let mut workers: Vec<Worker> = (0..3)
-        .map(|i| Worker::spawn(&redis, &model, dir.path(), &format!("w{i}"), &args))
+    let mut workers: Vec<Process> = (0..3)
+        .map(|i| worker(&redis, &model, dir.path(), &format!("w{i}"), &args))
         .collect();
     let mut next = workers.len();
     let mut kills = 0;
@@ -256,7 +168,7 @@ fn no_job_is_lost_over_500_jobs_with_repeated_kills() {
             victim.wait_exit(Duration::from_secs(5));
             logs.push(victim.log());
             kills += 1;
-            workers.push(Worker::spawn(
+            workers.push(worker(
                 &redis,
                 &model,
                 dir.path(),
@@ -306,7 +218,7 @@ fn sigterm_lets_the_running_job_finish_and_exits_zero() {
     let model = demo_model(15.0);
     let dir = tempfile::tempdir().unwrap();
     let mut c = redis.connection();
-    let mut w = Worker::spawn(&redis, &model, dir.path(), "w1", &["--grace", "20s"]);
+    let mut w = worker(&redis, &model, dir.path(), "w1", &["--grace", "20s"]);
     let _: i64 = c
         .lpush("jobs", r#"{"job_id":"term-1","prompt":"finish me"}"#)
         .unwrap();
@@ -335,7 +247,7 @@ fn sigterm_past_the_grace_period_hands_the_job_back() {
     let model = demo_model(5.0);
     let dir = tempfile::tempdir().unwrap();
     let mut c = redis.connection();
-    let mut w = Worker::spawn(&redis, &model, dir.path(), "w1", &["--grace", "300ms"]);
+    let mut w = worker(&redis, &model, dir.path(), "w1", &["--grace", "300ms"]);
     let _: i64 = c
         .lpush("jobs", r#"{"job_id":"long-1","prompt":"too long"}"#)
         .unwrap();
@@ -368,7 +280,7 @@ fn redis_restart_with_aof_loses_nothing() {
             )
             .unwrap();
     }
-    let mut w = Worker::spawn(&redis, &model, dir.path(), "w1", &["--concurrency", "4"]);
+    let mut w = worker(&redis, &model, dir.path(), "w1", &["--concurrency", "4"]);
     wait_until("some jobs done", Duration::from_secs(20), || {
         (0..total).any(|i| c.exists(format!("result:r-{i}")).unwrap())
     });

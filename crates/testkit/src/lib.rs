@@ -128,6 +128,64 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Python with the test suite's packages (the official `openai` SDK and `schemathesis`),
+/// in a virtual environment under the build's target folder, created on first use.
+/// Panics, saying why, when it cannot be set up.
+pub fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+            let venv = target.join("test-venv");
+            let python = venv.join("bin/python");
+            let ready = venv.join(".ready");
+            // Several test binaries may get here at once: the first creates the lock file.
+            let lock = target.join("test-venv.lock");
+            let deadline = Instant::now() + Duration::from_secs(900);
+            while !ready.exists() {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&lock)
+                {
+                    Ok(_) => {
+                        let run = |cmd: &mut Command| {
+                            let status = cmd.status().unwrap_or_else(|e| {
+                                panic!("cannot run {cmd:?}: {e} (python3 with venv is needed)")
+                            });
+                            assert!(status.success(), "{cmd:?} failed");
+                        };
+                        if !python.exists() {
+                            run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+                        }
+                        run(Command::new(&python).args([
+                            "-m",
+                            "pip",
+                            "install",
+                            "-q",
+                            "openai",
+                            "schemathesis",
+                        ]));
+                        std::fs::write(&ready, "ok").expect("mark the venv ready");
+                        let _ = std::fs::remove_file(&lock);
+                    }
+                    Err(_) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "gave up waiting for {}",
+                            lock.display()
+                        );
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            }
+            python
+        })
+        .clone()
+}
+
 /// One scripted answer of a [`FakeUpstream`].
 #[derive(Debug, Clone)]
 pub struct Reply {

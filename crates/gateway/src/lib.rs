@@ -1,0 +1,230 @@
+//! GreenScale's gateway: the jobs API, an OpenAI-compatible API that holds requests while
+//! the worker pool wakes, API keys, limits and backpressure, Prometheus metrics and an
+//! OpenAPI document. It works with any queue backend through the `Queue` trait.
+
+pub mod auth;
+pub mod error;
+pub mod events;
+mod jobs;
+pub mod metrics;
+mod openai;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use greenscale_core::{Limits, Queue};
+use utoipa::OpenApi;
+
+pub use auth::ApiKeys;
+pub use error::ApiError;
+use events::EventHub;
+pub use metrics::Metrics;
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Accepted API keys; none means no authentication (loopback only).
+    pub api_keys: ApiKeys,
+    /// How long a request waits for a worker to start its job before it fails.
+    pub wait_deadline: Duration,
+    /// Pending jobs above which new requests get 429.
+    pub max_pending: u64,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Prompt limits.
+    pub limits: Limits,
+    /// Models listed by `/v1/models` (the first is the default for requests naming none).
+    pub models: Vec<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            api_keys: ApiKeys::default(),
+            wait_deadline: Duration::from_secs(300),
+            max_pending: 10_000,
+            max_body_bytes: 1024 * 1024,
+            limits: Limits::default(),
+            models: vec!["meta-llama/Llama-3.3-70B-Instruct".into()],
+        }
+    }
+}
+
+/// Refuses a configuration that would expose an unauthenticated API to the network.
+pub fn check_exposure(listen: &SocketAddr, keys: &ApiKeys) -> Result<(), String> {
+    if !listen.ip().is_loopback() && keys.is_empty() {
+        return Err(format!(
+            "refusing to listen on {listen} without API keys: anyone who can reach it could \
+             submit jobs. Set --api-key (or GREENSCALE_API_KEYS=key1,key2), or listen on \
+             127.0.0.1"
+        ));
+    }
+    Ok(())
+}
+
+/// Shared state of the gateway's handlers.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) queue: Arc<dyn Queue>,
+    pub(crate) config: Arc<GatewayConfig>,
+    pub(crate) hub: EventHub,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Gateway {
+    /// A gateway over `queue`. Call inside a Tokio runtime (it starts the event hub).
+    /// Streams end when `shutdown` turns true.
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        config: GatewayConfig,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Gateway {
+            hub: EventHub::start(queue.clone()),
+            queue,
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()),
+            shutdown,
+        }
+    }
+
+    /// The metrics registry, for components that add their own metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "GreenScale gateway", description = "Jobs API and OpenAI-compatible API of GreenScale."),
+    paths(
+        jobs::create_job,
+        jobs::list_jobs,
+        jobs::get_job,
+        jobs::cancel_job,
+        jobs::job_events,
+        jobs::queue_stats,
+        openai::chat_completions,
+        openai::list_models,
+        healthz,
+        readyz,
+    ),
+    components(schemas(
+        error::ErrorBody,
+        error::ErrorDetail,
+        jobs::JobRequest,
+        jobs::Message,
+        jobs::JobView,
+        jobs::UsageView,
+        jobs::JobList,
+        jobs::QueueView,
+        jobs::SseEvent,
+        openai::ChatRequest,
+        openai::ChatResponse,
+        openai::ModelList,
+    )),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers and types.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The gateway's routes. `/healthz`, `/readyz`, `/metrics` and `/openapi.json` are open;
+/// everything under `/v1` needs an API key when keys are configured.
+pub fn app(gateway: Gateway) -> Router {
+    let keys = gateway.config.api_keys.clone();
+    let limit = gateway.config.max_body_bytes;
+    let api = Router::new()
+        .route("/v1/jobs", get(jobs::list_jobs).post(jobs::create_job))
+        .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
+        .route("/v1/jobs/{id}/events", get(jobs::job_events))
+        .route("/v1/queue", get(jobs::queue_stats))
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(openai::chat_completions),
+        )
+        .route("/v1/models", get(openai::list_models))
+        .route_layer(axum::middleware::from_fn_with_state(
+            keys,
+            auth::require_key,
+        ));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(gateway)
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the queue answers.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "the queue is reachable"),
+    (status = 503, description = "the queue is not reachable", body = error::ErrorBody)))]
+async fn readyz(State(g): State<Gateway>) -> Response {
+    match g.queue.stats().await {
+        Ok(_) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn metrics(State(g): State<Gateway>) -> Response {
+    let stats = g.queue.stats().await.ok();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        g.metrics.render(stats),
+    )
+        .into_response()
+}
+
+async fn openapi_json() -> Response {
+    axum::Json(openapi()).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method; see /openapi.json",
+    )
+}

@@ -1,0 +1,413 @@
+//! The OpenAI-compatible API: `/v1/chat/completions` (streaming or not) and `/v1/models`.
+//! A request that arrives while no worker runs waits, as Knative's activator does, until a
+//! worker starts it or the deadline passes.
+
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use greenscale_core::{ChatMessage, JobRecord, JobSpec, JobStatus, new_job_id};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
+
+use crate::Gateway;
+use crate::error::{ApiError, ErrorBody};
+use crate::jobs::{admit, json_body};
+use crate::watch::{Update, WatchOptions, watch};
+
+/// A chat message's content: text, or a list of parts of which the text ones are used.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Content parts (`{"type": "text", "text": ...}`).
+    Parts(Vec<ContentPart>),
+}
+
+/// One content part.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ContentPart {
+    /// The part's type; only `text` parts are used.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    pub text: Option<String>,
+}
+
+/// One message of a chat request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatRequestMessage {
+    /// `system`, `user`, `assistant` ...
+    pub role: String,
+    /// The content.
+    pub content: Content,
+}
+
+/// Streaming options.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    /// Send a last chunk with token usage.
+    pub include_usage: Option<bool>,
+}
+
+/// An OpenAI chat completions request (fields GreenScale does not use are ignored).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatRequest {
+    /// The model (pool) to use.
+    pub model: Option<String>,
+    /// The conversation.
+    #[schema(min_items = 1)]
+    pub messages: Vec<ChatRequestMessage>,
+    /// Upper bound on generated tokens.
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<u32>,
+    /// Newer name of `max_tokens`.
+    #[schema(minimum = 1)]
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling temperature, 0 to 2.
+    #[schema(minimum = 0.0, maximum = 2.0)]
+    pub temperature: Option<f32>,
+    /// Stream the answer as server-sent events.
+    pub stream: Option<bool>,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// The assistant's message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: String,
+    /// The answer.
+    pub content: String,
+}
+
+/// One choice of a completion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Choice {
+    /// Always 0.
+    pub index: u32,
+    /// The answer.
+    pub message: AssistantMessage,
+    /// Always `stop`.
+    pub finish_reason: String,
+}
+
+/// Token usage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatUsage {
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Generated tokens.
+    pub completion_tokens: u64,
+    /// Both.
+    pub total_tokens: u64,
+}
+
+/// A chat completion (non-streaming).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatResponse {
+    /// `chatcmpl-<job id>`.
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model.
+    pub model: String,
+    /// One choice.
+    pub choices: Vec<Choice>,
+    /// Token usage.
+    pub usage: ChatUsage,
+}
+
+/// One model.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelCard {
+    /// Its name.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// Unix seconds (0: unknown).
+    pub created: u64,
+    /// Always `greenscale`.
+    pub owned_by: String,
+}
+
+/// The models served.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    /// The models.
+    pub data: Vec<ModelCard>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The models this gateway serves.
+#[utoipa::path(get, path = "/v1/models",
+    responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_models(State(g): State<Gateway>) -> axum::Json<ModelList> {
+    axum::Json(ModelList {
+        object: "list".into(),
+        data: g
+            .config
+            .models
+            .iter()
+            .map(|m| ModelCard {
+                id: m.clone(),
+                object: "model".into(),
+                created: 0,
+                owned_by: "greenscale".into(),
+            })
+            .collect(),
+    })
+}
+
+fn to_spec(g: &Gateway, req: ChatRequest) -> Result<JobSpec, ApiError> {
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in req.messages {
+        let content = match m.content {
+            Content::Text(t) => t,
+            Content::Parts(parts) => parts
+                .into_iter()
+                .filter(|p| p.kind == "text")
+                .filter_map(|p| p.text)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        messages.push(ChatMessage {
+            role: m.role,
+            content,
+        });
+    }
+    let spec = JobSpec {
+        job_id: new_job_id(),
+        prompt: None,
+        messages: Some(messages),
+        model: req.model.or_else(|| g.config.models.first().cloned()),
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+        metadata: None,
+        stream: Some(true),
+    };
+    spec.validate(&g.config.limits).map_err(ApiError::invalid)?;
+    Ok(spec)
+}
+
+fn failure(rec: &JobRecord) -> ApiError {
+    match rec.status {
+        JobStatus::Cancelled => ApiError::new(
+            StatusCode::CONFLICT,
+            "cancelled",
+            "the request's job was cancelled",
+        ),
+        _ => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!(
+                "the model failed: {}",
+                rec.error_message.as_deref().unwrap_or("unknown error")
+            ),
+        ),
+    }
+}
+
+fn not_started(g: &Gateway) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!(
+            "no worker started the request within {} s; the pool may be unable to scale up",
+            g.config.wait_deadline.as_secs()
+        ),
+    )
+}
+
+/// Create a chat completion. At zero workers the request waits while the pool wakes.
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatRequest,
+    responses(
+        (status = 200, description = "the completion, or with stream: true an event stream of chunks",
+            content((ChatResponse = "application/json"), (crate::jobs::SseEvent = "text/event-stream"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 502, body = ErrorBody),
+        (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn chat_completions(
+    State(g): State<Gateway>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = json_body(body)?;
+    let stream = req.stream.unwrap_or(false);
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let spec = to_spec(&g, req)?;
+    admit(&g).await?;
+    let id = spec.job_id.clone();
+    let model = spec.model.clone().unwrap_or_default();
+    let sub = g.hub.subscribe(&id);
+    g.queue.enqueue(spec).await?;
+    g.metrics.submitted();
+    let updates = watch(
+        g.clone(),
+        id.clone(),
+        sub,
+        WatchOptions {
+            start_deadline: Some(g.config.wait_deadline),
+            cancel_on_disconnect: true,
+        },
+    );
+    if stream {
+        return Ok(stream_response(id, model, include_usage, updates));
+    }
+    let mut updates = updates;
+    while let Some(update) = updates.recv().await {
+        match update {
+            Update::Done(rec) if rec.status == JobStatus::Succeeded => {
+                let usage = rec.usage.unwrap_or_default();
+                return Ok(axum::Json(ChatResponse {
+                    id: format!("chatcmpl-{id}"),
+                    object: "chat.completion".into(),
+                    created: unix_now(),
+                    model,
+                    choices: vec![Choice {
+                        index: 0,
+                        message: AssistantMessage {
+                            role: "assistant".into(),
+                            content: rec.result.unwrap_or_default(),
+                        },
+                        finish_reason: "stop".into(),
+                    }],
+                    usage: ChatUsage {
+                        prompt_tokens: usage.prompt_tokens,
+                        completion_tokens: usage.completion_tokens,
+                        total_tokens: usage.prompt_tokens + usage.completion_tokens,
+                    },
+                })
+                .into_response());
+            }
+            Update::Done(rec) => return Err(failure(&rec)),
+            Update::NotStarted => return Err(not_started(&g)),
+            Update::ShuttingDown => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the gateway is shutting down; the job keeps running (see /v1/jobs)",
+                ));
+            }
+            Update::Started | Update::Token(_) => {}
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "lost track of the job",
+    ))
+}
+
+fn chunk(
+    id: &str,
+    model: &str,
+    created: u64,
+    delta: serde_json::Value,
+    finish: Option<&str>,
+) -> Event {
+    Event::default().data(
+        json!({
+            "id": format!("chatcmpl-{id}"),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+        .to_string(),
+    )
+}
+
+fn error_event(e: ApiError) -> Event {
+    Event::default().data(json!({"error": {"type": e.kind, "message": e.message}}).to_string())
+}
+
+fn stream_response(
+    id: String,
+    model: String,
+    include_usage: bool,
+    updates: tokio::sync::mpsc::Receiver<Update>,
+) -> Response {
+    let created = unix_now();
+    let first = chunk(
+        &id,
+        &model,
+        created,
+        json!({"role": "assistant", "content": ""}),
+        None,
+    );
+    let events = ReceiverStream::new(updates).flat_map(move |u| {
+        let mut out: Vec<Event> = Vec::new();
+        match u {
+            Update::Started => {}
+            Update::Token(text) => {
+                out.push(chunk(&id, &model, created, json!({"content": text}), None))
+            }
+            Update::Done(rec) if rec.status == JobStatus::Succeeded => {
+                out.push(chunk(&id, &model, created, json!({}), Some("stop")));
+                if include_usage {
+                    let u = rec.usage.unwrap_or_default();
+                    out.push(
+                        Event::default().data(
+                            json!({
+                                "id": format!("chatcmpl-{id}"),
+                                "object": "chat.completion.chunk",
+                                "created": created,
+                                "model": model,
+                                "choices": [],
+                                "usage": {
+                                    "prompt_tokens": u.prompt_tokens,
+                                    "completion_tokens": u.completion_tokens,
+                                    "total_tokens": u.prompt_tokens + u.completion_tokens
+                                }
+                            })
+                            .to_string(),
+                        ),
+                    );
+                }
+                out.push(Event::default().data("[DONE]"));
+            }
+            Update::Done(rec) => out.push(error_event(failure(&rec))),
+            Update::NotStarted => out.push(error_event(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "no worker started the request before the deadline",
+            ))),
+            Update::ShuttingDown => out.push(error_event(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the gateway is shutting down",
+            ))),
+        }
+        futures::stream::iter(out.into_iter().map(Ok::<_, Infallible>))
+    });
+    let stream = futures::stream::once(async move { Ok::<_, Infallible>(first) }).chain(events);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

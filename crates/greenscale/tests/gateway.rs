@@ -1,0 +1,451 @@
+//! `greenscale gateway` from the built binary, with a real Redis, worker and demo model,
+//! checked with plain HTTP, the official OpenAI Python SDK and schemathesis.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use greenscale_testkit::{RedisServer, free_port};
+use serde_json::{Value, json};
+
+mod common;
+use common::{Process, demo_model};
+
+const KEY: &str = "test-key-123";
+
+struct Stack {
+    redis: RedisServer,
+    model_url: String,
+    base: String,
+    dir: tempfile::TempDir,
+    gateway: Process,
+}
+
+fn start_gateway(dir: &Path, redis: &RedisServer, extra: &[&str]) -> (Process, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = redis.url();
+    let mut args = vec![
+        "gateway",
+        "--redis-url",
+        &url,
+        "--listen",
+        &listen,
+        "--api-key",
+        KEY,
+        "--model",
+        "greenscale-demo",
+    ];
+    args.extend_from_slice(extra);
+    let gateway = Process::spawn(dir, "gateway", &args);
+    let base = format!("http://{listen}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not listen: {}",
+            gateway.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (gateway, base)
+}
+
+fn stack(extra: &[&str]) -> Stack {
+    let redis = RedisServer::start();
+    let model = demo_model(200.0);
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, base) = start_gateway(dir.path(), &redis, extra);
+    Stack {
+        redis,
+        model_url: model.url,
+        base,
+        dir,
+        gateway,
+    }
+}
+
+impl Stack {
+    fn worker(&self, name: &str) -> Process {
+        Process::worker(
+            self.dir.path(),
+            name,
+            &self.redis.url(),
+            &self.model_url,
+            &[],
+        )
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn post(base: &str, path: &str, body: Value) -> reqwest::Response {
+    client()
+        .post(format!("{base}{path}"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get(base: &str, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("{base}{path}"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn error_type(r: reqwest::Response) -> String {
+    let v: Value = r.json().await.unwrap();
+    v["error"]["type"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn errors_are_json_with_fitting_statuses() {
+    let s = stack(&["--max-pending", "3", "--max-body-bytes", "2000"]);
+    // 401 without (or with a wrong) key.
+    let r = client()
+        .get(format!("{}/v1/queue", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(error_type(r).await, "authentication_error");
+    let r = client()
+        .get(format!("{}/v1/queue", s.base))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // 400: bad JSON, no prompt, bad status filter.
+    let r = client()
+        .post(format!("{}/v1/jobs", s.base))
+        .bearer_auth(KEY)
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_type(r).await, "invalid_request_error");
+    let r = post(&s.base, "/v1/jobs", json!({"prompt": ""})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(get(&s.base, "/v1/jobs?status=bogus").await.status(), 400);
+    // 413: body over the limit.
+    let r = post(&s.base, "/v1/jobs", json!({"prompt": "x".repeat(5000)})).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(error_type(r).await, "request_too_large");
+    // 404 for unknown jobs and endpoints.
+    assert_eq!(get(&s.base, "/v1/jobs/none").await.status(), 404);
+    assert_eq!(get(&s.base, "/v1/nothing").await.status(), 404);
+    // 429 with Retry-After once 3 jobs are pending (no worker runs).
+    for i in 0..3 {
+        let r = post(&s.base, "/v1/jobs", json!({"prompt": format!("p{i}")})).await;
+        assert_eq!(r.status(), 202);
+    }
+    let r = post(&s.base, "/v1/jobs", json!({"prompt": "one too many"})).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(error_type(r).await, "rate_limit_error");
+    // Health, readiness, metrics and the OpenAPI document need no key.
+    assert_eq!(
+        client()
+            .get(format!("{}/healthz", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(format!("{}/readyz", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = client()
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("greenscale_jobs_submitted_total 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("greenscale_queue_pending 3"));
+    let doc: Value = client()
+        .get(format!("{}/openapi.json", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/events",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/queue",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(
+        !s.gateway.log().contains(KEY),
+        "API keys never appear in logs"
+    );
+}
+
+#[tokio::test]
+async fn jobs_api_idempotency_cancel_list_and_events() {
+    let s = stack(&[]);
+    // Idempotency-Key returns the same job.
+    let submit = |key: &'static str| {
+        let base = s.base.clone();
+        async move {
+            client()
+                .post(format!("{base}/v1/jobs"))
+                .bearer_auth(KEY)
+                .header("Idempotency-Key", key)
+                .json(&json!({"prompt": "same"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let a = submit("k1").await;
+    assert_eq!(a.status(), 202);
+    let location = a.headers()["location"].to_str().unwrap().to_string();
+    let a: Value = a.json().await.unwrap();
+    let b: Value = submit("k1").await.json().await.unwrap();
+    assert_eq!(a["id"], b["id"]);
+    assert_eq!(location, format!("/v1/jobs/{}", a["id"].as_str().unwrap()));
+    // Cancel a queued job; cancelling again is a conflict.
+    let id = a["id"].as_str().unwrap();
+    let r = client()
+        .delete(format!("{}/v1/jobs/{id}", s.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
+    let r = client()
+        .delete(format!("{}/v1/jobs/{id}", s.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // Events arrive in order for a streamed job once a worker runs it.
+    let job: Value = post(
+        &s.base,
+        "/v1/jobs",
+        json!({"prompt": "stream me", "stream": true}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let events = get(&s.base, &format!("/v1/jobs/{id}/events")).await;
+    assert_eq!(events.status(), 200);
+    let _worker = s.worker("w1");
+    let body = tokio::time::timeout(Duration::from_secs(20), events.text())
+        .await
+        .expect("the event stream ends when the job is done")
+        .unwrap();
+    let names: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(names.first(), Some(&"queued"), "{body}");
+    assert_eq!(names.last(), Some(&"finished"), "{body}");
+    let started = names.iter().position(|n| *n == "started").expect("started");
+    let first_token = names.iter().position(|n| *n == "token").expect("tokens");
+    assert!(started < first_token, "{names:?}");
+    let text: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["text"].as_str().map(str::to_string))
+        .collect();
+    let record: Value = get(&s.base, &format!("/v1/jobs/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(
+        record["result"].as_str().unwrap(),
+        text,
+        "tokens add up to the answer"
+    );
+    // The list shows both jobs, filterable by status.
+    let list: Value = get(&s.base, "/v1/jobs?limit=10")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
+    let done: Value = get(&s.base, "/v1/jobs?status=succeeded")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["jobs"][0]["id"], id.as_str());
+    let cancelled: Value = get(&s.base, "/v1/jobs?status=cancelled")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_request_at_zero_workers_is_held_until_a_worker_starts() {
+    let s = stack(&[]);
+    let base = s.base.clone();
+    let request = tokio::spawn(async move {
+        post(
+            &base,
+            "/v1/chat/completions",
+            json!({"model": "greenscale-demo", "messages": [{"role": "user", "content": "wake up"}]}),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!request.is_finished(), "the request is held, not failed");
+    let _worker = s.worker("late");
+    let r = tokio::time::timeout(Duration::from_secs(20), request)
+        .await
+        .expect("completes once a worker runs")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("[demo]")
+    );
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn past_the_deadline_the_request_fails_clearly_and_its_job_is_cancelled() {
+    let s = stack(&["--wait-deadline", "1s"]);
+    let r = post(
+        &s.base,
+        "/v1/chat/completions",
+        json!({"model": "m", "messages": [{"role": "user", "content": "nobody home"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 504);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no worker")
+    );
+    let list: Value = get(&s.base, "/v1/jobs?status=cancelled")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_its_unstarted_job() {
+    let s = stack(&[]);
+    let r = client()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .bearer_auth(KEY)
+        .timeout(Duration::from_millis(500))
+        .json(&json!({"messages": [{"role": "user", "content": "never mind"}]}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client gave up");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let list: Value = get(&s.base, "/v1/jobs?status=cancelled")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if list["jobs"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job was not cancelled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn run_python(script: &str, base: &str) -> std::process::Output {
+    let python = greenscale_testkit::python();
+    Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/",
+            "openai_sdk.py"
+        ))
+        .arg(script)
+        .env("OPENAI_BASE_URL", format!("{base}/v1"))
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .expect("run the OpenAI SDK check")
+}
+
+#[test]
+fn the_official_openai_sdk_works_unchanged() {
+    let s = stack(&[]);
+    let _worker = s.worker("w1");
+    for mode in ["create", "stream", "models"] {
+        let out = run_python(mode, &s.base);
+        assert!(
+            out.status.success(),
+            "{mode}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn fuzzing_from_the_openapi_document_finds_no_server_errors() {
+    let s = stack(&["--wait-deadline", "2s"]);
+    let _worker = s.worker("w1");
+    let python = greenscale_testkit::python();
+    let out = Command::new(python.parent().unwrap().join("schemathesis"))
+        .args(["run", &format!("{}/openapi.json", s.base)])
+        .args(["--header", &format!("Authorization: Bearer {KEY}")])
+        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+        .args(["--max-examples", "30", "--exclude-path", "/v1/jobs/{id}/events", "--request-timeout", "10"])
+        .args(["--seed", "20261128"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
