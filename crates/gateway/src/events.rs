@@ -8,6 +8,11 @@ use futures::StreamExt;
 use greenscale_core::{JobEvent, Queue};
 use tokio::sync::broadcast;
 
+/// Events buffered per job. Tokens arrive in batches (every 20 ms at most), so this is
+/// plenty; a receiver that falls behind re-reads the job record. Each slot is allocated up
+/// front for every waiting request, so it is kept small.
+const CAPACITY: usize = 32;
+
 type Senders = Arc<Mutex<HashMap<String, broadcast::Sender<JobEvent>>>>;
 
 /// Routes job events from the queue to the requests waiting on those jobs.
@@ -48,7 +53,7 @@ impl EventHub {
         let mut senders = self.senders.lock().expect("hub lock");
         let rx = senders
             .entry(job_id.to_string())
-            .or_insert_with(|| broadcast::channel(1024).0)
+            .or_insert_with(|| broadcast::channel(CAPACITY).0)
             .subscribe();
         Subscription {
             rx: Some(rx),

@@ -194,9 +194,26 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
-/// Refuses new work while the queue is over its bound (429 with `Retry-After`).
+/// How long a pending-count reading is reused for admission decisions.
+const PENDING_READING_TTL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Refuses new work while the queue is over its bound (429 with `Retry-After`). The pending
+/// count is read at most every 100 ms, not once per request.
 pub(crate) async fn admit(g: &Gateway) -> Result<(), ApiError> {
-    let stats = g.queue.stats().await?;
+    let cached = *g.pending_reading.lock().expect("pending reading lock");
+    let pending = match cached {
+        Some((at, n)) if at.elapsed() < PENDING_READING_TTL => n,
+        _ => {
+            let n = g.queue.stats().await?.pending;
+            *g.pending_reading.lock().expect("pending reading lock") =
+                Some((std::time::Instant::now(), n));
+            n
+        }
+    };
+    let stats = QueueStats {
+        pending,
+        ..QueueStats::default()
+    };
     if stats.pending >= g.config.max_pending {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -77,6 +77,8 @@ pub struct Gateway {
     pub(crate) hub: EventHub,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The last pending-count reading used for admission, and when it was taken.
+    pub(crate) pending_reading: Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
 
 impl Gateway {
@@ -93,6 +95,7 @@ impl Gateway {
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
             shutdown,
+            pending_reading: Arc::default(),
         }
     }
 

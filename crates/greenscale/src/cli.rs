@@ -163,7 +163,8 @@ pub struct GatewayArgs {
     /// How long an OpenAI-compatible request waits for a worker to start it.
     #[arg(long, env = "GREENSCALE_WAIT_DEADLINE", default_value = "300s", value_parser = parse_duration)]
     pub wait_deadline: Duration,
-    /// Pending jobs above which new requests get 429 with Retry-After.
+    /// Pending jobs at which new requests get 429 with Retry-After (the count is re-read
+    /// at most every 100 ms).
     #[arg(long, env = "GREENSCALE_MAX_PENDING", default_value_t = 10_000)]
     pub max_pending: u64,
     /// Largest request body, bytes.

@@ -148,6 +148,8 @@ async fn errors_are_json_with_fitting_statuses() {
         let r = post(&s.base, "/v1/jobs", json!({"prompt": format!("p{i}")})).await;
         assert_eq!(r.status(), 202);
     }
+    // The pending count is re-read at most every 100 ms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let r = post(&s.base, "/v1/jobs", json!({"prompt": "one too many"})).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().get("retry-after").is_some());
@@ -448,4 +450,48 @@ fn fuzzing_from_the_openapi_document_finds_no_server_errors() {
         "schemathesis found problems:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn refuses_a_public_address_without_api_keys() {
+    let out = Command::new(env!("CARGO_BIN_EXE_greenscale"))
+        .args([
+            "gateway",
+            "--listen",
+            "0.0.0.0:0",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ])
+        .env_remove("GREENSCALE_API_KEYS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without API keys") && err.contains("--api-key"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_ends_held_requests_cleanly_and_exits_zero() {
+    let mut s = stack(&[]);
+    let base = s.base.clone();
+    let held = tokio::spawn(async move {
+        post(
+            &base,
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "still waiting"}]}),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.gateway.signal("TERM");
+    let r = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held request is answered")
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_type(r).await, "shutting_down");
+    assert!(s.gateway.wait_exit(Duration::from_secs(10)).success());
 }
