@@ -324,23 +324,30 @@ pub async fn chat_completions(
     ))
 }
 
+/// One streamed chunk in OpenAI's shape; `usage` only on the last one.
 fn chunk(
     id: &str,
     model: &str,
     created: u64,
-    delta: serde_json::Value,
-    finish: Option<&str>,
+    choices: serde_json::Value,
+    usage: Option<serde_json::Value>,
 ) -> Event {
-    Event::default().data(
-        json!({
-            "id": format!("chatcmpl-{id}"),
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        })
-        .to_string(),
-    )
+    let mut v = json!({
+        "id": format!("chatcmpl-{id}"),
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    });
+    if let Some(u) = usage {
+        v["usage"] = u;
+    }
+    Event::default().data(v.to_string())
+}
+
+/// The `choices` of a chunk carrying `delta`.
+fn delta(delta: serde_json::Value, finish: Option<&str>) -> serde_json::Value {
+    json!([{"index": 0, "delta": delta, "finish_reason": finish}])
 }
 
 fn error_event(e: ApiError) -> Event {
@@ -358,37 +365,36 @@ fn stream_response(
         &id,
         &model,
         created,
-        json!({"role": "assistant", "content": ""}),
+        delta(json!({"role": "assistant", "content": ""}), None),
         None,
     );
     let events = ReceiverStream::new(updates).flat_map(move |u| {
         let mut out: Vec<Event> = Vec::new();
         match u {
             Update::Started => {}
-            Update::Token(text) => {
-                out.push(chunk(&id, &model, created, json!({"content": text}), None))
-            }
+            Update::Token(text) => out.push(chunk(
+                &id,
+                &model,
+                created,
+                delta(json!({"content": text}), None),
+                None,
+            )),
             Update::Done(rec) if rec.status == JobStatus::Succeeded => {
-                out.push(chunk(&id, &model, created, json!({}), Some("stop")));
+                out.push(chunk(
+                    &id,
+                    &model,
+                    created,
+                    delta(json!({}), Some("stop")),
+                    None,
+                ));
                 if include_usage {
                     let u = rec.usage.unwrap_or_default();
-                    out.push(
-                        Event::default().data(
-                            json!({
-                                "id": format!("chatcmpl-{id}"),
-                                "object": "chat.completion.chunk",
-                                "created": created,
-                                "model": model,
-                                "choices": [],
-                                "usage": {
-                                    "prompt_tokens": u.prompt_tokens,
-                                    "completion_tokens": u.completion_tokens,
-                                    "total_tokens": u.prompt_tokens + u.completion_tokens
-                                }
-                            })
-                            .to_string(),
-                        ),
-                    );
+                    let usage = json!({
+                        "prompt_tokens": u.prompt_tokens,
+                        "completion_tokens": u.completion_tokens,
+                        "total_tokens": u.prompt_tokens + u.completion_tokens
+                    });
+                    out.push(chunk(&id, &model, created, json!([]), Some(usage)));
                 }
                 out.push(Event::default().data("[DONE]"));
             }
