@@ -1,0 +1,534 @@
+//! The queue conformance suite: every promise of the `Queue` trait, checked against each
+//! backend (Redis with a private redis-server, SQLite in a temporary folder).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use greenscale_core::{
+    Cancelled, Completion, ErrorKind, Finished, JobError, JobSpec, JobStatus, Outcome, Queue,
+    QueueConfig, Usage,
+};
+use greenscale_queue::{RedisQueue, SqliteQueue};
+use greenscale_testkit::RedisServer;
+
+/// Pushes a raw entry the way a producer that bypasses GreenScale would.
+type PushRaw = Box<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A queue under test, with the backend-specific ways to poke at it.
+struct Fixture {
+    queue: Arc<dyn Queue>,
+    push: PushRaw,
+    _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Fixture {
+    fn q(&self) -> &dyn Queue {
+        &*self.queue
+    }
+
+    fn shared(&self) -> Arc<dyn Queue> {
+        self.queue.clone()
+    }
+
+    /// Pushes a raw entry as a producer that bypasses GreenScale would.
+    async fn push_raw(&self, raw: impl Into<String>) {
+        (self.push)(raw.into()).await
+    }
+}
+
+type Open = fn(QueueConfig) -> Pin<Box<dyn Future<Output = Fixture> + Send>>;
+
+fn open_redis(config: QueueConfig) -> Pin<Box<dyn Future<Output = Fixture> + Send>> {
+    Box::pin(async move {
+        let server = RedisServer::start();
+        let queue = Arc::new(RedisQueue::connect(&server.url(), "jobs", config).unwrap());
+        let url = server.url();
+        Fixture {
+            queue,
+            push: Box::new(move |raw| {
+                let url = url.clone();
+                Box::pin(async move {
+                    let client = redis::Client::open(url).unwrap();
+                    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                    redis::cmd("LPUSH")
+                        .arg("jobs")
+                        .arg(raw)
+                        .query_async::<i64>(&mut c)
+                        .await
+                        .unwrap();
+                })
+            }),
+            _keep: Box::new(server),
+        }
+    })
+}
+
+fn open_sqlite(config: QueueConfig) -> Pin<Box<dyn Future<Output = Fixture> + Send>> {
+    Box::pin(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let queue =
+            Arc::new(SqliteQueue::open(&dir.path().join("queue.db"), "jobs", config).unwrap());
+        let pusher = queue.clone();
+        Fixture {
+            queue,
+            push: Box::new(move |raw| {
+                let q = pusher.clone();
+                Box::pin(async move { q.push_raw(&raw).await.unwrap() })
+            }),
+            _keep: Box::new(dir),
+        }
+    })
+}
+
+fn fast_config() -> QueueConfig {
+    QueueConfig {
+        lease: Duration::from_millis(300),
+        retry_base: Duration::ZERO,
+        ..QueueConfig::default()
+    }
+}
+
+fn success(text: &str) -> Outcome {
+    Outcome::Succeeded(Completion {
+        text: text.into(),
+        usage: Usage {
+            prompt_tokens: 4,
+            completion_tokens: 2,
+        },
+        ttft_ms: Some(5),
+    })
+}
+
+fn transient() -> Outcome {
+    Outcome::Failed(JobError {
+        kind: ErrorKind::UpstreamTransient,
+        message: "upstream answered 503".into(),
+        transient: true,
+        retry_after: None,
+    })
+}
+
+#[tokio::test]
+async fn prototype_entry_is_processed() {
+    for open in [open_redis as Open, open_sqlite] {
+        let f = open(QueueConfig::default()).await;
+        let q = f.q();
+        f.push_raw(r#"{"job_id":"test-001","prompt":"What is 2+2?"}"#)
+            .await;
+        let jobs = q.lease("w1", 4, Duration::from_millis(200)).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].spec.job_id, "test-001");
+        assert_eq!(
+            q.finish("w1", &jobs[0], success("4")).await.unwrap(),
+            Finished::Succeeded
+        );
+        let rec = q.job("test-001").await.unwrap().unwrap();
+        assert_eq!(rec.status, JobStatus::Succeeded);
+        assert_eq!(rec.result.as_deref(), Some("4"));
+        assert_eq!(rec.attempts, 1);
+        assert_eq!(rec.worker_id.as_deref(), Some("w1"));
+        assert_eq!(rec.usage.unwrap().completion_tokens, 2);
+        assert!(rec.enqueued_at_ms.is_some() && rec.started_at_ms.is_some());
+        assert!(rec.finished_at_ms >= rec.started_at_ms);
+    }
+}
+
+async fn jobs_come_out_in_the_order_they_went_in(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            q.enqueue(JobSpec::from_prompt(format!("job {i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let jobs = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        seen.push(jobs[0].spec.job_id.clone());
+        q.finish("w1", &jobs[0], success("ok")).await.unwrap();
+    }
+    assert_eq!(seen, ids);
+    // A batch lease keeps the order too.
+    let more: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..5 {
+            v.push(
+                q.enqueue(JobSpec::from_prompt(format!("b{i}")))
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    };
+    let batch = q.lease("w1", 10, Duration::ZERO).await.unwrap();
+    let got: Vec<String> = batch.iter().map(|j| j.spec.job_id.clone()).collect();
+    assert_eq!(got, more);
+}
+
+async fn blocking_lease_wakes_when_a_job_arrives(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.shared();
+    let q2 = q.clone();
+    let waiter = tokio::spawn(async move { q2.lease("w1", 1, Duration::from_secs(1)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id = q.enqueue(JobSpec::from_prompt("wake")).await.unwrap();
+    let jobs = waiter.await.unwrap().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].spec.job_id, id);
+}
+
+async fn malformed_entries_are_dead_lettered_with_a_reason(open: Open) {
+    let config = QueueConfig {
+        limits: greenscale_core::Limits {
+            max_entry_bytes: 1000,
+            ..Default::default()
+        },
+        ..QueueConfig::default()
+    };
+    let f = open(config).await;
+    let q = f.q();
+    let big = format!(r#"{{"prompt":"{}"}}"#, "x".repeat(2000));
+    for raw in ["not json", r#"{"job_id":"no-prompt"}"#, big.as_str()] {
+        f.push_raw(raw).await;
+    }
+    let good = q.enqueue(JobSpec::from_prompt("fine")).await.unwrap();
+    let jobs = q.lease("w1", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].spec.job_id, good);
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 3);
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("not valid JSON")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("prompt")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("over the limit")),
+        "{reasons:?}"
+    );
+    assert!(dead.iter().all(|d| d.kind == "malformed"));
+    let rec = q.job("no-prompt").await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Dead);
+    assert_eq!(rec.error_kind.as_deref(), Some("malformed"));
+    let stats = q.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.in_flight, stats.dead_letter),
+        (0, 1, 3)
+    );
+}
+
+async fn transient_failures_retry_then_dead_letter_after_the_budget(open: Open) {
+    let config = QueueConfig {
+        max_attempts: 3,
+        ..fast_config()
+    };
+    let f = open(config).await;
+    let q = f.q();
+    let id = q.enqueue(JobSpec::from_prompt("flaky")).await.unwrap();
+    for attempt in 1..=3u32 {
+        q.maintain().await.unwrap();
+        let jobs = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+        assert_eq!(jobs.len(), 1, "attempt {attempt} leased");
+        assert_eq!(jobs[0].attempt, attempt);
+        let r = q.finish("w1", &jobs[0], transient()).await.unwrap();
+        if attempt < 3 {
+            assert_eq!(r, Finished::RetryScheduled);
+            let rec = q.job(&id).await.unwrap().unwrap();
+            assert_eq!(rec.status, JobStatus::Queued);
+            assert_eq!(rec.error_kind.as_deref(), Some("upstream_transient"));
+            assert_eq!(q.stats().await.unwrap().delayed, 1);
+        } else {
+            assert_eq!(r, Finished::Dead);
+        }
+    }
+    let rec = q.job(&id).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Dead);
+    assert_eq!(rec.attempts, 3);
+    assert!(rec.result.is_none(), "errors are never stored as answers");
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].job_id.as_deref(), Some(id.as_str()));
+    assert!(dead[0].reason.contains("gave up after 3 attempts"));
+}
+
+async fn retry_waits_for_its_backoff(open: Open) {
+    let config = QueueConfig {
+        retry_base: Duration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    let f = open(config).await;
+    let q = f.q();
+    q.enqueue(JobSpec::from_prompt("later")).await.unwrap();
+    let jobs = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    q.finish("w1", &jobs[0], transient()).await.unwrap();
+    q.maintain().await.unwrap();
+    assert!(q.lease("w1", 1, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(q.stats().await.unwrap().delayed, 1);
+}
+
+async fn permanent_failure_fails_once_with_the_message(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let id = q.enqueue(JobSpec::from_prompt("bad")).await.unwrap();
+    let jobs = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    let r = q
+        .finish(
+            "w1",
+            &jobs[0],
+            Outcome::Failed(JobError {
+                kind: ErrorKind::UpstreamRejected,
+                message: "upstream answered 400: model not found".into(),
+                transient: false,
+                retry_after: None,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Finished::Failed);
+    let rec = q.job(&id).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Failed);
+    assert_eq!(rec.attempts, 1);
+    assert!(rec.error_message.unwrap().contains("model not found"));
+    assert!(rec.result.is_none());
+}
+
+async fn expired_lease_returns_the_job_and_the_late_result_is_not_duplicated(open: Open) {
+    let f = open(fast_config()).await;
+    let q = f.q();
+    let id = q.enqueue(JobSpec::from_prompt("slow")).await.unwrap();
+    let first = q.lease("dead-worker", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(q.stats().await.unwrap().in_flight, 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let m = q.maintain().await.unwrap();
+    assert_eq!(m.reclaimed, 1);
+    assert_eq!(q.job(&id).await.unwrap().unwrap().status, JobStatus::Queued);
+    let second = q.lease("w2", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(second[0].spec.job_id, id);
+    assert_eq!(second[0].attempt, 2);
+    assert_eq!(
+        q.finish("w2", &second[0], success("from w2"))
+            .await
+            .unwrap(),
+        Finished::Succeeded
+    );
+    // The first worker was only slow: its late answer does not overwrite the record.
+    assert_eq!(
+        q.finish("dead-worker", &first[0], success("late"))
+            .await
+            .unwrap(),
+        Finished::AlreadyFinal
+    );
+    let rec = q.job(&id).await.unwrap().unwrap();
+    assert_eq!(rec.result.as_deref(), Some("from w2"));
+    assert_eq!(rec.worker_id.as_deref(), Some("w2"));
+}
+
+async fn a_heartbeating_worker_keeps_its_jobs(open: Open) {
+    let f = open(fast_config()).await;
+    let q = f.q();
+    q.enqueue(JobSpec::from_prompt("long")).await.unwrap();
+    let _jobs = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        q.heartbeat("w1").await.unwrap();
+        assert_eq!(q.maintain().await.unwrap().reclaimed, 0);
+    }
+    assert_eq!(q.stats().await.unwrap().in_flight, 1);
+    assert_eq!(q.stats().await.unwrap().live_workers, 1);
+}
+
+async fn workers_that_keep_dying_send_the_job_to_the_dead_letter_list(open: Open) {
+    let config = QueueConfig {
+        max_attempts: 2,
+        ..fast_config()
+    };
+    let f = open(config).await;
+    let q = f.q();
+    let id = q.enqueue(JobSpec::from_prompt("poison")).await.unwrap();
+    for w in ["a", "b"] {
+        assert_eq!(q.lease(w, 1, Duration::ZERO).await.unwrap().len(), 1);
+        q.deregister(w).await.unwrap();
+    }
+    assert!(q.lease("c", 1, Duration::ZERO).await.unwrap().is_empty());
+    let rec = q.job(&id).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Dead);
+    assert_eq!(rec.error_kind.as_deref(), Some("lease_expired"));
+    assert_eq!(rec.attempts, 2);
+}
+
+async fn released_job_goes_back_to_the_front_without_costing_an_attempt(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let a = q.enqueue(JobSpec::from_prompt("a")).await.unwrap();
+    let _b = q.enqueue(JobSpec::from_prompt("b")).await.unwrap();
+    let jobs = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    q.release("w1", &jobs[0]).await.unwrap();
+    assert_eq!(q.job(&a).await.unwrap().unwrap().attempts, 0);
+    let again = q.lease("w2", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(again[0].spec.job_id, a);
+    assert_eq!(again[0].attempt, 1);
+}
+
+async fn cancelled_queued_job_never_runs(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let a = q.enqueue(JobSpec::from_prompt("a")).await.unwrap();
+    assert_eq!(q.cancel(&a, true).await.unwrap(), Cancelled::Cancelled);
+    assert_eq!(q.cancel(&a, true).await.unwrap(), Cancelled::AlreadyFinal);
+    assert_eq!(q.cancel("nope", true).await.unwrap(), Cancelled::NotFound);
+    assert!(q.lease("w1", 5, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(
+        q.job(&a).await.unwrap().unwrap().status,
+        JobStatus::Cancelled
+    );
+}
+
+async fn duplicate_ids_are_refused_and_bad_jobs_rejected(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let mut spec = JobSpec::from_prompt("x");
+    spec.job_id = "same".into();
+    q.enqueue(spec.clone()).await.unwrap();
+    assert!(matches!(
+        q.enqueue(spec).await,
+        Err(greenscale_core::QueueError::Duplicate(_))
+    ));
+    assert!(matches!(
+        q.enqueue(JobSpec::from_prompt("  ")).await,
+        Err(greenscale_core::QueueError::Invalid(_))
+    ));
+}
+
+async fn dead_letters_can_be_retried_and_purged(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    f.push_raw("garbage").await;
+    f.push_raw(r#"{"job_id":"nop"}"#).await;
+    assert!(q.lease("w1", 5, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(q.stats().await.unwrap().dead_letter, 2);
+    // Retrying puts the entry back; it is still malformed, so it returns to the list.
+    assert_eq!(q.retry_dead(Some(&["nop".to_string()])).await.unwrap(), 1);
+    assert_eq!(q.stats().await.unwrap().pending, 1);
+    assert!(q.lease("w1", 5, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(q.purge_dead().await.unwrap(), 2);
+    assert_eq!(q.stats().await.unwrap().dead_letter, 0);
+}
+
+async fn idempotency_key_returns_the_first_job(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let (a, new_a) = q
+        .enqueue_idempotent(JobSpec::from_prompt("once"), "key-1")
+        .await
+        .unwrap();
+    let (b, new_b) = q
+        .enqueue_idempotent(JobSpec::from_prompt("once again"), "key-1")
+        .await
+        .unwrap();
+    assert!(new_a && !new_b);
+    assert_eq!(a, b);
+    assert_eq!(q.stats().await.unwrap().pending, 1);
+}
+
+async fn jobs_are_listed_newest_first_by_page_and_status(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(
+            q.enqueue(JobSpec::from_prompt(format!("l{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let jobs = q.lease("w1", 5, Duration::ZERO).await.unwrap();
+    for j in &jobs {
+        q.finish("w1", j, success("ok")).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut times = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = q.list_jobs(None, 10, cursor.as_deref()).await.unwrap();
+        seen.extend(page.jobs.iter().map(|r| r.id.clone()));
+        times.extend(page.jobs.iter().map(|r| r.enqueued_at_ms.unwrap()));
+        match page.next_cursor {
+            Some(c) if !page.jobs.is_empty() => cursor = Some(c),
+            _ => break,
+        }
+    }
+    // Every job exactly once across pages, newest first (ties within a millisecond in
+    // any order).
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    let mut sorted_seen = seen.clone();
+    sorted_seen.sort();
+    let mut sorted_ids = ids.clone();
+    sorted_ids.sort();
+    assert_eq!(sorted_seen, sorted_ids);
+    let done = q
+        .list_jobs(Some(JobStatus::Succeeded), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(done.jobs.len(), 5);
+    assert!(q.list_jobs(None, 10, Some("garbage")).await.is_err());
+}
+
+async fn events_reach_subscribers(open: Open) {
+    use futures::StreamExt;
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let mut events = q.events().await.unwrap();
+    let ev = greenscale_core::JobEvent::Token { text: "hi".into() };
+    q.publish("job-9", &ev).await.unwrap();
+    let (id, got) = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((id.as_str(), got), ("job-9", ev));
+}
+
+async fn cancel_can_spare_running_jobs(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let a = q.enqueue(JobSpec::from_prompt("a")).await.unwrap();
+    q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(q.cancel(&a, false).await.unwrap(), Cancelled::Running);
+    assert_eq!(q.cancel(&a, true).await.unwrap(), Cancelled::Cancelled);
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod redis_backend {
+            $( #[tokio::test] async fn $name() { super::$name(super::open_redis).await } )*
+        }
+        mod sqlite_backend {
+            $( #[tokio::test] async fn $name() { super::$name(super::open_sqlite).await } )*
+        }
+    };
+}
+
+conformance!(
+    jobs_come_out_in_the_order_they_went_in,
+    blocking_lease_wakes_when_a_job_arrives,
+    malformed_entries_are_dead_lettered_with_a_reason,
+    transient_failures_retry_then_dead_letter_after_the_budget,
+    retry_waits_for_its_backoff,
+    permanent_failure_fails_once_with_the_message,
+    expired_lease_returns_the_job_and_the_late_result_is_not_duplicated,
+    a_heartbeating_worker_keeps_its_jobs,
+    workers_that_keep_dying_send_the_job_to_the_dead_letter_list,
+    released_job_goes_back_to_the_front_without_costing_an_attempt,
+    cancelled_queued_job_never_runs,
+    duplicate_ids_are_refused_and_bad_jobs_rejected,
+    dead_letters_can_be_retried_and_purged,
+    idempotency_key_returns_the_first_job,
+    jobs_are_listed_newest_first_by_page_and_status,
+    events_reach_subscribers,
+    cancel_can_spare_running_jobs,
+);
