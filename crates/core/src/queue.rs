@@ -216,6 +216,11 @@ pub trait Queue: Send + Sync {
         cursor: Option<&str>,
     ) -> Result<JobPage, QueueError>;
 
+    /// How many runs ended how since the queue was created: `succeeded`, `retry`, `failed`,
+    /// `dead`, `cancelled`, and `error:<kind>` per error kind. Monotonic, shared by every
+    /// process using the queue.
+    async fn counters(&self) -> Result<Vec<(String, u64)>, QueueError>;
+
     /// Publishes an event of a running job.
     async fn publish(&self, job_id: &str, event: &JobEvent) -> Result<(), QueueError>;
 

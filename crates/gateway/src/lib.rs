@@ -206,12 +206,13 @@ async fn readyz(State(g): State<Gateway>) -> Response {
 
 async fn metrics(State(g): State<Gateway>) -> Response {
     let stats = g.queue.stats().await.ok();
+    let counters = g.queue.counters().await.unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        g.metrics.render(stats),
+        g.metrics.render(stats, &counters),
     )
         .into_response()
 }

@@ -10,10 +10,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Labels carrying a job status or an error kind.
+/// Labels carrying an outcome or an error kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
-    /// The status (succeeded, failed, dead, cancelled) or error kind.
+    /// The outcome (succeeded, retry, failed, dead, cancelled), error kind or token kind.
     pub status: String,
 }
 
@@ -22,8 +22,8 @@ pub struct StatusLabel {
 pub struct Metrics {
     registry: Mutex<Registry>,
     submitted: Counter,
-    completed: Family<StatusLabel, Counter>,
-    upstream_errors: Family<StatusLabel, Counter>,
+    outcomes: Family<StatusLabel, Counter>,
+    errors: Family<StatusLabel, Counter>,
     wait: Histogram,
     run: Histogram,
     ttft: Histogram,
@@ -48,8 +48,8 @@ impl Metrics {
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
             submitted: Counter::default(),
-            completed: Family::default(),
-            upstream_errors: Family::default(),
+            outcomes: Family::default(),
+            errors: Family::default(),
             wait: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
             run: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
             ttft: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
@@ -66,14 +66,14 @@ impl Metrics {
             m.submitted.clone(),
         );
         r.register(
-            "jobs_completed",
-            "Jobs this gateway saw reach a final status, by status",
-            m.completed.clone(),
+            "job_runs",
+            "Job runs by how they ended (succeeded, retry, failed, dead, cancelled), all workers",
+            m.outcomes.clone(),
         );
         r.register(
-            "upstream_errors",
-            "Failed runs of jobs this gateway saw end, by error kind",
-            m.upstream_errors.clone(),
+            "job_errors",
+            "Failed job runs by error kind (upstream_transient, upstream_rejected, connection, timeout, malformed, ...), all workers",
+            m.errors.clone(),
         );
         r.register(
             "job_wait_seconds",
@@ -130,19 +130,8 @@ impl Metrics {
         self.submitted.inc();
     }
 
-    /// Records a job this gateway saw reach a final status.
+    /// Records the timings and tokens of a job this gateway saw reach a final status.
     pub fn completed(&self, rec: &JobRecord) {
-        let status = StatusLabel {
-            status: rec.status.as_str().to_string(),
-        };
-        self.completed.get_or_create(&status).inc();
-        if let Some(kind) = &rec.error_kind {
-            self.upstream_errors
-                .get_or_create(&StatusLabel {
-                    status: kind.clone(),
-                })
-                .inc();
-        }
         let secs = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1000.0),
             _ => None,
@@ -170,8 +159,22 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition, with queue gauges from `stats`.
-    pub fn render(&self, stats: Option<QueueStats>) -> String {
+    /// The Prometheus text exposition, with queue gauges from `stats` and the queue's
+    /// outcome `counters` (monotonic totals shared by all processes).
+    pub fn render(&self, stats: Option<QueueStats>, counters: &[(String, u64)]) -> String {
+        for (name, total) in counters {
+            let (family, label) = match name.strip_prefix("error:") {
+                Some(kind) => (&self.errors, kind),
+                None => (&self.outcomes, name.as_str()),
+            };
+            let counter = family.get_or_create(&StatusLabel {
+                status: label.to_string(),
+            });
+            let seen = counter.get();
+            if *total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
         if let Some(s) = stats {
             self.pending.set(s.pending as i64);
             self.in_flight.set(s.in_flight as i64);

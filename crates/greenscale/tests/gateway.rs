@@ -317,6 +317,23 @@ async fn jobs_api_idempotency_cancel_list_and_events() {
         .await
         .unwrap();
     assert_eq!(cancelled["jobs"].as_array().unwrap().len(), 1);
+    // Outcome counters cover every job, whoever followed it.
+    let metrics = client()
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("greenscale_job_runs_total{status=\"cancelled\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("greenscale_job_runs_total{status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

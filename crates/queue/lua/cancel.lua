@@ -1,6 +1,7 @@
 -- cancel.lua: cancel a queued job, or a running one too. A queued entry stays on the list
 -- and is dropped when leased; a running job's worker finds its record final when it ends.
 -- KEYS[1]  the job's record hash
+-- KEYS[2]  counters hash (outcomes, for metrics)
 -- ARGV[1]  retention of finished records, in seconds
 -- ARGV[2]  '1' to cancel a running job too
 -- Returns 'cancelled', 'running' (running and ARGV[2] is '0'), 'final' or 'missing'.
@@ -12,4 +13,5 @@ if status == 'running' and ARGV[2] ~= '1' then return 'running' end
 if status ~= 'queued' and status ~= 'running' then return 'final' end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at_ms', now)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('HINCRBY', KEYS[2], 'cancelled', 1)
 return 'cancelled'

@@ -6,6 +6,7 @@
 -- KEYS[3]  result:{id}, the prototype-compatible answer string
 -- KEYS[4]  delayed retries sorted set (member: entry, score: due time, Unix ms)
 -- KEYS[5]  dead-letter list
+-- KEYS[6]  counters hash (outcomes and error kinds, for metrics)
 -- ARGV[1]  the entry as held in the in-flight list
 -- ARGV[2]  outcome: succeeded | retry | failed | dead
 -- ARGV[3]  retention of finished records and answers, in seconds
@@ -31,7 +32,13 @@ if outcome == 'retry' and held == 0 then
   return 'lost'
 end
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+local error_kind = nil
+for i = 8, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+  if ARGV[i] == 'error_kind' and (i - 8) % 2 == 0 then error_kind = ARGV[i + 1] end
+end
+if error_kind then redis.call('HINCRBY', KEYS[6], 'error:' .. error_kind, 1) end
+redis.call('HINCRBY', KEYS[6], outcome, 1)
 if outcome == 'retry' then
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[4]), ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'queued', unpack(fields))

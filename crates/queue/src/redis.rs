@@ -8,6 +8,8 @@
 //! - `greenscale:L:dead`: the dead-letter list (JSON items, newest first).
 //! - `greenscale:L:index`: job ids by enqueue time (for listing), trimmed after retention.
 //! - `greenscale:L:events`: pub/sub channel of job events (jobs with `stream`).
+//! - `greenscale:L:counters`: how many runs ended how (`succeeded`, `retry`, `failed`,
+//!   `dead`, `cancelled`, `error:<kind>`), for metrics.
 //! - `greenscale:idem:{key}`: the job an idempotency key created.
 //! - `greenscale:job:{id}`: each job's record (a hash); `result:{id}`: its answer.
 //!
@@ -69,6 +71,7 @@ struct Keys {
     dead: String,
     index: String,
     events: String,
+    counters: String,
     inflight_prefix: String,
 }
 
@@ -81,6 +84,7 @@ impl Keys {
             dead: format!("greenscale:{list}:dead"),
             index: format!("greenscale:{list}:index"),
             events: format!("greenscale:{list}:events"),
+            counters: format!("greenscale:{list}:counters"),
             inflight_prefix: format!("greenscale:{list}:inflight:"),
         }
     }
@@ -288,6 +292,7 @@ impl RedisQueue {
             .key(result_key(id))
             .key(&self.keys.delayed)
             .key(&self.keys.dead)
+            .key(&self.keys.counters)
             .arg(entry)
             .arg(outcome)
             .arg(self.config.retention.as_secs().max(1))
@@ -531,6 +536,15 @@ impl Queue for RedisQueue {
         }
     }
 
+    async fn counters(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        let mut c = self.conn.clone();
+        let map: std::collections::HashMap<String, u64> =
+            c.hgetall(&self.keys.counters).await.map_err(unavailable)?;
+        let mut out: Vec<(String, u64)> = map.into_iter().collect();
+        out.sort();
+        Ok(out)
+    }
+
     async fn publish(&self, job_id: &str, event: &JobEvent) -> Result<(), QueueError> {
         let payload = serde_json::json!({"job_id": job_id, "event": event}).to_string();
         let mut c = self.conn.clone();
@@ -758,6 +772,7 @@ impl Queue for RedisQueue {
             .scripts
             .cancel
             .key(record_key(id))
+            .key(&self.keys.counters)
             .arg(self.config.retention.as_secs().max(1))
             .arg(if running_too { "1" } else { "0" })
             .invoke_async(&mut c)

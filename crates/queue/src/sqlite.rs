@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS dead (
     list TEXT NOT NULL,
     item TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counters (
+    list TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (list, name)
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
@@ -219,6 +225,17 @@ fn status_of(tx: &Transaction, id: &str) -> Result<Option<JobStatus>, QueueError
     .map(|s| s.and_then(|s| JobStatus::parse(&s)))
 }
 
+/// Adds one to the counter `name` (outcomes and error kinds, for metrics).
+fn count(tx: &Transaction, ctx: &Ctx, name: &str) -> Result<(), QueueError> {
+    tx.execute(
+        "INSERT INTO counters (list, name, value) VALUES (?1, ?2, 1)
+         ON CONFLICT(list, name) DO UPDATE SET value = value + 1",
+        params![ctx.list, name],
+    )
+    .map_err(db_error)?;
+    Ok(())
+}
+
 fn dead_letter(
     tx: &Transaction,
     ctx: &Ctx,
@@ -227,6 +244,8 @@ fn dead_letter(
     kind: ErrorKind,
     reason: &str,
 ) -> Result<(), QueueError> {
+    count(tx, ctx, "dead")?;
+    count(tx, ctx, &format!("error:{}", kind.as_str()))?;
     let now = now_ms();
     let item = DeadLetter {
         job_id: job_id.map(str::to_string),
@@ -373,6 +392,21 @@ impl Queue for SqliteQueue {
                 .flatten()
                 .map(|r| format!("{}:{}", r.enqueued_at_ms.unwrap_or(0), r.id));
             Ok(JobPage { jobs, next_cursor })
+        })
+        .await
+    }
+
+    async fn counters(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        self.tx(|tx, ctx| {
+            let mut stmt = tx
+                .prepare("SELECT name, value FROM counters WHERE list = ?1 ORDER BY name")
+                .map_err(db_error)?;
+            stmt.query_map(params![ctx.list], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)
         })
         .await
     }
@@ -558,6 +592,7 @@ impl Queue for SqliteQueue {
                         params![id, now, now + ctx.retention_ms()],
                     )
                     .map_err(db_error)?;
+                    count(tx, ctx, "cancelled")?;
                     Cancelled::Cancelled
                 }
                 Some(_) => Cancelled::AlreadyFinal,
@@ -878,6 +913,7 @@ fn finish_in(
                 ],
             )
             .map_err(db_error)?;
+            count(tx, ctx, "succeeded")?;
             Ok(Finished::Succeeded)
         }
         Outcome::Failed(JobError {
@@ -887,6 +923,8 @@ fn finish_in(
             retry_after,
         }) => {
             if !transient {
+                count(tx, ctx, "failed")?;
+                count(tx, ctx, &format!("error:{}", kind.as_str()))?;
                 tx.execute(
                     "UPDATE jobs SET status = 'failed', finished_at_ms = ?2, error_kind = ?3,
                      error_message = ?4, expires_at_ms = ?5 WHERE id = ?1",
@@ -914,6 +952,8 @@ fn finish_in(
             if !held {
                 return Ok(Finished::AlreadyFinal);
             }
+            count(tx, ctx, "retry")?;
+            count(tx, ctx, &format!("error:{}", kind.as_str()))?;
             let delay = ctx.config.retry_delay(job.attempt, retry_after);
             tx.execute(
                 "INSERT INTO entries (list, entry, state, due_ms) VALUES (?1, ?2, 'delayed', ?3)",

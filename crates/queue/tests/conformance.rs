@@ -502,6 +502,37 @@ async fn cancel_can_spare_running_jobs(open: Open) {
     assert_eq!(q.cancel(&a, true).await.unwrap(), Cancelled::Cancelled);
 }
 
+async fn outcomes_are_counted(open: Open) {
+    let f = open(fast_config()).await;
+    let q = f.q();
+    let a = q.enqueue(JobSpec::from_prompt("a")).await.unwrap();
+    q.enqueue(JobSpec::from_prompt("b")).await.unwrap();
+    let jobs = q.lease("w1", 2, Duration::ZERO).await.unwrap();
+    let (ja, jb) = if jobs[0].spec.job_id == a {
+        (&jobs[0], &jobs[1])
+    } else {
+        (&jobs[1], &jobs[0])
+    };
+    q.finish("w1", ja, success("ok")).await.unwrap();
+    q.finish("w1", jb, transient()).await.unwrap();
+    let c = q.enqueue(JobSpec::from_prompt("c")).await.unwrap();
+    q.cancel(&c, true).await.unwrap();
+    f.push_raw("not json").await;
+    q.lease("w1", 5, Duration::ZERO).await.unwrap();
+    let counters: std::collections::HashMap<String, u64> =
+        q.counters().await.unwrap().into_iter().collect();
+    assert_eq!(counters.get("succeeded"), Some(&1), "{counters:?}");
+    assert_eq!(counters.get("retry"), Some(&1), "{counters:?}");
+    assert_eq!(counters.get("cancelled"), Some(&1), "{counters:?}");
+    assert_eq!(counters.get("dead"), Some(&1), "{counters:?}");
+    assert_eq!(
+        counters.get("error:upstream_transient"),
+        Some(&1),
+        "{counters:?}"
+    );
+    assert_eq!(counters.get("error:malformed"), Some(&1), "{counters:?}");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod redis_backend {
@@ -514,6 +545,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    outcomes_are_counted,
     jobs_come_out_in_the_order_they_went_in,
     blocking_lease_wakes_when_a_job_arrives,
     malformed_entries_are_dead_lettered_with_a_reason,

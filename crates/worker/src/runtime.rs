@@ -200,15 +200,30 @@ async fn run_one<B: ModelBackend>(
     let started = Instant::now();
     let streaming = job.spec.streams();
     let id = job.spec.job_id.as_str();
-    let outcome = if streaming {
-        let event = JobEvent::Started {
-            worker_id: worker.to_string(),
-            attempt: job.attempt,
-        };
-        publish_quietly(queue, id, &event).await;
-        run_streaming(queue, backend, job).await
-    } else {
-        backend.run(&job.spec, &|_| {}).await
+    let run = async {
+        if streaming {
+            let event = JobEvent::Started {
+                worker_id: worker.to_string(),
+                attempt: job.attempt,
+            };
+            publish_quietly(queue, id, &event).await;
+            run_streaming(queue, backend, job).await
+        } else {
+            backend.run(&job.spec, &|_| {}).await
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = run => outcome,
+        _ = cancelled(queue, id) => {
+            tracing::info!(job_id = id, "job cancelled while running; stopped it");
+            // The record is final already; this only releases the lease.
+            Outcome::Failed(greenscale_core::JobError {
+                kind: greenscale_core::ErrorKind::UpstreamRejected,
+                message: "cancelled while running".into(),
+                transient: false,
+                retry_after: None,
+            })
+        }
     };
     let run_ms = started.elapsed().as_millis() as u64;
     let error = match &outcome {
@@ -259,6 +274,21 @@ async fn run_one<B: ModelBackend>(
         }
         (f, _) => {
             tracing::info!(job_id = id, outcome = ?f, "job already had a final status; outcome discarded")
+        }
+    }
+}
+
+/// How often a running job's record is checked for cancellation.
+const CANCEL_CHECK: Duration = Duration::from_secs(1);
+
+/// Resolves when the job's record says it was cancelled (checked every second).
+async fn cancelled(queue: &dyn Queue, id: &str) {
+    loop {
+        tokio::time::sleep(CANCEL_CHECK).await;
+        if let Ok(Some(rec)) = queue.job(id).await
+            && rec.status == JobStatus::Cancelled
+        {
+            return;
         }
     }
 }

@@ -172,3 +172,42 @@ async fn an_unreachable_model_is_retried_then_dead_lettered() {
     w.stop.send(()).unwrap();
     w.task.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_running_job_that_is_cancelled_is_stopped() {
+    let server = RedisServer::start();
+    // A slow model: about 30 tokens at 5 tokens/s.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(greenscale_demo_model::serve(
+        listener,
+        greenscale_demo_model::DemoConfig {
+            load_time: Duration::ZERO,
+            tokens_per_sec: 5.0,
+        },
+        std::future::pending(),
+    ));
+    let q = Arc::new(RedisQueue::connect(&server.url(), "jobs", config()).unwrap());
+    let id = q.enqueue(JobSpec::from_prompt("long")).await.unwrap();
+    let w = start_worker(q.clone(), &url, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while q.job(&id).await.unwrap().unwrap().status != JobStatus::Running {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    q.cancel(&id, true).await.unwrap();
+    // Within a couple of seconds the worker lets go of it (the run would take ~6 s).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while q.stats().await.unwrap().in_flight > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker kept running a cancelled job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rec = q.job(&id).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Cancelled);
+    assert!(rec.result.is_none());
+    w.stop.send(()).unwrap();
+    w.task.await.unwrap();
+}
