@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use greenscale_core::{Finished, JobEvent, JobStatus, LeasedJob, Outcome, Queue};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::backend::ModelBackend;
@@ -53,7 +53,13 @@ pub struct WorkerReport {
     pub handed_back: AtomicU64,
 }
 
-type Held = Arc<Mutex<HashMap<String, LeasedJob>>>;
+/// A job this worker runs, and the signal that stops it when it is cancelled.
+struct HeldJob {
+    job: LeasedJob,
+    stop: Arc<Notify>,
+}
+
+type Held = Arc<Mutex<HashMap<String, HeldJob>>>;
 
 /// Runs a worker until `shutdown` completes, then stops leasing, lets in-flight jobs finish
 /// within `grace`, hands back the rest and deregisters. Queue outages are waited out.
@@ -74,6 +80,7 @@ pub async fn run_worker<B: ModelBackend>(
             config.heartbeat_every,
         )),
         tokio::spawn(maintain_loop(queue.clone(), config.maintain_every)),
+        tokio::spawn(cancel_loop(queue.clone(), held.clone())),
     ];
     tracing::info!(worker = %config.id, concurrency = config.concurrency, "worker started");
     tokio::pin!(shutdown);
@@ -122,9 +129,14 @@ pub async fn run_worker<B: ModelBackend>(
                     .try_acquire_owned()
                     .expect("never leases more jobs than free slots"),
             };
-            held.lock()
-                .expect("held jobs lock")
-                .insert(job.spec.job_id.clone(), job.clone());
+            let stop = Arc::new(Notify::new());
+            held.lock().expect("held jobs lock").insert(
+                job.spec.job_id.clone(),
+                HeldJob {
+                    job: job.clone(),
+                    stop: stop.clone(),
+                },
+            );
             let (queue, backend, held, report, worker) = (
                 queue.clone(),
                 backend.clone(),
@@ -133,7 +145,7 @@ pub async fn run_worker<B: ModelBackend>(
                 config.id.clone(),
             );
             tasks.spawn(async move {
-                run_one(&*queue, &*backend, &worker, &job, &report).await;
+                run_one(&*queue, &*backend, &worker, &job, &stop, &report).await;
                 held.lock()
                     .expect("held jobs lock")
                     .remove(&job.spec.job_id);
@@ -160,7 +172,7 @@ pub async fn run_worker<B: ModelBackend>(
             .lock()
             .expect("held jobs lock")
             .drain()
-            .map(|(_, j)| j)
+            .map(|(_, h)| h.job)
             .collect();
         for job in unfinished {
             match retry_queue_op(|| queue.release(&config.id, &job), 10).await {
@@ -195,6 +207,7 @@ async fn run_one<B: ModelBackend>(
     backend: &B,
     worker: &str,
     job: &LeasedJob,
+    stop: &Notify,
     report: &WorkerReport,
 ) {
     let started = Instant::now();
@@ -214,7 +227,7 @@ async fn run_one<B: ModelBackend>(
     };
     let outcome = tokio::select! {
         outcome = run => outcome,
-        _ = cancelled(queue, id) => {
+        _ = stop.notified() => {
             tracing::info!(job_id = id, "job cancelled while running; stopped it");
             // The record is final already; this only releases the lease.
             Outcome::Failed(greenscale_core::JobError {
@@ -278,17 +291,23 @@ async fn run_one<B: ModelBackend>(
     }
 }
 
-/// How often a running job's record is checked for cancellation.
-const CANCEL_CHECK: Duration = Duration::from_secs(1);
-
-/// Resolves when the job's record says it was cancelled (checked every second).
-async fn cancelled(queue: &dyn Queue, id: &str) {
+/// Once a second, stops the runs of held jobs whose records say they were cancelled.
+async fn cancel_loop(queue: Arc<dyn Queue>, held: Held) {
     loop {
-        tokio::time::sleep(CANCEL_CHECK).await;
-        if let Ok(Some(rec)) = queue.job(id).await
-            && rec.status == JobStatus::Cancelled
-        {
-            return;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ids: Vec<String> = held
+            .lock()
+            .expect("held jobs lock")
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            if let Ok(Some(rec)) = queue.job(&id).await
+                && rec.status == JobStatus::Cancelled
+                && let Some(h) = held.lock().expect("held jobs lock").get(&id)
+            {
+                h.stop.notify_one();
+            }
         }
     }
 }
