@@ -80,6 +80,20 @@ impl JobSpec {
         serde_json::to_string(self).expect("a JobSpec always serializes")
     }
 
+    /// Validates the job and returns its queue entry, refusing one over the size limit.
+    pub fn checked_entry(&self, limits: &Limits) -> Result<String, String> {
+        self.validate(limits)?;
+        let entry = self.to_entry();
+        if entry.len() > limits.max_entry_bytes {
+            return Err(format!(
+                "the job is {} bytes, over the limit of {} bytes",
+                entry.len(),
+                limits.max_entry_bytes
+            ));
+        }
+        Ok(entry)
+    }
+
     /// Checks what a producer sent; `Err` says what is wrong in words a user can act on.
     pub fn validate(&self, limits: &Limits) -> Result<(), String> {
         if self.job_id.is_empty() || self.job_id.len() > 200 {

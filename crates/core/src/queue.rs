@@ -197,16 +197,31 @@ pub enum QueueError {
 /// retries with backoff, dead-letter list, idempotent results.
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// Validates and stores a job; once this returns `Ok` the job is never lost.
-    async fn enqueue(&self, spec: JobSpec) -> Result<String, QueueError>;
+    /// Validates and stores a job; with `idempotency_key`, a repeated key (within the
+    /// retention period) returns the job first stored with it. Returns the id and whether
+    /// the job is new. Once this returns `Ok` the job is never lost.
+    async fn store(
+        &self,
+        spec: JobSpec,
+        idempotency_key: Option<&str>,
+    ) -> Result<(String, bool), QueueError>;
 
-    /// Like `enqueue`, but a repeated `key` (within the retention period) returns the job
-    /// first enqueued with it instead of a new one. Returns the id and whether it is new.
+    /// Stores a new job; an existing job id is refused as a duplicate.
+    async fn enqueue(&self, spec: JobSpec) -> Result<String, QueueError> {
+        match self.store(spec, None).await? {
+            (id, true) => Ok(id),
+            (id, false) => Err(QueueError::Duplicate(id)),
+        }
+    }
+
+    /// Stores a job once per `key`: a repeated key returns the first job (and `false`).
     async fn enqueue_idempotent(
         &self,
         spec: JobSpec,
         key: &str,
-    ) -> Result<(String, bool), QueueError>;
+    ) -> Result<(String, bool), QueueError> {
+        self.store(spec, Some(key)).await
+    }
 
     /// Job records, newest first, optionally only those with `status`.
     async fn list_jobs(

@@ -343,23 +343,15 @@ impl RedisQueue {
         .await
     }
 
-    /// Validates and stores a job; with `idempotency_key`, returns the job an earlier call
-    /// with the same key created. Returns the id and whether it is new.
-    async fn store(
+    /// Validates and stores a job (see [`Queue::store`]).
+    async fn store_job(
         &self,
         spec: JobSpec,
         idempotency_key: Option<&str>,
     ) -> Result<(String, bool), QueueError> {
-        spec.validate(&self.config.limits)
+        let entry = spec
+            .checked_entry(&self.config.limits)
             .map_err(QueueError::Invalid)?;
-        let entry = spec.to_entry();
-        if entry.len() > self.config.limits.max_entry_bytes {
-            return Err(QueueError::Invalid(format!(
-                "the job is {} bytes, over the limit of {} bytes",
-                entry.len(),
-                self.config.limits.max_entry_bytes
-            )));
-        }
         let mut c = self.conn.clone();
         let (code, id): (i64, String) = self
             .scripts
@@ -439,20 +431,12 @@ fn parse_record(id: &str, map: std::collections::HashMap<String, String>) -> Job
 
 #[async_trait]
 impl Queue for RedisQueue {
-    async fn enqueue(&self, spec: JobSpec) -> Result<String, QueueError> {
-        let (id, created) = self.store(spec, None).await?;
-        if !created {
-            return Err(QueueError::Duplicate(id));
-        }
-        Ok(id)
-    }
-
-    async fn enqueue_idempotent(
+    async fn store(
         &self,
         spec: JobSpec,
-        key: &str,
+        idempotency_key: Option<&str>,
     ) -> Result<(String, bool), QueueError> {
-        self.store(spec, Some(key)).await
+        self.store_job(spec, idempotency_key).await
     }
 
     async fn list_jobs(

@@ -335,20 +335,13 @@ fn holds(tx: &Transaction, worker: &str, seq: i64) -> Result<bool, QueueError> {
 
 #[async_trait]
 impl Queue for SqliteQueue {
-    async fn enqueue(&self, spec: JobSpec) -> Result<String, QueueError> {
-        let (id, created) = self.store(spec, None).await?;
-        if !created {
-            return Err(QueueError::Duplicate(id));
-        }
-        Ok(id)
-    }
-
-    async fn enqueue_idempotent(
+    async fn store(
         &self,
         spec: JobSpec,
-        key: &str,
+        idempotency_key: Option<&str>,
     ) -> Result<(String, bool), QueueError> {
-        self.store(spec, Some(key.to_string())).await
+        self.store_job(spec, idempotency_key.map(str::to_string))
+            .await
     }
 
     async fn list_jobs(
@@ -708,21 +701,15 @@ impl Queue for SqliteQueue {
 }
 
 impl SqliteQueue {
-    async fn store(
+    /// Validates and stores a job (see [`Queue::store`]).
+    async fn store_job(
         &self,
         spec: JobSpec,
         key: Option<String>,
     ) -> Result<(String, bool), QueueError> {
-        spec.validate(&self.config.limits)
+        let entry = spec
+            .checked_entry(&self.config.limits)
             .map_err(QueueError::Invalid)?;
-        let entry = spec.to_entry();
-        if entry.len() > self.config.limits.max_entry_bytes {
-            return Err(QueueError::Invalid(format!(
-                "the job is {} bytes, over the limit of {} bytes",
-                entry.len(),
-                self.config.limits.max_entry_bytes
-            )));
-        }
         let out = self
             .tx(move |tx, ctx| {
                 let now = now_ms();
