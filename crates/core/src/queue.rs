@@ -267,6 +267,11 @@ pub trait Queue: Send + Sync {
     /// counted as an attempt).
     async fn release(&self, worker: &str, job: &LeasedJob) -> Result<(), QueueError>;
 
+    /// Hands back entries `worker` holds on the queue but does not know about (their lease
+    /// reply was lost when the connection broke); `held` are the tokens of the jobs it runs.
+    /// Call it from the loop that leases, after a failed lease. Returns how many.
+    async fn reclaim_unknown(&self, worker: &str, held: &[String]) -> Result<u64, QueueError>;
+
     /// Removes `worker`, handing back anything it still holds.
     async fn deregister(&self, worker: &str) -> Result<(), QueueError>;
 

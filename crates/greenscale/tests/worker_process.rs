@@ -293,11 +293,23 @@ fn redis_restart_with_aof_loses_nothing() {
         before_restart_done < total,
         "the restart happened while jobs were still queued"
     );
-    wait_until(
-        "all jobs done after the restart",
-        Duration::from_secs(60),
-        || (0..total).all(|i| c.exists(format!("result:r-{i}")).unwrap()),
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(0..total).all(|i| c.exists(format!("result:r-{i}")).unwrap()) {
+        if Instant::now() > deadline {
+            let mut missing = Vec::new();
+            for i in 0..total {
+                if !c.exists::<_, bool>(format!("result:r-{i}")).unwrap() {
+                    missing.push(format!("r-{i}: {:?}", record(&mut c, &format!("r-{i}"))));
+                }
+            }
+            let inflight: Vec<String> = c.lrange("greenscale:jobs:inflight:w1", 0, -1).unwrap();
+            panic!(
+                "jobs not done after the restart: {missing:?}\nin flight: {inflight:?}\nworker log:\n{}",
+                w.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     w.signal("TERM");
     assert!(w.wait_exit(Duration::from_secs(30)).success());
     for i in 0..total {

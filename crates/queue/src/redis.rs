@@ -39,6 +39,7 @@ struct Scripts {
     finish: Script,
     release: Script,
     reclaim: Script,
+    reclaim_unknown: Script,
     promote: Script,
     enqueue: Script,
     cancel: Script,
@@ -54,6 +55,7 @@ impl Scripts {
             finish: Script::new(include_str!("../lua/finish.lua")),
             release: Script::new(include_str!("../lua/release.lua")),
             reclaim: Script::new(include_str!("../lua/reclaim.lua")),
+            reclaim_unknown: Script::new(include_str!("../lua/reclaim_unknown.lua")),
             promote: Script::new(include_str!("../lua/promote.lua")),
             enqueue: Script::new(include_str!("../lua/enqueue.lua")),
             cancel: Script::new(include_str!("../lua/cancel.lua")),
@@ -701,6 +703,18 @@ impl Queue for RedisQueue {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    async fn reclaim_unknown(&self, worker: &str, held: &[String]) -> Result<u64, QueueError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.reclaim_unknown.prepare_invoke();
+        inv.key(self.keys.inflight(worker))
+            .key(&self.keys.pending)
+            .arg(RECORD_PREFIX);
+        for token in held {
+            inv.arg(token);
+        }
+        inv.invoke_async(&mut c).await.map_err(unavailable)
     }
 
     async fn deregister(&self, worker: &str) -> Result<(), QueueError> {

@@ -504,6 +504,53 @@ impl Queue for SqliteQueue {
         Ok(())
     }
 
+    async fn reclaim_unknown(&self, worker: &str, held: &[String]) -> Result<u64, QueueError> {
+        // Transactions either commit with their reply or not at all, so nothing is held
+        // unknowingly here; this hands back whatever is not in `held` all the same.
+        let worker = worker.to_string();
+        let held: Vec<i64> = held.iter().filter_map(|t| t.parse().ok()).collect();
+        let moved = self
+            .tx(move |tx, ctx| {
+                let seqs: Vec<(i64, String)> = {
+                    let mut stmt = tx
+                        .prepare(
+                            "SELECT seq, entry FROM entries WHERE list = ?1 AND state = 'inflight' AND worker = ?2",
+                        )
+                        .map_err(db_error)?;
+                    stmt.query_map(params![ctx.list, worker], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(db_error)?
+                        .collect::<Result<_, _>>()
+                        .map_err(db_error)?
+                };
+                let mut moved = 0;
+                for (seq, entry) in seqs.into_iter().filter(|(s, _)| !held.contains(s)) {
+                    tx.execute(
+                        "UPDATE entries SET state = 'pending', prio = -1, worker = NULL WHERE seq = ?1",
+                        [seq],
+                    )
+                    .map_err(db_error)?;
+                    if let Some(id) = serde_json::from_str::<serde_json::Value>(&entry)
+                        .ok()
+                        .and_then(|v| v["job_id"].as_str().map(str::to_string))
+                    {
+                        tx.execute(
+                            "UPDATE jobs SET status = 'queued', attempts = attempts - 1
+                             WHERE id = ?1 AND status = 'running'",
+                            [id],
+                        )
+                        .map_err(db_error)?;
+                    }
+                    moved += 1;
+                }
+                Ok(moved)
+            })
+            .await?;
+        if moved > 0 {
+            self.arrivals.notify_waiters();
+        }
+        Ok(moved)
+    }
+
     async fn deregister(&self, worker: &str) -> Result<(), QueueError> {
         let worker = worker.to_string();
         let moved = self.tx(move |tx, ctx| reclaim(tx, ctx, &worker)).await?;

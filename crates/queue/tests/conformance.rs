@@ -533,6 +533,32 @@ async fn outcomes_are_counted(open: Open) {
     assert_eq!(counters.get("error:malformed"), Some(&1), "{counters:?}");
 }
 
+async fn leases_whose_reply_was_lost_are_handed_back(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let a = q.enqueue(JobSpec::from_prompt("a")).await.unwrap();
+    let b = q.enqueue(JobSpec::from_prompt("b")).await.unwrap();
+    let kept = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    // The reply of this lease is "lost": the worker never learns it holds `b`.
+    let _lost = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    let held: Vec<String> = kept.iter().map(|j| j.token.clone()).collect();
+    assert_eq!(q.reclaim_unknown("w1", &held).await.unwrap(), 1);
+    assert_eq!(q.job(&b).await.unwrap().unwrap().status, JobStatus::Queued);
+    let again = q.lease("w2", 5, Duration::ZERO).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].spec.job_id, b);
+    assert_eq!(
+        again[0].attempt, 1,
+        "the lost lease does not cost an attempt"
+    );
+    // The job the worker knows about stays with it.
+    assert_eq!(
+        q.finish("w1", &kept[0], success("ok")).await.unwrap(),
+        Finished::Succeeded
+    );
+    assert_eq!(kept[0].spec.job_id, a);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod redis_backend {
@@ -545,6 +571,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    leases_whose_reply_was_lost_are_handed_back,
     outcomes_are_counted,
     jobs_come_out_in_the_order_they_went_in,
     blocking_lease_wakes_when_a_job_arrives,
