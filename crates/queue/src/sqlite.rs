@@ -40,11 +40,13 @@ CREATE TABLE IF NOT EXISTS entries (
     list TEXT NOT NULL,
     entry TEXT NOT NULL,
     state TEXT NOT NULL,          -- pending | inflight | delayed
-    prio INTEGER NOT NULL DEFAULT 0,  -- -1: handed back, goes first
+    prio INTEGER NOT NULL DEFAULT 0,  -- below 0: handed back, leased first (lowest first)
     worker TEXT,
+    leased INTEGER,               -- lease order, for handing back in the order leased
     due_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS entries_pending ON entries (list, state, prio, seq);
+CREATE INDEX IF NOT EXISTS entries_leased ON entries (leased);
 CREATE TABLE IF NOT EXISTS workers (
     list TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -155,7 +157,21 @@ impl SqliteQueue {
         Ok(())
     }
 
-    /// Makes `worker`'s lease expire now (for tests of lost workers).
+    /// Makes every delayed retry due now (an operator's "retry now").
+    pub async fn make_retries_due(&self) -> Result<u64, QueueError> {
+        self.tx(|tx, ctx| {
+            tx.execute(
+                "UPDATE entries SET due_ms = 0 WHERE list = ?1 AND state = 'delayed'",
+                params![ctx.list],
+            )
+            .map(|n| n as u64)
+            .map_err(db_error)
+        })
+        .await
+    }
+
+    /// Treats `worker` as dead now: its lease expires and the next maintenance pass hands
+    /// its jobs back.
     pub async fn expire_worker(&self, worker: &str) -> Result<(), QueueError> {
         let worker = worker.to_string();
         self.tx(move |tx, ctx| {
@@ -279,42 +295,79 @@ fn dead_letter(
     Ok(())
 }
 
-/// Hands back everything `worker` holds (oldest first, ahead of other pending entries).
-fn reclaim(tx: &Transaction, ctx: &Ctx, worker: &str) -> Result<u64, QueueError> {
-    let ids: Vec<String> = {
-        let mut stmt = tx
-            .prepare(
-                "SELECT entry FROM entries WHERE list = ?1 AND state = 'inflight' AND worker = ?2",
-            )
-            .map_err(db_error)?;
-        let rows = stmt
-            .query_map(params![ctx.list, worker], |r| r.get::<_, String>(0))
-            .map_err(db_error)?;
-        rows.filter_map(|r| r.ok())
-            .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e).ok())
-            .filter_map(|v| v["job_id"].as_str().map(str::to_string))
-            .collect()
-    };
-    for id in &ids {
+/// Puts entries back at the front of the queue, to be leased next in the given order
+/// (ahead of everything pending, including entries handed back earlier).
+fn to_front(tx: &Transaction, ctx: &Ctx, seqs: &[i64]) -> Result<(), QueueError> {
+    let front: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MIN(prio), 0) FROM entries WHERE list = ?1 AND state = 'pending'",
+            params![ctx.list],
+            |r| r.get(0),
+        )
+        .map_err(db_error)?;
+    let base = front.min(0) - seqs.len() as i64;
+    for (i, seq) in seqs.iter().enumerate() {
         tx.execute(
-            "UPDATE jobs SET status = 'queued' WHERE id = ?1 AND status = 'running'",
-            [id],
+            "UPDATE entries SET state = 'pending', prio = ?2, worker = NULL, due_ms = NULL WHERE seq = ?1",
+            params![seq, base + i as i64],
         )
         .map_err(db_error)?;
     }
-    let moved = tx
-        .execute(
-            "UPDATE entries SET state = 'pending', prio = -1, worker = NULL
-             WHERE list = ?1 AND state = 'inflight' AND worker = ?2",
-            params![ctx.list, worker],
+    Ok(())
+}
+
+/// The in-flight entries of `worker`, in the order it leased them.
+fn inflight_of(
+    tx: &Transaction,
+    ctx: &Ctx,
+    worker: &str,
+) -> Result<Vec<(i64, String)>, QueueError> {
+    let mut stmt = tx
+        .prepare(
+            "SELECT seq, entry FROM entries WHERE list = ?1 AND state = 'inflight' AND worker = ?2
+             ORDER BY leased, seq",
         )
         .map_err(db_error)?;
+    stmt.query_map(params![ctx.list, worker], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db_error)?
+        .collect::<Result<_, _>>()
+        .map_err(db_error)
+}
+
+/// Marks the running job of each entry queued again; `uncount` also takes back the attempt.
+fn requeue_records(
+    tx: &Transaction,
+    entries: &[(i64, String)],
+    uncount: bool,
+) -> Result<(), QueueError> {
+    for (_, entry) in entries {
+        if let Some(id) = serde_json::from_str::<serde_json::Value>(entry)
+            .ok()
+            .and_then(|v| v["job_id"].as_str().map(str::to_string))
+        {
+            let sql = if uncount {
+                "UPDATE jobs SET status = 'queued', attempts = attempts - 1 WHERE id = ?1 AND status = 'running'"
+            } else {
+                "UPDATE jobs SET status = 'queued' WHERE id = ?1 AND status = 'running'"
+            };
+            tx.execute(sql, [id]).map_err(db_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// Hands back everything `worker` holds (oldest first, ahead of other pending entries).
+fn reclaim(tx: &Transaction, ctx: &Ctx, worker: &str) -> Result<u64, QueueError> {
+    let entries = inflight_of(tx, ctx, worker)?;
+    requeue_records(tx, &entries, false)?;
+    let seqs: Vec<i64> = entries.iter().map(|(s, _)| *s).collect();
+    to_front(tx, ctx, &seqs)?;
     tx.execute(
         "DELETE FROM workers WHERE list = ?1 AND id = ?2",
         params![ctx.list, worker],
     )
     .map_err(db_error)?;
-    Ok(moved as u64)
+    Ok(seqs.len() as u64)
 }
 
 fn seq_of(job: &LeasedJob) -> i64 {
@@ -482,15 +535,11 @@ impl Queue for SqliteQueue {
     async fn release(&self, worker: &str, job: &LeasedJob) -> Result<(), QueueError> {
         let worker = worker.to_string();
         let (seq, id) = (seq_of(job), job.spec.job_id.clone());
-        self.tx(move |tx, _| {
+        self.tx(move |tx, ctx| {
             if !holds(tx, &worker, seq)? {
                 return Ok(());
             }
-            tx.execute(
-                "UPDATE entries SET state = 'pending', prio = -1, worker = NULL WHERE seq = ?1",
-                [seq],
-            )
-            .map_err(db_error)?;
+            to_front(tx, ctx, &[seq])?;
             tx.execute(
                 "UPDATE jobs SET status = 'queued', attempts = attempts - 1
                  WHERE id = ?1 AND status = 'running'",
@@ -511,38 +560,14 @@ impl Queue for SqliteQueue {
         let held: Vec<i64> = held.iter().filter_map(|t| t.parse().ok()).collect();
         let moved = self
             .tx(move |tx, ctx| {
-                let seqs: Vec<(i64, String)> = {
-                    let mut stmt = tx
-                        .prepare(
-                            "SELECT seq, entry FROM entries WHERE list = ?1 AND state = 'inflight' AND worker = ?2",
-                        )
-                        .map_err(db_error)?;
-                    stmt.query_map(params![ctx.list, worker], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .map_err(db_error)?
-                        .collect::<Result<_, _>>()
-                        .map_err(db_error)?
-                };
-                let mut moved = 0;
-                for (seq, entry) in seqs.into_iter().filter(|(s, _)| !held.contains(s)) {
-                    tx.execute(
-                        "UPDATE entries SET state = 'pending', prio = -1, worker = NULL WHERE seq = ?1",
-                        [seq],
-                    )
-                    .map_err(db_error)?;
-                    if let Some(id) = serde_json::from_str::<serde_json::Value>(&entry)
-                        .ok()
-                        .and_then(|v| v["job_id"].as_str().map(str::to_string))
-                    {
-                        tx.execute(
-                            "UPDATE jobs SET status = 'queued', attempts = attempts - 1
-                             WHERE id = ?1 AND status = 'running'",
-                            [id],
-                        )
-                        .map_err(db_error)?;
-                    }
-                    moved += 1;
-                }
-                Ok(moved)
+                let unknown: Vec<(i64, String)> = inflight_of(tx, ctx, &worker)?
+                    .into_iter()
+                    .filter(|(s, _)| !held.contains(s))
+                    .collect();
+                requeue_records(tx, &unknown, true)?;
+                let seqs: Vec<i64> = unknown.iter().map(|(s, _)| *s).collect();
+                to_front(tx, ctx, &seqs)?;
+                Ok(seqs.len() as u64)
             })
             .await?;
         if moved > 0 {
@@ -581,13 +606,20 @@ impl Queue for SqliteQueue {
                     }
                     report.reclaimed += moved;
                 }
-                report.promoted = tx
-                    .execute(
-                        "UPDATE entries SET state = 'pending', prio = -1, due_ms = NULL
-                         WHERE list = ?1 AND state = 'delayed' AND due_ms <= ?2",
-                        params![ctx.list, now],
-                    )
-                    .map_err(db_error)? as u64;
+                let due: Vec<i64> = {
+                    let mut stmt = tx
+                        .prepare(
+                            "SELECT seq FROM entries WHERE list = ?1 AND state = 'delayed' AND due_ms <= ?2
+                             ORDER BY due_ms, seq",
+                        )
+                        .map_err(db_error)?;
+                    stmt.query_map(params![ctx.list, now], |r| r.get(0))
+                        .map_err(db_error)?
+                        .collect::<Result<_, _>>()
+                        .map_err(db_error)?
+                };
+                to_front(tx, ctx, &due)?;
+                report.promoted = due.len() as u64;
                 tx.execute(
                     "DELETE FROM jobs WHERE list = ?1 AND expires_at_ms IS NOT NULL AND expires_at_ms <= ?2",
                     params![ctx.list, now],
@@ -858,7 +890,8 @@ fn lease_in(
         }
         let normalized = spec.to_entry();
         tx.execute(
-            "UPDATE entries SET state = 'inflight', worker = ?2, entry = ?3 WHERE seq = ?1",
+            "UPDATE entries SET state = 'inflight', worker = ?2, entry = ?3,
+             leased = (SELECT COALESCE(MAX(leased), 0) + 1 FROM entries) WHERE seq = ?1",
             params![seq, worker, normalized],
         )
         .map_err(db_error)?;

@@ -1,6 +1,6 @@
 //! Model-based property test: random sequences of enqueue / lease / finish / release /
-//! worker death / late (zombie) finishes are applied to a simple in-memory model and to the
-//! real Redis queue; after every step both must agree, and at the end every job must have
+//! worker death / late (zombie) finishes are applied to a simple in-memory model and to each
+//! real queue backend (Redis, SQLite); after every step both must agree, and at the end every job must have
 //! reached succeeded, failed or dead — none lost, none leased twice at once.
 
 use std::collections::{HashMap, VecDeque};
@@ -10,7 +10,7 @@ use greenscale_core::{
     Completion, ErrorKind, Finished, JobError, JobSpec, JobStatus, LeasedJob, Outcome, Queue,
     QueueConfig,
 };
-use greenscale_queue::RedisQueue;
+use greenscale_queue::{RedisQueue, SqliteQueue};
 use greenscale_testkit::RedisServer;
 use proptest::prelude::*;
 use redis::Commands;
@@ -94,9 +94,47 @@ impl Model {
     }
 }
 
+/// The backend under test, with its way of simulating the passage of time.
+enum Backend {
+    Redis {
+        conn: redis::Connection,
+        list: String,
+    },
+    Sqlite(std::sync::Arc<SqliteQueue>),
+}
+
+impl Backend {
+    /// The worker's lease expires now.
+    async fn expire(&mut self, worker: &str) {
+        match self {
+            Backend::Redis { conn, list } => {
+                let _: i64 = conn
+                    .zadd(format!("greenscale:{list}:workers"), worker, 0)
+                    .unwrap();
+            }
+            Backend::Sqlite(q) => q.expire_worker(worker).await.unwrap(),
+        }
+    }
+
+    /// Every delayed retry is due now.
+    async fn make_due(&mut self) {
+        match self {
+            Backend::Redis { conn, list } => {
+                let key = format!("greenscale:{list}:delayed");
+                let delayed: Vec<String> = conn.zrange(&key, 0, -1).unwrap();
+                for entry in delayed {
+                    let _: i64 = conn.zadd(&key, entry, 0).unwrap();
+                }
+            }
+            Backend::Sqlite(q) => {
+                q.make_retries_due().await.unwrap();
+            }
+        }
+    }
+}
+
 struct Real {
-    queue: RedisQueue,
-    list: String,
+    queue: std::sync::Arc<dyn Queue>,
     incarnation: [u32; WORKERS],
     held: [Vec<LeasedJob>; WORKERS],
     zombies: Vec<(String, LeasedJob)>,
@@ -128,7 +166,7 @@ fn failure(transient: bool) -> Outcome {
     })
 }
 
-async fn apply(op: &Op, model: &mut Model, real: &mut Real, redis: &mut redis::Connection) {
+async fn apply(op: &Op, model: &mut Model, real: &mut Real, backend: &mut Backend) {
     match *op {
         Op::Enqueue => {
             let id = real.queue.enqueue(JobSpec::from_prompt("p")).await.unwrap();
@@ -230,9 +268,7 @@ async fn apply(op: &Op, model: &mut Model, real: &mut Real, redis: &mut redis::C
         }
         Op::Kill { worker } => {
             let wid = real.worker_id(worker);
-            let _: i64 = redis
-                .zadd(format!("greenscale:{}:workers", real.list), &wid, 0)
-                .unwrap();
+            backend.expire(&wid).await;
             real.queue.maintain().await.unwrap();
             for id in model.held[worker].drain(..).rev() {
                 let m = model.jobs.get_mut(&id).unwrap();
@@ -287,19 +323,12 @@ async fn check_agreement(model: &Model, real: &Real) {
 }
 
 /// Kills every worker, makes every retry due, and runs everything left to the end.
-async fn drain(real: &mut Real, redis: &mut redis::Connection) {
+async fn drain(real: &mut Real, backend: &mut Backend) {
     for w in 0..WORKERS {
         real.queue.deregister(&real.worker_id(w)).await.unwrap();
     }
     for _ in 0..100 {
-        let delayed: Vec<String> = redis
-            .zrange(format!("greenscale:{}:delayed", real.list), 0, -1)
-            .unwrap();
-        for entry in delayed {
-            let _: i64 = redis
-                .zadd(format!("greenscale:{}:delayed", real.list), entry, 0)
-                .unwrap();
-        }
+        backend.make_due().await;
         real.queue.maintain().await.unwrap();
         let jobs = real
             .queue
@@ -317,15 +346,17 @@ async fn drain(real: &mut Real, redis: &mut redis::Connection) {
     panic!("queue did not drain");
 }
 
-#[test]
-fn queue_agrees_with_model_and_loses_nothing() {
-    let server = RedisServer::start();
-    let cases = std::env::var("PROPTEST_CASES")
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(100)
+}
+
+/// Runs the model check with a fresh backend per case from `open`.
+fn check_backend(open: impl Fn() -> (std::sync::Arc<dyn Queue>, Backend)) {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases,
+        cases: cases(),
         ..ProptestConfig::default()
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -333,7 +364,8 @@ fn queue_agrees_with_model_and_loses_nothing() {
         .build()
         .unwrap();
     let result = runner.run(&proptest::collection::vec(op(), 1..60), |ops| {
-        rt.block_on(run_case(&server, &ops));
+        let (queue, mut backend) = rt.block_on(async { open() });
+        rt.block_on(run_case(queue, &mut backend, &ops));
         Ok(())
     });
     if let Err(e) = result {
@@ -341,27 +373,56 @@ fn queue_agrees_with_model_and_loses_nothing() {
     }
 }
 
-async fn run_case(server: &RedisServer, ops: &[Op]) {
-    let list = format!("prop-{}", greenscale_core::new_job_id());
-    let config = QueueConfig {
+fn config() -> QueueConfig {
+    QueueConfig {
         max_attempts: MAX_ATTEMPTS,
         retry_base: Duration::from_secs(3600),
         ..QueueConfig::default()
-    };
+    }
+}
+
+#[test]
+fn redis_queue_agrees_with_model_and_loses_nothing() {
+    let server = RedisServer::start();
+    check_backend(|| {
+        let list = format!("prop-{}", greenscale_core::new_job_id());
+        let queue =
+            std::sync::Arc::new(RedisQueue::connect(&server.url(), &list, config()).unwrap());
+        (
+            queue,
+            Backend::Redis {
+                conn: server.connection(),
+                list,
+            },
+        )
+    });
+}
+
+#[test]
+fn sqlite_queue_agrees_with_model_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    check_backend(|| {
+        let list = format!("prop-{}", greenscale_core::new_job_id());
+        let queue = std::sync::Arc::new(
+            SqliteQueue::open(&dir.path().join("model.db"), &list, config()).unwrap(),
+        );
+        (queue.clone(), Backend::Sqlite(queue))
+    });
+}
+
+async fn run_case(queue: std::sync::Arc<dyn Queue>, backend: &mut Backend, ops: &[Op]) {
     let mut real = Real {
-        queue: RedisQueue::connect(&server.url(), &list, config).unwrap(),
-        list,
+        queue,
         incarnation: [0; WORKERS],
         held: Default::default(),
         zombies: Vec::new(),
     };
     let mut model = Model::default();
-    let mut redis = server.connection();
     for op in ops {
-        apply(op, &mut model, &mut real, &mut redis).await;
+        apply(op, &mut model, &mut real, backend).await;
         check_agreement(&model, &real).await;
     }
-    drain(&mut real, &mut redis).await;
+    drain(&mut real, backend).await;
     for id in model.jobs.keys() {
         let rec = real.queue.job(id).await.unwrap().expect("record kept");
         assert!(
