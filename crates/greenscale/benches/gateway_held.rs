@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use greenscale_testkit::{RedisServer, free_port};
+use greenscale_testkit::RedisServer;
 
 #[tokio::main]
 async fn main() {
@@ -16,21 +16,10 @@ async fn main() {
         .unwrap_or(10_000);
     let redis = RedisServer::start_with(&["--appendfsync", "everysec"]);
     let (_model, model_url) = common::demo_model();
-    let port = free_port();
-    let gateway = common::Proc(
-        common::greenscale()
-            .args([
-                "gateway",
-                "--redis-url",
-                &redis.url(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(["--max-pending", "1000000", "--wait-deadline", "600s"])
-            .spawn()
-            .expect("spawn gateway"),
+    let (gateway, port) = common::gateway(
+        &redis.url(),
+        &["--max-pending", "1000000", "--wait-deadline", "600s"],
     );
-    common::wait_for_port(port);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = gateway.rss_kib() as f64 / 1024.0;
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");

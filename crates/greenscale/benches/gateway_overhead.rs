@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenscale_testkit::{RedisServer, free_port};
+use greenscale_testkit::RedisServer;
 
 async fn run(url: &str, clients: usize, total: usize) -> (Vec<f64>, f64) {
     let client = reqwest::Client::new();
@@ -53,21 +53,10 @@ async fn main() {
     let redis = RedisServer::start_with(&["--appendfsync", "everysec"]);
     let (_model, model_url) = common::demo_model();
     let _worker = common::worker(&redis.url(), &model_url, "bench", &["--concurrency", "128"]);
-    let port = free_port();
-    let _gateway = common::Proc(
-        common::greenscale()
-            .args([
-                "gateway",
-                "--redis-url",
-                &redis.url(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(["--max-pending", "1000000", "--model", "greenscale-demo"])
-            .spawn()
-            .expect("spawn gateway"),
+    let (_gateway, port) = common::gateway(
+        &redis.url(),
+        &["--max-pending", "1000000", "--model", "greenscale-demo"],
     );
-    common::wait_for_port(port);
     let direct = format!("{model_url}/chat/completions");
     let via = format!("http://127.0.0.1:{port}/v1/chat/completions");
     // Warm up both paths (connections, worker lease loop).

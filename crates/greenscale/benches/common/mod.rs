@@ -93,6 +93,20 @@ pub fn worker(redis_url: &str, model_url: &str, id: &str, extra: &[&str]) -> Pro
     Proc(child)
 }
 
+/// Starts `greenscale gateway` on a free port with the given extra flags, once it listens;
+/// returns it and its port.
+pub fn gateway(redis_url: &str, extra: &[&str]) -> (Proc, u16) {
+    let port = greenscale_testkit::free_port();
+    let child = greenscale()
+        .args(["gateway", "--redis-url", redis_url])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .spawn()
+        .expect("spawn gateway");
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
 /// Starts the prototype-design baseline (`bench/baseline_worker.py`).
 pub fn baseline_worker(redis_port: u16, model_url: &str, list: &str, idle_exit: f64) -> Proc {
     let python = std::env::var("GREENSCALE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
