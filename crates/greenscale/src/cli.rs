@@ -280,56 +280,58 @@ pub struct SimArgs {
     /// The trace file.
     #[arg(
         long,
+        env = "GREENSCALE_SIM_TRACE",
         required_unless_present = "synthetic",
         conflicts_with = "synthetic"
     )]
     pub trace: Option<std::path::PathBuf>,
     /// Use a generated trace instead: poisson, diurnal, onoff, cron or burst.
-    #[arg(long)]
+    #[arg(long, env = "GREENSCALE_SIM_SYNTHETIC")]
     pub synthetic: Option<String>,
     /// Trace format: auto, azure-llm, azure-functions, jsonl or plain.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, env = "GREENSCALE_SIM_FORMAT", default_value = "auto")]
     pub format: greenscale_core::sim::Format,
     /// Policies to compare, comma-separated, each with optional parameters
     /// (e.g. keda-seed,greenscale:cold_cost=120,keepalive:10m).
     #[arg(
         long,
+        env = "GREENSCALE_SIM_POLICY",
         default_value = "greenscale,keda-seed,keda-default,knative,keepalive:10m,histogram"
     )]
     pub policy: String,
     /// Seconds from starting a replica to it being ready.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "GREENSCALE_SIM_COLD_START", default_value = "30s", value_parser = parse_duration)]
     pub cold_start: Duration,
     /// Jobs one replica serves at once.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "GREENSCALE_SIM_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
     /// Prompt tokens processed per second (service time from token counts).
-    #[arg(long, default_value_t = 5000.0)]
+    #[arg(long, env = "GREENSCALE_SIM_PREFILL_TPS", default_value_t = 5000.0)]
     pub prefill_tps: f64,
     /// Tokens generated per second.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, env = "GREENSCALE_SIM_DECODE_TPS", default_value_t = 50.0)]
     pub decode_tps: f64,
     /// Service time for traces without token counts or times.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "GREENSCALE_SIM_SERVICE_TIME", default_value = "2s", value_parser = parse_duration)]
     pub service_time: Duration,
     /// How often policies are consulted.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "GREENSCALE_SIM_TICK", default_value = "1s", value_parser = parse_duration)]
     pub tick: Duration,
     /// The pool's replica limit, shared by every policy.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "GREENSCALE_SIM_MAX_REPLICAS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_replicas: u32,
     /// Seed for spreading per-minute counts and for synthetic traces.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "GREENSCALE_SIM_SEED", default_value_t = 1)]
     pub seed: u64,
     /// Print a JSON array, one object per policy.
-    #[arg(long)]
+    #[arg(long, env = "GREENSCALE_SIM_JSON")]
     pub json: bool,
     /// Draw replicas and queue depth over time to this SVG file.
-    #[arg(long)]
+    #[arg(long, env = "GREENSCALE_SIM_PLOT")]
     pub plot: Option<std::path::PathBuf>,
     /// Draw GPU-seconds against cold-start waits for every policy to this SVG file,
     /// joining the `greenscale` points (e.g. a sweep of cold_cost) into a frontier.
-    #[arg(long)]
+    #[arg(long, env = "GREENSCALE_SIM_FRONTIER")]
     pub frontier: Option<std::path::PathBuf>,
 }
 
