@@ -100,6 +100,18 @@ async fn get(base: &str, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// The gateway's `/metrics` text (no key needed).
+async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn error_type(r: reqwest::Response) -> String {
     let v: Value = r.json().await.unwrap();
     v["error"]["type"].as_str().unwrap().to_string()
@@ -173,14 +185,7 @@ async fn errors_are_json_with_fitting_statuses() {
             .status(),
         200
     );
-    let metrics = client()
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&s.base).await;
     assert!(
         metrics.contains("greenscale_jobs_submitted_total 3"),
         "{metrics}"
@@ -318,14 +323,7 @@ async fn jobs_api_idempotency_cancel_list_and_events() {
         .unwrap();
     assert_eq!(cancelled["jobs"].as_array().unwrap().len(), 1);
     // Outcome counters cover every job, whoever followed it.
-    let metrics = client()
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&s.base).await;
     assert!(
         metrics.contains("greenscale_job_runs_total{status=\"cancelled\"} 1"),
         "{metrics}"

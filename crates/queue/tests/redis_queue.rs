@@ -26,7 +26,9 @@ fn success(text: &str) -> Outcome {
 }
 
 #[tokio::test]
-async fn prototype_entry_is_processed_and_result_key_holds_the_answer() {
+/// The prototype's `result:{id}` string (the job record itself is checked, for both
+/// backends, in `conformance.rs`).
+async fn prototype_result_key_holds_the_answer() {
     let server = RedisServer::start();
     let q = queue(&server, QueueConfig::default());
     let mut c = server.connection();
@@ -46,13 +48,6 @@ async fn prototype_entry_is_processed_and_result_key_holds_the_answer() {
         ttl > 23 * 3600,
         "result kept for the retention period, ttl {ttl}"
     );
-    let rec = q.job("test-001").await.unwrap().unwrap();
-    assert_eq!(rec.status, JobStatus::Succeeded);
-    assert_eq!(rec.attempts, 1);
-    assert_eq!(rec.worker_id.as_deref(), Some("w1"));
-    assert_eq!(rec.usage.unwrap().completion_tokens, 2);
-    assert!(rec.enqueued_at_ms.is_some() && rec.started_at_ms.is_some());
-    assert!(rec.finished_at_ms >= rec.started_at_ms);
 }
 
 #[tokio::test]
