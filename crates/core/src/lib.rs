@@ -14,5 +14,5 @@ pub use job::{
 };
 pub use queue::{
     Cancelled, Completion, DeadLetter, EventStream, Finished, JobError, JobPage, LeasedJob,
-    Maintenance, Outcome, Queue, QueueConfig, QueueError, QueueStats,
+    Maintenance, Outcome, Queue, QueueConfig, QueueError, QueueStats, cursor_after, parse_cursor,
 };

@@ -176,6 +176,24 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
+/// Reads a job-list cursor, `"<enqueue ms>:<job id>"`: the position of the last record
+/// returned. Every backend orders records by enqueue time, then id, both descending, so a
+/// cursor means the same in all of them.
+pub fn parse_cursor(cursor: Option<&str>) -> Result<Option<(u64, String)>, QueueError> {
+    let Some(c) = cursor else { return Ok(None) };
+    let bad = || QueueError::Invalid(format!("bad cursor {c:?}"));
+    let (ms, id) = c.split_once(':').ok_or_else(bad)?;
+    Ok(Some((
+        ms.parse::<u64>().map_err(|_| bad())?,
+        id.to_string(),
+    )))
+}
+
+/// The cursor pointing after `record` (see [`parse_cursor`]).
+pub fn cursor_after(record: &JobRecord) -> String {
+    format!("{}:{}", record.enqueued_at_ms.unwrap_or(0), record.id)
+}
+
 /// A stream of `(job id, event)` for every job that publishes events.
 pub type EventStream = futures::stream::BoxStream<'static, (String, JobEvent)>;
 

@@ -36,6 +36,18 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.kind,
+            self.status.as_u16(),
+            self.message
+        )
+    }
+}
+
 impl ApiError {
     /// An error with the given status, kind and message.
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {

@@ -22,10 +22,17 @@ pub struct EventHub {
 }
 
 impl EventHub {
-    /// Starts the hub: one event stream from the queue, re-opened when it breaks.
-    pub fn start(queue: Arc<dyn Queue>) -> Self {
+    /// Starts the hub: one event stream from each queue, re-opened when it breaks.
+    pub fn start(queues: Vec<Arc<dyn Queue>>) -> Self {
         let hub = EventHub::default();
-        let senders = hub.senders.clone();
+        for queue in queues {
+            hub.follow(queue);
+        }
+        hub
+    }
+
+    fn follow(&self, queue: Arc<dyn Queue>) {
+        let senders = self.senders.clone();
         tokio::spawn(async move {
             loop {
                 match queue.events().await {
@@ -45,7 +52,6 @@ impl EventHub {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
-        hub
     }
 
     /// Events of one job from now on, until the subscription is dropped.

@@ -204,7 +204,7 @@ pub(crate) async fn admit(g: &Gateway) -> Result<(), ApiError> {
     let pending = match cached {
         Some((at, n)) if at.elapsed() < PENDING_READING_TTL => n,
         _ => {
-            let n = g.queue.stats().await?.pending;
+            let n = g.routes.stats().await?.pending;
             *g.pending_reading.lock().expect("pending reading lock") =
                 Some((std::time::Instant::now(), n));
             n
@@ -279,12 +279,12 @@ pub async fn create_job(
     spec.validate(&g.config.limits).map_err(ApiError::invalid)?;
     admit(&g).await?;
     let id = match key {
-        Some(k) => g.queue.enqueue_idempotent(spec, &k).await?.0,
-        None => g.queue.enqueue(spec).await?,
+        Some(k) => g.routes.enqueue_idempotent(spec, &k).await?.0,
+        None => g.routes.enqueue(spec).await?,
     };
     g.metrics.submitted();
     let record = g
-        .queue
+        .routes
         .job(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("the job expired"))?;
@@ -305,7 +305,7 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     let record = g
-        .queue
+        .routes
         .job(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no job with id {id:?}")))?;
@@ -322,7 +322,7 @@ pub async fn cancel_job(
     State(g): State<Gateway>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    match g.queue.cancel(&id, true).await? {
+    match g.routes.cancel(&id, true).await? {
         greenscale_core::Cancelled::NotFound => {
             return Err(ApiError::not_found(format!("no job with id {id:?}")));
         }
@@ -372,7 +372,7 @@ pub async fn list_jobs(
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
     }
     let page = g
-        .queue
+        .routes
         .list_jobs(status, limit, q.cursor.as_deref())
         .await?;
     Ok(axum::Json(JobList {
@@ -386,7 +386,7 @@ pub async fn list_jobs(
     responses((status = 200, body = QueueView), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn queue_stats(State(g): State<Gateway>) -> Result<axum::Json<QueueView>, ApiError> {
-    Ok(axum::Json(g.queue.stats().await?.into()))
+    Ok(axum::Json(g.routes.stats().await?.into()))
 }
 
 fn sse_event(name: &str, data: serde_json::Value) -> Result<Event, Infallible> {
@@ -405,7 +405,7 @@ pub async fn job_events(
 ) -> Result<Response, ApiError> {
     let sub = g.hub.subscribe(&id);
     let record = g
-        .queue
+        .routes
         .job(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no job with id {id:?}")))?;

@@ -8,6 +8,7 @@ pub mod events;
 mod jobs;
 pub mod metrics;
 mod openai;
+pub mod routes;
 mod watch;
 
 use std::net::SocketAddr;
@@ -19,13 +20,14 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use greenscale_core::{Limits, Queue};
+use greenscale_core::Limits;
 use utoipa::OpenApi;
 
 pub use auth::ApiKeys;
 pub use error::ApiError;
 use events::EventHub;
 pub use metrics::Metrics;
+pub use routes::{Route, Routes};
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -72,7 +74,7 @@ pub fn check_exposure(listen: &SocketAddr, keys: &ApiKeys) -> Result<(), String>
 /// Shared state of the gateway's handlers.
 #[derive(Clone)]
 pub struct Gateway {
-    pub(crate) queue: Arc<dyn Queue>,
+    pub(crate) routes: Routes,
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) hub: EventHub,
     pub(crate) metrics: Arc<Metrics>,
@@ -82,16 +84,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway over `queue`. Call inside a Tokio runtime (it starts the event hub).
-    /// Streams end when `shutdown` turns true.
+    /// A gateway submitting to `routes`. Call inside a Tokio runtime (it starts the event
+    /// hub). Streams end when `shutdown` turns true.
     pub fn new(
-        queue: Arc<dyn Queue>,
+        routes: Routes,
         config: GatewayConfig,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Gateway {
-            hub: EventHub::start(queue.clone()),
-            queue,
+            hub: EventHub::start(routes.queues()),
+            routes,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
             shutdown,
@@ -99,9 +101,10 @@ impl Gateway {
         }
     }
 
-    /// The metrics registry, for components that add their own metrics.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
+    /// Uses `metrics` (in which other components registered their own metrics too).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -159,6 +162,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The gateway's routes. `/healthz`, `/readyz`, `/metrics` and `/openapi.json` are open;
 /// everything under `/v1` needs an API key when keys are configured.
 pub fn app(gateway: Gateway) -> Router {
+    app_with(gateway, Router::new())
+}
+
+/// The gateway's routes plus `extra` API routes, which need the same API keys.
+pub fn app_with(gateway: Gateway, extra: Router<Gateway>) -> Router {
     let keys = gateway.config.api_keys.clone();
     let limit = gateway.config.max_body_bytes;
     let api = Router::new()
@@ -171,6 +179,7 @@ pub fn app(gateway: Gateway) -> Router {
             axum::routing::post(openai::chat_completions),
         )
         .route("/v1/models", get(openai::list_models))
+        .merge(extra)
         .route_layer(axum::middleware::from_fn_with_state(
             keys,
             auth::require_key,
@@ -198,15 +207,15 @@ async fn healthz() -> impl IntoResponse {
     (status = 200, description = "the queue is reachable"),
     (status = 503, description = "the queue is not reachable", body = error::ErrorBody)))]
 async fn readyz(State(g): State<Gateway>) -> Response {
-    match g.queue.stats().await {
+    match g.routes.stats().await {
         Ok(_) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
 async fn metrics(State(g): State<Gateway>) -> Response {
-    let stats = g.queue.stats().await.ok();
-    let counters = g.queue.counters().await.unwrap_or_default();
+    let stats = g.routes.stats().await.ok();
+    let counters = g.routes.counters().await.unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,

@@ -265,7 +265,7 @@ pub async fn chat_completions(
     let id = spec.job_id.clone();
     let model = spec.model.clone().unwrap_or_default();
     let sub = g.hub.subscribe(&id);
-    g.queue.enqueue(spec).await?;
+    g.routes.enqueue(spec).await?;
     g.metrics.submitted();
     let updates = watch(
         g.clone(),

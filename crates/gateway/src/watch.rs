@@ -82,7 +82,7 @@ pub fn watch(
             if !check_record {
                 continue;
             }
-            let record = match g.queue.job(&id).await {
+            let record = match g.routes.job(&id).await {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(e) => {
@@ -116,7 +116,7 @@ pub fn watch(
             {
                 cancel_if_queued(&g, &id, "no worker started it before the deadline").await;
                 // It may have started in the meantime; only report what really happened.
-                if let Ok(Some(r)) = g.queue.job(&id).await
+                if let Ok(Some(r)) = g.routes.job(&id).await
                     && r.status == JobStatus::Cancelled
                 {
                     let _ = tx.send(Update::NotStarted).await;
@@ -132,7 +132,7 @@ pub fn watch(
 }
 
 async fn cancel_if_queued(g: &Gateway, id: &str, why: &str) {
-    match g.queue.cancel(id, false).await {
+    match g.routes.cancel(id, false).await {
         Ok(greenscale_core::Cancelled::Cancelled) => {
             tracing::info!(job_id = id, reason = why, "job cancelled before it started")
         }

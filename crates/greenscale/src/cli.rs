@@ -37,6 +37,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run a worker: lease jobs from the queue and run them against a model.
     Worker(WorkerArgs),
+    /// Run everything on this machine: gateway, embedded queue, autoscaler, and local model
+    /// servers started and stopped on demand (or remote APIs).
+    Up(UpArgs),
     /// Run the HTTP gateway: jobs API, OpenAI-compatible API, metrics, OpenAPI document.
     Gateway(GatewayArgs),
     /// Run the built-in demo model server (OpenAI-compatible; deterministic text).
@@ -50,6 +53,9 @@ pub enum Command {
     /// Replay a request trace against scaling policies: GPU-seconds, cold-start waits,
     /// wait percentiles, interruptions, against an offline oracle.
     Sim(SimArgs),
+    /// Internal: runs a model-server command for `up` and stops it when `up` goes away.
+    #[command(hide = true)]
+    ReplicaGuard(ReplicaGuardArgs),
 }
 
 /// Where the queue is and how it behaves.
@@ -62,6 +68,13 @@ pub struct QueueArgs {
     /// Name of the pending list (the prototype's list name).
     #[arg(long, env = "REDIS_LIST_NAME", default_value = "jobs")]
     pub list: String,
+    #[command(flatten)]
+    pub tuning: QueueTuning,
+}
+
+/// How the queue behaves (any backend).
+#[derive(Debug, Clone, Args)]
+pub struct QueueTuning {
     /// How long a worker's lease lasts without a heartbeat before its jobs go back.
     #[arg(long, env = "GREENSCALE_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
@@ -77,6 +90,19 @@ pub struct QueueArgs {
     pub retry_base: Duration,
 }
 
+impl QueueTuning {
+    /// The queue settings these flags describe.
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            lease: self.lease,
+            max_attempts: self.max_attempts,
+            retention: self.retention,
+            retry_base: self.retry_base,
+            ..QueueConfig::default()
+        }
+    }
+}
+
 impl QueueArgs {
     /// The Redis URL to use, following the documented fallbacks.
     pub fn redis_url(&self) -> String {
@@ -89,17 +115,6 @@ impl QueueArgs {
                 format!("redis://{host}:{port}")
             }
             _ => "redis://127.0.0.1:6379".into(),
-        }
-    }
-
-    /// The queue settings these flags describe.
-    pub fn queue_config(&self) -> QueueConfig {
-        QueueConfig {
-            lease: self.lease,
-            max_attempts: self.max_attempts,
-            retention: self.retention,
-            retry_base: self.retry_base,
-            ..QueueConfig::default()
         }
     }
 }
@@ -149,6 +164,21 @@ pub struct WorkerArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     pub queue: QueueArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Model names listed by /v1/models; the first is used when a request names none.
+    #[arg(
+        long = "model",
+        env = "GREENSCALE_MODEL",
+        value_delimiter = ',',
+        default_value = "meta-llama/Llama-3.3-70B-Instruct"
+    )]
+    pub models: Vec<String>,
+}
+
+/// The HTTP API's settings (`gateway` and `up`).
+#[derive(Debug, Args)]
+pub struct HttpArgs {
     /// Address to listen on. A non-loopback address needs API keys.
     #[arg(long, env = "GREENSCALE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
@@ -173,14 +203,79 @@ pub struct GatewayArgs {
     /// Longest prompt (all messages), characters.
     #[arg(long, env = "GREENSCALE_MAX_PROMPT_CHARS", default_value_t = 200_000)]
     pub max_prompt_chars: usize,
-    /// Model names listed by /v1/models; the first is used when a request names none.
+}
+
+/// `greenscale up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub tuning: QueueTuning,
+    /// Pools file (TOML, `[[pool]]` tables; see docs/up.md). Without it (and without
+    /// --model-cmd / --model-url) one `demo` pool runs the built-in demo model.
+    #[arg(long, env = "GREENSCALE_CONFIG", conflicts_with_all = ["model_cmd", "model_url"])]
+    pub config: Option<std::path::PathBuf>,
+    /// One pool of local model servers started with this command; `{port}` is replaced
+    /// by each replica's port (e.g. "llama-server -m model.gguf --port {port}").
+    #[arg(long, env = "GREENSCALE_MODEL_CMD", conflicts_with = "model_url")]
+    pub model_cmd: Option<String>,
+    /// One pool calling this remote OpenAI-compatible API (no local processes).
+    #[arg(long, env = "GREENSCALE_MODEL_URL")]
+    pub model_url: Option<String>,
+    /// Bearer key for --model-url. Never logged.
     #[arg(
-        long = "model",
-        env = "GREENSCALE_MODEL",
-        value_delimiter = ',',
-        default_value = "meta-llama/Llama-3.3-70B-Instruct"
+        long,
+        env = "GREENSCALE_MODEL_API_KEY",
+        hide_env_values = true,
+        requires = "model_url"
     )]
-    pub models: Vec<String>,
+    pub model_api_key: Option<String>,
+    /// Model name of the --model-cmd / --model-url pool: what clients ask for and what is
+    /// sent to the server (default: `default`; the demo pool is `demo`).
+    #[arg(long, env = "GREENSCALE_MODEL")]
+    pub model: Option<String>,
+    /// Health-check path of --model-cmd servers.
+    #[arg(long, env = "GREENSCALE_HEALTH_PATH", default_value = "/health")]
+    pub health_path: String,
+    /// Scaling policy of the single pool (see `greenscale sim --help` for the names).
+    #[arg(long, env = "GREENSCALE_POLICY", default_value = "greenscale")]
+    pub policy: String,
+    /// Jobs one replica of the single pool runs at once.
+    #[arg(long, env = "GREENSCALE_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Replica limit of the single pool.
+    #[arg(long, env = "GREENSCALE_MAX_REPLICAS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_replicas: u32,
+    /// How long a replica of the single pool may take to pass its health check.
+    #[arg(long, env = "GREENSCALE_STARTUP_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub startup_timeout: Duration,
+    /// Load time of the demo model (its cold start).
+    #[arg(long, env = "GREENSCALE_DEMO_LOAD_TIME", default_value = "3s", value_parser = parse_duration)]
+    pub demo_load_time: Duration,
+    /// Tokens per second the demo model writes.
+    #[arg(long, env = "GREENSCALE_DEMO_TOKENS_PER_SEC", default_value_t = 50.0)]
+    pub demo_tokens_per_sec: f64,
+    /// Folder for the queue database and the lock that keeps a second `up` off it.
+    #[arg(long, env = "GREENSCALE_DATA_DIR", default_value = "greenscale-data")]
+    pub data_dir: std::path::PathBuf,
+    /// Use this Redis (redis://...) as the queue instead of the embedded SQLite database;
+    /// each pool's jobs go to a list named after the pool.
+    #[arg(long, env = "GREENSCALE_QUEUE")]
+    pub queue: Option<String>,
+}
+
+/// `greenscale replica-guard` (internal).
+#[derive(Debug, Args)]
+pub struct ReplicaGuardArgs {
+    /// After the supervisor goes away: how long the command may take to exit on SIGTERM.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+    /// The command line (run with `sh -c`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// `greenscale demo-model`.
@@ -200,11 +295,30 @@ pub struct DemoModelArgs {
     pub tokens_per_sec: f64,
 }
 
+/// Talking to a running gateway or `greenscale up` instead of the queue.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Base URL of a running `greenscale up` or gateway (e.g. http://127.0.0.1:8080);
+    /// without it, the Redis queue is used directly.
+    #[arg(long, env = "GREENSCALE_URL")]
+    pub url: Option<String>,
+    /// API key for --url. Never logged.
+    #[arg(
+        long,
+        env = "GREENSCALE_GATEWAY_KEY",
+        hide_env_values = true,
+        requires = "url"
+    )]
+    pub api_key: Option<String>,
+}
+
 /// `greenscale submit`.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     #[command(flatten)]
     pub queue: QueueArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// The prompt.
     pub prompt: String,
     /// Wait for the answer and print it (exit status 1 if the job fails).
@@ -213,8 +327,8 @@ pub struct SubmitArgs {
     /// How long --wait waits before giving up (the job keeps running).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Choose the job id (default: a fresh UUID).
-    #[arg(long)]
+    /// Choose the job id (default: a fresh UUID). Only with the queue directly.
+    #[arg(long, conflicts_with = "url")]
     pub job_id: Option<String>,
     /// Model to ask for (default: the worker's).
     #[arg(long)]
@@ -232,6 +346,8 @@ pub struct SubmitArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub queue: QueueArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Show this job's record instead of the queue counts.
     pub job_id: Option<String>,
     /// Print JSON.

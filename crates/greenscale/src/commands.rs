@@ -12,25 +12,34 @@ use greenscale_queue::RedisQueue;
 use greenscale_worker::{OpenAiBackend, OpenAiConfig, WorkerConfig, default_worker_id, run_worker};
 
 use crate::cli::{
-    Command, DeadLetterAction, DeadLetterArgs, DemoModelArgs, GatewayArgs, QueueArgs, StatusArgs,
-    SubmitArgs, WorkerArgs,
+    Command, DeadLetterAction, DeadLetterArgs, DemoModelArgs, GatewayArgs, HttpArgs, QueueArgs,
+    StatusArgs, SubmitArgs, WorkerArgs,
 };
+use crate::client::JobsClient;
 
 /// Runs one subcommand; the exit code says whether it succeeded.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Worker(args) => worker(args).await,
+        Command::Up(args) => crate::up::run(args).await,
         Command::Gateway(args) => gateway(args).await,
         Command::DemoModel(args) => demo_model(args).await,
         Command::Submit(args) => submit(args).await,
         Command::Status(args) => status(args).await,
         Command::DeadLetter(args) => dead_letter(args).await,
         Command::Sim(args) => crate::sim::run(args),
+        Command::ReplicaGuard(args) => {
+            let code = greenscale_autoscaler::run_guard(&args.command.join(" "), args.stop_timeout)
+                .await?;
+            // Exit at once: the runtime would otherwise wait for the thread blocked reading
+            // standard input.
+            std::process::exit(code)
+        }
     }
 }
 
 /// A Redis URL with any password replaced, for logs.
-fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((_, host)) => format!("{scheme}://***@{host}"),
@@ -42,7 +51,7 @@ fn redacted(url: &str) -> String {
 
 async fn open_queue(args: &QueueArgs) -> anyhow::Result<RedisQueue> {
     let url = args.redis_url();
-    let queue = RedisQueue::connect(&url, &args.list, args.queue_config())?;
+    let queue = RedisQueue::connect(&url, &args.list, args.tuning.queue_config())?;
     Ok(queue)
 }
 
@@ -58,7 +67,7 @@ async fn connected_queue(args: &QueueArgs) -> anyhow::Result<RedisQueue> {
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("install SIGTERM handler");
@@ -83,6 +92,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         url: model_url,
         api_key,
         model: args.model.clone(),
+        fixed_model: None,
         temperature: args.temperature,
         max_tokens: args.max_tokens,
         timeout: args.job_timeout,
@@ -101,48 +111,66 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = queue.ping().await {
         tracing::warn!(error = %e, "Redis is not reachable yet; will keep trying");
     }
-    let mut config = WorkerConfig::new(id, args.queue.lease);
+    let mut config = WorkerConfig::new(id, args.queue.tuning.lease);
     config.concurrency = args.concurrency as usize;
     config.grace = args.grace;
     run_worker(
         Arc::new(queue),
         Arc::new(backend),
         config,
+        Arc::default(),
         shutdown_signal(),
     )
     .await;
     Ok(ExitCode::SUCCESS)
 }
 
+/// The gateway for `routes`, configured from the HTTP flags. Fails when the listen address
+/// would expose an unauthenticated API.
+pub(crate) fn build_gateway(
+    http: &HttpArgs,
+    routes: greenscale_gateway::Routes,
+    models: Vec<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<greenscale_gateway::Gateway> {
+    let keys = greenscale_gateway::ApiKeys::new(http.api_keys.clone());
+    greenscale_gateway::check_exposure(&http.listen, &keys).map_err(anyhow::Error::msg)?;
+    let config = greenscale_gateway::GatewayConfig {
+        api_keys: keys,
+        wait_deadline: http.wait_deadline,
+        max_pending: http.max_pending,
+        max_body_bytes: http.max_body_bytes,
+        limits: greenscale_core::Limits {
+            max_prompt_chars: http.max_prompt_chars,
+            ..greenscale_core::Limits::default()
+        },
+        models,
+    };
+    Ok(greenscale_gateway::Gateway::new(routes, config, stop))
+}
+
+/// Binds the HTTP listener, saying which address failed.
+pub(crate) async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))
+}
+
 async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
-    let keys = greenscale_gateway::ApiKeys::new(args.api_keys.clone());
-    greenscale_gateway::check_exposure(&args.listen, &keys).map_err(anyhow::Error::msg)?;
     let queue = open_queue(&args.queue).await?;
     if let Err(e) = queue.ping().await {
         tracing::warn!(error = %e, "Redis is not reachable yet; /readyz will say so until it is");
     }
-    let config = greenscale_gateway::GatewayConfig {
-        api_keys: keys.clone(),
-        wait_deadline: args.wait_deadline,
-        max_pending: args.max_pending,
-        max_body_bytes: args.max_body_bytes,
-        limits: greenscale_core::Limits {
-            max_prompt_chars: args.max_prompt_chars,
-            ..greenscale_core::Limits::default()
-        },
-        models: args.models.clone(),
-    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let gateway = greenscale_gateway::Gateway::new(Arc::new(queue), config, stop_rx);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let routes = greenscale_gateway::Routes::single(Arc::new(queue));
+    let gateway = build_gateway(&args.http, routes, args.models.clone(), stop_rx)?;
+    let listener = bind(args.http.listen).await?;
     tracing::info!(
-        listen = %args.listen,
+        listen = %args.http.listen,
         redis = %redacted(&args.queue.redis_url()),
-        api_keys = if keys.is_empty() { "none (loopback only)" } else { "required" },
+        api_keys = if args.http.api_keys.is_empty() { "none (loopback only)" } else { "required" },
         "gateway listening; OpenAI-compatible base URL http://{}/v1",
-        args.listen
+        args.http.listen
     );
     axum::serve(listener, greenscale_gateway::app(gateway))
         .with_graceful_shutdown(async move {
@@ -186,7 +214,7 @@ fn now_ms() -> u64 {
 }
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let queue = connected_queue(&args.queue).await?;
+    let queue = JobsClient::connect(&args.queue, &args.server).await?;
     let mut spec = JobSpec::from_prompt(args.prompt.clone());
     if let Some(id) = &args.job_id {
         spec.job_id = id.clone();
@@ -275,18 +303,26 @@ fn between(a: Option<u64>, b: Option<u64>) -> String {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let queue = connected_queue(&args.queue).await?;
+    let queue = JobsClient::connect(&args.queue, &args.server).await?;
     let Some(id) = &args.job_id else {
         let s = queue.stats().await?;
+        let pools = queue.pools().await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&s)?);
+            let out = serde_json::json!({"queue": s, "pools": pools});
+            println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
-            println!("queue        {}", args.queue.list);
+            match &args.server.url {
+                Some(url) => println!("server       {url}"),
+                None => println!("queue        {}", args.queue.list),
+            }
             println!("pending      {}", s.pending);
             println!("in-flight    {}", s.in_flight);
             println!("delayed      {}", s.delayed);
             println!("dead-letter  {}", s.dead_letter);
             println!("live workers {}", s.live_workers);
+            for p in &pools {
+                print_pool(p);
+            }
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -333,6 +369,58 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("answer     {result}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one pool of `greenscale up` (as served at /v1/pools).
+fn print_pool(p: &serde_json::Value) {
+    let replicas = p["replicas"].as_array().cloned().unwrap_or_default();
+    let count = |state: &str| replicas.iter().filter(|r| r["state"] == state).count();
+    println!();
+    println!(
+        "pool {}{}  ({}, policy {}, {}..{} replicas × {})",
+        p["name"].as_str().unwrap_or("?"),
+        if p["demo"] == true {
+            " [demo model]"
+        } else {
+            ""
+        },
+        p["kind"].as_str().unwrap_or("?"),
+        p["policy"].as_str().unwrap_or("?"),
+        p["min_replicas"],
+        p["max_replicas"],
+        p["concurrency"],
+    );
+    println!(
+        "  replicas     {} starting, {} ready, {} draining",
+        count("starting"),
+        count("ready"),
+        count("draining")
+    );
+    let cold = &p["cold_starts"];
+    match cold["p50_s"].as_f64() {
+        Some(p50) => println!(
+            "  cold starts  {} (p50 {:.2} s, last {:.2} s)",
+            cold["count"],
+            p50,
+            cold["last_s"].as_f64().unwrap_or(0.0)
+        ),
+        None => println!("  cold starts  none yet"),
+    }
+    println!(
+        "  used         {:.1} replica-hours",
+        p["replica_seconds"].as_f64().unwrap_or(0.0) / 3600.0
+    );
+    if let Some(d) = p["last_decision"].as_object() {
+        println!(
+            "  decision     {} → {} replicas: {}",
+            d["current"],
+            d["desired"],
+            d["reason"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(f) = p["last_failure"].as_str() {
+        println!("  last failure {f} ({} in a row)", p["failures_in_a_row"]);
+    }
 }
 
 async fn dead_letter(args: DeadLetterArgs) -> anyhow::Result<ExitCode> {

@@ -1,8 +1,10 @@
 //! `greenscale`: one binary for every GreenScale role.
 
 mod cli;
+mod client;
 mod commands;
 mod sim;
+mod up;
 
 use clap::Parser;
 

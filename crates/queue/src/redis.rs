@@ -23,7 +23,7 @@ use futures::StreamExt;
 use greenscale_core::{
     Cancelled, DeadLetter, ErrorKind, EventStream, Finished, JobError, JobEvent, JobPage,
     JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance, Outcome, Queue, QueueConfig, QueueError,
-    QueueStats, Usage, parse_entry,
+    QueueStats, Usage, parse_cursor, parse_entry,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
@@ -447,34 +447,25 @@ impl Queue for RedisQueue {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<JobPage, QueueError> {
-        // Cursor: "<enqueue ms>.<entries with that score already returned>".
-        let (mut max, mut skip) = match cursor {
-            None => (f64::INFINITY, 0usize),
-            Some(c) => {
-                let (ms, n) = c.split_once('.').unwrap_or((c, "0"));
-                match (ms.parse::<f64>(), n.parse::<usize>()) {
-                    (Ok(ms), Ok(n)) => (ms, n),
-                    _ => return Err(QueueError::Invalid(format!("bad cursor {c:?}"))),
-                }
-            }
-        };
+        // Cursor: "<enqueue ms>:<id>" of the last entry returned, as in every backend:
+        // entries are ordered by enqueue time, then id, both descending (Redis orders
+        // members of equal score in reverse lexicographic order).
+        let after = parse_cursor(cursor)?;
         let limit = limit.clamp(1, 1000);
+        let max_arg = after
+            .as_ref()
+            .map_or("+inf".to_string(), |(ms, _)| ms.to_string());
         let mut c = self.conn.clone();
         let mut jobs = Vec::new();
-        let mut scanned = 0;
+        let mut offset = 0usize;
         loop {
-            let max_arg = if max.is_infinite() {
-                "+inf".to_string()
-            } else {
-                max.to_string()
-            };
-            let batch: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
+            let batch: Vec<(String, u64)> = redis::cmd("ZREVRANGEBYSCORE")
                 .arg(&self.keys.index)
                 .arg(&max_arg)
                 .arg("-inf")
                 .arg("WITHSCORES")
                 .arg("LIMIT")
-                .arg(skip)
+                .arg(offset)
                 .arg(200)
                 .query_async(&mut c)
                 .await
@@ -485,20 +476,24 @@ impl Queue for RedisQueue {
                     next_cursor: None,
                 });
             }
+            offset += batch.len();
+            let batch: Vec<(String, u64)> = batch
+                .into_iter()
+                .filter(|(id, ms)| {
+                    after
+                        .as_ref()
+                        .is_none_or(|(a_ms, a_id)| ms < a_ms || id.as_str() < a_id.as_str())
+                })
+                .collect();
             let mut pipe = redis::pipe();
             for (id, _) in &batch {
                 pipe.hgetall(record_key(id));
             }
             let records: Vec<std::collections::HashMap<String, String>> =
                 pipe.query_async(&mut c).await.map_err(unavailable)?;
-            for ((id, score), map) in batch.into_iter().zip(records) {
-                scanned += 1;
-                if score == max {
-                    skip += 1;
-                } else {
-                    max = score;
-                    skip = 1;
-                }
+            let mut last = None;
+            for ((id, ms), map) in batch.into_iter().zip(records) {
+                last = Some(format!("{ms}:{id}"));
                 if map.is_empty() {
                     continue; // expired
                 }
@@ -508,15 +503,16 @@ impl Queue for RedisQueue {
                     if jobs.len() == limit {
                         return Ok(JobPage {
                             jobs,
-                            next_cursor: Some(format!("{max}.{skip}")),
+                            next_cursor: last,
                         });
                     }
                 }
             }
-            if scanned >= 5000 {
+            if offset >= 5000 {
+                // A filtered scan this long returns what it found and where to go on.
                 return Ok(JobPage {
                     jobs,
-                    next_cursor: Some(format!("{max}.{skip}")),
+                    next_cursor: last,
                 });
             }
         }

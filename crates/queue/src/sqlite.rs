@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use greenscale_core::{
     Cancelled, DeadLetter, ErrorKind, EventStream, Finished, JobError, JobEvent, JobPage,
     JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance, Outcome, Queue, QueueConfig, QueueError,
-    QueueStats, Usage, parse_entry,
+    QueueStats, Usage, cursor_after, parse_cursor, parse_entry,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{Notify, broadcast};
@@ -162,6 +162,21 @@ impl SqliteQueue {
         self.tx(|tx, ctx| {
             tx.execute(
                 "UPDATE entries SET due_ms = 0 WHERE list = ?1 AND state = 'delayed'",
+                params![ctx.list],
+            )
+            .map(|n| n as u64)
+            .map_err(db_error)
+        })
+        .await
+    }
+
+    /// Treats every worker of this queue as dead now (for the single owner of the database,
+    /// at startup: leases of a previous run are handed back by the next maintenance pass
+    /// instead of waiting for them to expire). Returns how many there were.
+    pub async fn expire_all_workers(&self) -> Result<u64, QueueError> {
+        self.tx(|tx, ctx| {
+            tx.execute(
+                "UPDATE workers SET deadline_ms = 0 WHERE list = ?1",
                 params![ctx.list],
             )
             .map(|n| n as u64)
@@ -403,17 +418,9 @@ impl Queue for SqliteQueue {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<JobPage, QueueError> {
-        let (before_ms, before_id) = match cursor {
+        let (before_ms, before_id) = match parse_cursor(cursor)? {
             None => (i64::MAX, String::new()),
-            Some(c) => {
-                let (ms, id) = c
-                    .split_once(':')
-                    .ok_or_else(|| QueueError::Invalid(format!("bad cursor {c:?}")))?;
-                let ms = ms
-                    .parse::<i64>()
-                    .map_err(|_| QueueError::Invalid(format!("bad cursor {c:?}")))?;
-                (ms, id.to_string())
-            }
+            Some((ms, id)) => (ms.min(i64::MAX as u64) as i64, id),
         };
         let limit = limit.clamp(1, 1000);
         let status = status.map(|s| s.as_str().to_string());
@@ -436,7 +443,7 @@ impl Queue for SqliteQueue {
             let next_cursor = (jobs.len() == limit)
                 .then(|| jobs.last())
                 .flatten()
-                .map(|r| format!("{}:{}", r.enqueued_at_ms.unwrap_or(0), r.id));
+                .map(cursor_after);
             Ok(JobPage { jobs, next_cursor })
         })
         .await

@@ -29,6 +29,9 @@ pub struct OpenAiConfig {
     pub api_key: Option<String>,
     /// Model asked for when a job names none.
     pub model: String,
+    /// When set, the model always asked for, whatever the job names (a pool's own model
+    /// server knows only its own model).
+    pub fixed_model: Option<String>,
     /// Sampling temperature when a job sets none.
     pub temperature: f32,
     /// Generated-token limit when a job sets none.
@@ -43,6 +46,7 @@ impl std::fmt::Debug for OpenAiConfig {
             .field("url", &self.url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("model", &self.model)
+            .field("fixed_model", &self.fixed_model)
             .field("temperature", &self.temperature)
             .field("max_tokens", &self.max_tokens)
             .field("timeout", &self.timeout)
@@ -56,6 +60,7 @@ impl Default for OpenAiConfig {
             url: "http://127.0.0.1:8000/v1".into(),
             api_key: None,
             model: "meta-llama/Llama-3.3-70B-Instruct".into(),
+            fixed_model: None,
             temperature: 0.7,
             max_tokens: 200,
             timeout: Duration::from_secs(600),
@@ -116,7 +121,9 @@ impl OpenAiBackend {
 
     fn request_body(&self, spec: &JobSpec) -> Value {
         json!({
-            "model": spec.model.as_deref().unwrap_or(&self.config.model),
+            "model": self.config.fixed_model.as_deref()
+                .or(spec.model.as_deref())
+                .unwrap_or(&self.config.model),
             "messages": spec.chat_messages(),
             "temperature": spec.temperature.unwrap_or(self.config.temperature),
             "max_tokens": spec.max_tokens.unwrap_or(self.config.max_tokens),

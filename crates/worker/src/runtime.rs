@@ -51,6 +51,21 @@ pub struct WorkerReport {
     pub retried: AtomicU64,
     /// Jobs handed back unfinished at shutdown.
     pub handed_back: AtomicU64,
+    /// Jobs running now.
+    pub in_flight: AtomicU64,
+    /// Finished runs (any outcome) and their total run time, microseconds: the measured
+    /// service time is their ratio.
+    pub runs: AtomicU64,
+    /// Total run time of finished runs, microseconds.
+    pub run_time_us: AtomicU64,
+}
+
+impl WorkerReport {
+    /// Mean run time of finished runs, seconds; `None` before the first.
+    pub fn mean_run_time(&self) -> Option<f64> {
+        let runs = self.runs.load(Ordering::Relaxed);
+        (runs > 0).then(|| self.run_time_us.load(Ordering::Relaxed) as f64 / 1e6 / runs as f64)
+    }
 }
 
 /// A job this worker runs, and the signal that stops it when it is cancelled.
@@ -63,13 +78,14 @@ type Held = Arc<Mutex<HashMap<String, HeldJob>>>;
 
 /// Runs a worker until `shutdown` completes, then stops leasing, lets in-flight jobs finish
 /// within `grace`, hands back the rest and deregisters. Queue outages are waited out.
+/// What it does is counted in `report` as it happens.
 pub async fn run_worker<B: ModelBackend>(
     queue: Arc<dyn Queue>,
     backend: Arc<B>,
     config: WorkerConfig,
+    report: Arc<WorkerReport>,
     shutdown: impl Future<Output = ()>,
 ) -> Arc<WorkerReport> {
-    let report = Arc::new(WorkerReport::default());
     let held: Held = Arc::default();
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let mut tasks = JoinSet::new();
@@ -144,8 +160,10 @@ pub async fn run_worker<B: ModelBackend>(
                 report.clone(),
                 config.id.clone(),
             );
+            report.in_flight.fetch_add(1, Ordering::Relaxed);
             tasks.spawn(async move {
                 run_one(&*queue, &*backend, &worker, &job, &stop, &report).await;
+                report.in_flight.fetch_sub(1, Ordering::Relaxed);
                 held.lock()
                     .expect("held jobs lock")
                     .remove(&job.spec.job_id);
@@ -168,6 +186,7 @@ pub async fn run_worker<B: ModelBackend>(
     if !drained {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        report.in_flight.store(0, Ordering::Relaxed);
         let unfinished: Vec<LeasedJob> = held
             .lock()
             .expect("held jobs lock")
@@ -238,7 +257,12 @@ async fn run_one<B: ModelBackend>(
             })
         }
     };
-    let run_ms = started.elapsed().as_millis() as u64;
+    let run_time = started.elapsed();
+    let run_ms = run_time.as_millis() as u64;
+    report.runs.fetch_add(1, Ordering::Relaxed);
+    report
+        .run_time_us
+        .fetch_add(run_time.as_micros() as u64, Ordering::Relaxed);
     let error = match &outcome {
         Outcome::Failed(e) => Some(e.clone()),
         Outcome::Succeeded(_) => None,

@@ -26,7 +26,7 @@ fn start_worker(queue: Arc<RedisQueue>, upstream_url: &str, concurrency: usize) 
     config.maintain_every = Duration::from_millis(50);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        run_worker(queue, Arc::new(backend), config, async {
+        run_worker(queue, Arc::new(backend), config, Arc::default(), async {
             let _ = stopped.await;
         })
         .await;

@@ -1,0 +1,432 @@
+//! Pools: what `greenscale up` scales. Read from an optional TOML file (`[[pool]]` tables)
+//! or built from command-line shortcuts. Every error names the file, the line and the field.
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use greenscale_core::parse_duration;
+use greenscale_core::policy::{Spec, build};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// How a pool's replicas reach a model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoolBackend {
+    /// Each replica is a local model-server process started from `command`.
+    Command {
+        /// Shell command line; `{port}` is replaced by the replica's port.
+        command: String,
+        /// Path answered with 200 once the model is loaded (e.g. `/health`).
+        health_path: String,
+    },
+    /// Replicas call a remote OpenAI-compatible API; no local process.
+    Remote {
+        /// Base URL (`https://host/v1`) or full chat-completions URL.
+        url: String,
+        /// Bearer key for the API. Never logged.
+        api_key: Option<String>,
+    },
+}
+
+/// One pool: the replicas serving one model name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// The model name clients ask for; jobs are routed by it.
+    pub name: String,
+    /// Local processes or a remote API.
+    pub backend: PoolBackend,
+    /// Model name sent to the server (default: the pool name).
+    pub upstream_model: Option<String>,
+    /// Jobs one replica runs at once.
+    pub concurrency: u32,
+    /// Replicas kept even when idle.
+    pub min_replicas: u32,
+    /// Replica limit.
+    pub max_replicas: u32,
+    /// Scaling policy spec (see `greenscale sim --help`), e.g. `greenscale:cold_cost=120`.
+    pub policy: String,
+    /// Cost of one replica for one hour, in the user's currency (for the dashboard).
+    pub cost_per_hour: f64,
+    /// How long a starting replica may take to pass its health check.
+    pub startup_timeout: Duration,
+    /// After SIGTERM, how long a model server may take to exit before SIGKILL.
+    pub stop_timeout: Duration,
+    /// How long in-flight jobs may run on a draining replica before they are handed back.
+    pub drain_grace: Duration,
+    /// Whether this is the built-in demo pool (a fake model; said so in logs and dashboard).
+    pub demo: bool,
+}
+
+impl PoolConfig {
+    /// A pool with default settings around `backend`.
+    pub fn new(name: impl Into<String>, backend: PoolBackend) -> Self {
+        PoolConfig {
+            name: name.into(),
+            backend,
+            upstream_model: None,
+            concurrency: 4,
+            min_replicas: 0,
+            max_replicas: 4,
+            policy: "greenscale".into(),
+            cost_per_hour: 1.0,
+            startup_timeout: Duration::from_secs(600),
+            stop_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_secs(25),
+            demo: false,
+        }
+    }
+
+    /// The model name sent upstream.
+    pub fn upstream_model(&self) -> &str {
+        self.upstream_model.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    pool: Vec<Spanned<RawPool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Spanned<String>,
+    command: Option<Spanned<String>>,
+    health_path: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    api_key: Option<String>,
+    api_key_env: Option<Spanned<String>>,
+    upstream_model: Option<String>,
+    concurrency: Option<Spanned<u32>>,
+    min_replicas: Option<u32>,
+    max_replicas: Option<Spanned<u32>>,
+    policy: Option<Spanned<String>>,
+    cost_per_hour: Option<Spanned<f64>>,
+    startup_timeout: Option<Spanned<String>>,
+    stop_timeout: Option<Spanned<String>>,
+    drain_grace: Option<Spanned<String>>,
+}
+
+/// Reads and checks a pools file.
+pub fn load(path: &Path) -> Result<Vec<PoolConfig>, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: 0,
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    parse(&file, &text)
+}
+
+/// Parses and checks the text of a pools file named `file` (for messages).
+pub fn parse(file: &str, text: &str) -> Result<Vec<PoolConfig>, ConfigError> {
+    let at = |span: Range<usize>, message: String| ConfigError {
+        file: file.to_string(),
+        line: line_of(text, span.start),
+        message,
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim_end().replace('\n', " ");
+        // Type errors point at a value: name the key of that line.
+        let key = text[..span.start.min(text.len())]
+            .rsplit('\n')
+            .next()
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim().trim_matches('"').to_string())
+            .filter(|k| !k.is_empty() && !message.contains(k.as_str()));
+        match key {
+            Some(k) => at(span, format!("field `{k}`: {message}")),
+            None => at(span, message),
+        }
+    })?;
+    if raw.pool.is_empty() {
+        return Err(at(
+            0..0,
+            "no pools: add at least one [[pool]] table with a name and a command or url".into(),
+        ));
+    }
+    let mut pools: Vec<PoolConfig> = Vec::new();
+    for spanned in raw.pool {
+        let pool_span = spanned.span();
+        let p = spanned.into_inner();
+        let name = p.name.get_ref().trim().to_string();
+        if name.is_empty() || name.chars().any(|c| c.is_control()) {
+            return Err(at(
+                p.name.span(),
+                "field `name`: must be a non-empty model name".into(),
+            ));
+        }
+        if pools.iter().any(|q| q.name == name) {
+            return Err(at(
+                p.name.span(),
+                format!("field `name`: pool {name:?} is defined twice"),
+            ));
+        }
+        let field = |span: Range<usize>, field: &str, m: String| {
+            at(span, format!("pool {name:?}: field `{field}`: {m}"))
+        };
+        let backend = match (p.command, p.url) {
+            (Some(_), Some(url)) => {
+                return Err(field(
+                    url.span(),
+                    "url",
+                    "give either `command` or `url`, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(at(
+                    pool_span,
+                    format!(
+                        "pool {name:?}: needs a `command` (a local model server) or a `url` (a remote API)"
+                    ),
+                ));
+            }
+            (Some(command), None) => {
+                if let Some(k) = &p.api_key_env {
+                    return Err(field(
+                        k.span(),
+                        "api_key_env",
+                        "only for pools with a `url`".into(),
+                    ));
+                }
+                let span = command.span();
+                let command = command.into_inner();
+                if !command.contains("{port}") {
+                    return Err(field(
+                        span,
+                        "command",
+                        "must contain {port}, where the replica's port goes (e.g. `llama-server -m model.gguf --port {port}`)".into(),
+                    ));
+                }
+                let health_path = match p.health_path {
+                    Some(h) if !h.get_ref().starts_with('/') => {
+                        return Err(field(h.span(), "health_path", "must start with /".into()));
+                    }
+                    Some(h) => h.into_inner(),
+                    None => "/health".into(),
+                };
+                PoolBackend::Command {
+                    command,
+                    health_path,
+                }
+            }
+            (None, Some(url)) => {
+                if let Some(h) = &p.health_path {
+                    return Err(field(
+                        h.span(),
+                        "health_path",
+                        "only for pools with a `command`".into(),
+                    ));
+                }
+                let span = url.span();
+                let url = url.into_inner();
+                greenscale_worker::chat_completions_url(&url).map_err(|e| field(span, "url", e))?;
+                let api_key = match (p.api_key, p.api_key_env) {
+                    (Some(key), None) => Some(key),
+                    (None, Some(var)) => {
+                        let span = var.span();
+                        let var = var.into_inner();
+                        Some(
+                            std::env::var(&var)
+                                .ok()
+                                .filter(|v| !v.is_empty())
+                                .ok_or_else(|| {
+                                    field(
+                                        span,
+                                        "api_key_env",
+                                        format!("environment variable {var} is not set"),
+                                    )
+                                })?,
+                        )
+                    }
+                    (None, None) => None,
+                    (Some(_), Some(var)) => {
+                        return Err(field(
+                            var.span(),
+                            "api_key_env",
+                            "give either `api_key` or `api_key_env`, not both".into(),
+                        ));
+                    }
+                };
+                PoolBackend::Remote { url, api_key }
+            }
+        };
+        let mut pool = PoolConfig::new(name.clone(), backend);
+        pool.upstream_model = p.upstream_model;
+        if let Some(c) = p.concurrency {
+            if *c.get_ref() == 0 {
+                return Err(field(c.span(), "concurrency", "must be at least 1".into()));
+            }
+            pool.concurrency = c.into_inner();
+        }
+        pool.min_replicas = p.min_replicas.unwrap_or(0);
+        if let Some(m) = p.max_replicas {
+            if *m.get_ref() == 0 || *m.get_ref() < pool.min_replicas {
+                return Err(field(
+                    m.span(),
+                    "max_replicas",
+                    format!(
+                        "must be at least 1 and at least min_replicas ({})",
+                        pool.min_replicas
+                    ),
+                ));
+            }
+            pool.max_replicas = m.into_inner();
+        } else {
+            pool.max_replicas = pool.max_replicas.max(pool.min_replicas);
+        }
+        if let Some(policy) = p.policy {
+            check_policy(policy.get_ref()).map_err(|m| field(policy.span(), "policy", m))?;
+            pool.policy = policy.into_inner();
+        }
+        if let Some(c) = p.cost_per_hour {
+            if !c.get_ref().is_finite() || *c.get_ref() < 0.0 {
+                return Err(field(
+                    c.span(),
+                    "cost_per_hour",
+                    "must be a number ≥ 0".into(),
+                ));
+            }
+            pool.cost_per_hour = c.into_inner();
+        }
+        for (value, name, slot) in [
+            (
+                p.startup_timeout,
+                "startup_timeout",
+                &mut pool.startup_timeout,
+            ),
+            (p.stop_timeout, "stop_timeout", &mut pool.stop_timeout),
+            (p.drain_grace, "drain_grace", &mut pool.drain_grace),
+        ] {
+            if let Some(v) = value {
+                *slot = parse_duration(v.get_ref()).map_err(|m| field(v.span(), name, m))?;
+            }
+        }
+        pools.push(pool);
+    }
+    Ok(pools)
+}
+
+/// Checks that a policy spec names one known policy with valid parameters.
+pub fn check_policy(text: &str) -> Result<(), String> {
+    let spec = Spec::parse(text).map_err(|e| e.message)?;
+    build(&spec).map(|_| ()).map_err(|e| e.message)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse("pools.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_file_is_read() {
+        let pools = parse(
+            "pools.toml",
+            r#"
+[[pool]]
+name = "llama-8b"
+command = "llama-server -m model.gguf --port {port}"
+concurrency = 2
+max_replicas = 3
+policy = "keepalive:5m"
+cost_per_hour = 2.5
+startup_timeout = "2m"
+
+[[pool]]
+name = "big"
+url = "https://api.example.com/v1"
+api_key = "k"
+upstream_model = "meta-llama/Llama-3.3-70B-Instruct"
+"#,
+        )
+        .unwrap();
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0].concurrency, 2);
+        assert_eq!(pools[0].max_replicas, 3);
+        assert_eq!(pools[0].startup_timeout, Duration::from_secs(120));
+        assert_eq!(
+            pools[0].backend,
+            PoolBackend::Command {
+                command: "llama-server -m model.gguf --port {port}".into(),
+                health_path: "/health".into()
+            }
+        );
+        assert_eq!(
+            pools[1].upstream_model(),
+            "meta-llama/Llama-3.3-70B-Instruct"
+        );
+        assert_eq!(pools[0].upstream_model(), "llama-8b");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let text = "[[pool]]\nname = \"a\"\ncommand = \"srv --port {port}\"\nconcurency = 2\n";
+        let e = err(text);
+        assert!(e.starts_with("pools.toml:4: "), "{e}");
+        assert!(e.contains("concurency"), "{e}");
+
+        let e = err("[[pool]]\nname = \"a\"\ncommand = \"srv\"\n");
+        assert!(e.starts_with("pools.toml:3: "), "{e}");
+        assert!(e.contains("`command`") && e.contains("{port}"), "{e}");
+
+        let e = err("[[pool]]\nname = \"a\"\ncommand = \"s {port}\"\npolicy = \"keda:bogus=1\"\n");
+        assert!(
+            e.starts_with("pools.toml:4: ") && e.contains("`policy`"),
+            "{e}"
+        );
+
+        let e = err("[[pool]]\nname = \"a\"\ncommand = \"s {port}\"\nmax_replicas = 0\n");
+        assert!(
+            e.starts_with("pools.toml:4: ") && e.contains("max_replicas"),
+            "{e}"
+        );
+
+        let e = err("[[pool]]\nname = \"a\"\ncommand = \"s {port}\"\nconcurrency = \"two\"\n");
+        assert!(e.starts_with("pools.toml:4: field `concurrency`"), "{e}");
+
+        let e = err("[[pool]]\nname = \"a\"\n");
+        assert!(e.contains("needs a `command`"), "{e}");
+
+        let e = err("[[pool]]\nname = \"a\"\nurl = \"ftp://x\"\n");
+        assert!(
+            e.starts_with("pools.toml:3: ") && e.contains("`url`"),
+            "{e}"
+        );
+
+        let e = err(
+            "[[pool]]\nname = \"a\"\nurl = \"http://x\"\n[[pool]]\nname = \"a\"\nurl = \"http://y\"\n",
+        );
+        assert!(
+            e.starts_with("pools.toml:5: ") && e.contains("twice"),
+            "{e}"
+        );
+
+        let e = err("[[pool]\nname = 1");
+        assert!(e.starts_with("pools.toml:1: "), "{e}");
+
+        assert!(err("").contains("no pools"));
+    }
+}

@@ -1,0 +1,19 @@
+//! GreenScale's single-machine autoscaler: pools of local model-server processes (or remote
+//! APIs), each replica with an in-process worker, scaled by the policy engine.
+//!
+//! - [`config`]: the pools file and its checks;
+//! - [`process`]: model-server processes (guard, health check, stop);
+//! - [`pool`]: a pool at run time — replicas, measurements, recorded decisions;
+//! - [`autoscaler`]: the observe → decide → act loop;
+//! - [`metrics`]: Prometheus metrics of the pools.
+
+pub mod autoscaler;
+pub mod config;
+pub mod metrics;
+pub mod pool;
+pub mod process;
+
+pub use config::{ConfigError, PoolBackend, PoolConfig};
+pub use metrics::AutoscalerMetrics;
+pub use pool::{Pool, PoolStatus, ReplicaState};
+pub use process::{GuardProgram, run_guard};

@@ -1,0 +1,160 @@
+//! Prometheus metrics of the pools: replicas by state, cold-start durations, starts,
+//! failures, replica-seconds and desired replicas, each labelled with the pool.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolStateLabel {
+    pool: String,
+    state: &'static str,
+}
+
+/// The metric families, registered once; [`AutoscalerMetrics::pool`] hands out one pool's
+/// share.
+#[derive(Clone)]
+pub struct AutoscalerMetrics {
+    replicas: Family<PoolStateLabel, Gauge>,
+    desired: Family<PoolLabel, Gauge>,
+    cold_start: Family<PoolLabel, Histogram, fn() -> Histogram>,
+    starts: Family<PoolLabel, Counter>,
+    failures: Family<PoolLabel, Counter>,
+    decisions: Family<PoolLabel, Counter>,
+    replica_seconds: Family<PoolLabel, Counter<f64>>,
+}
+
+fn cold_start_histogram() -> Histogram {
+    // 50 ms … ~14 min.
+    Histogram::new(exponential_buckets(0.05, 2.0, 15))
+}
+
+impl AutoscalerMetrics {
+    /// Registers the families in `registry` (which adds the `greenscale_` prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = AutoscalerMetrics {
+            replicas: Family::default(),
+            desired: Family::default(),
+            cold_start: Family::new_with_constructor(cold_start_histogram),
+            starts: Family::default(),
+            failures: Family::default(),
+            decisions: Family::default(),
+            replica_seconds: Family::default(),
+        };
+        registry.register(
+            "replicas",
+            "Replicas by state (starting, ready, draining)",
+            m.replicas.clone(),
+        );
+        registry.register(
+            "desired_replicas",
+            "Replicas the scaling policy last asked for",
+            m.desired.clone(),
+        );
+        registry.register(
+            "cold_start_seconds",
+            "Time from starting a replica to its first passed health check",
+            m.cold_start.clone(),
+        );
+        registry.register("replica_starts", "Replicas started", m.starts.clone());
+        registry.register(
+            "replica_failures",
+            "Replicas that failed to start or crashed",
+            m.failures.clone(),
+        );
+        registry.register(
+            "scaling_decisions",
+            "Recorded scaling decisions (changes of desired count or reason)",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "replica_seconds",
+            "Lifetime of stopped replicas, seconds (start to stop, loading included)",
+            m.replica_seconds.clone(),
+        );
+        m
+    }
+
+    /// The metrics of one pool.
+    pub fn pool(&self, name: &str) -> PoolMetrics {
+        PoolMetrics {
+            families: self.clone(),
+            pool: name.to_string(),
+        }
+    }
+}
+
+/// One pool's metrics.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    families: AutoscalerMetrics,
+    pool: String,
+}
+
+impl PoolMetrics {
+    fn label(&self) -> PoolLabel {
+        PoolLabel {
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// Sets the replica counts by state.
+    pub fn set_replicas(&self, starting: i64, ready: i64, draining: i64) {
+        for (state, n) in [
+            ("starting", starting),
+            ("ready", ready),
+            ("draining", draining),
+        ] {
+            self.families
+                .replicas
+                .get_or_create(&PoolStateLabel {
+                    pool: self.pool.clone(),
+                    state,
+                })
+                .set(n);
+        }
+    }
+
+    /// Records a decision asking for `desired` replicas.
+    pub fn decision(&self, desired: u32) {
+        self.families
+            .desired
+            .get_or_create(&self.label())
+            .set(desired as i64);
+        self.families.decisions.get_or_create(&self.label()).inc();
+    }
+
+    /// Records a measured cold start.
+    pub fn cold_start(&self, seconds: f64) {
+        self.families
+            .cold_start
+            .get_or_create(&self.label())
+            .observe(seconds);
+    }
+
+    /// Counts a started replica.
+    pub fn replica_started(&self) {
+        self.families.starts.get_or_create(&self.label()).inc();
+    }
+
+    /// Counts a failed start or crash.
+    pub fn failure(&self) {
+        self.families.failures.get_or_create(&self.label()).inc();
+    }
+
+    /// Adds a stopped replica's lifetime.
+    pub fn replica_seconds(&self, seconds: f64) {
+        self.families
+            .replica_seconds
+            .get_or_create(&self.label())
+            .inc_by(seconds);
+    }
+}

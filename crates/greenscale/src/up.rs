@@ -1,0 +1,292 @@
+//! `greenscale up`: the whole system on one machine — gateway, embedded queue (or Redis),
+//! autoscaler and supervised model servers.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use greenscale_autoscaler::{
+    AutoscalerMetrics, GuardProgram, Pool, PoolBackend, PoolConfig, autoscaler, config,
+};
+use greenscale_core::Queue;
+use greenscale_gateway::{Route, Routes};
+use greenscale_queue::{RedisQueue, SqliteQueue};
+
+use crate::cli::UpArgs;
+use crate::commands::{bind, build_gateway, redacted, shutdown_signal};
+
+/// The pools `up` runs: from the file, the single-pool flags, or the demo pool.
+fn pools(args: &UpArgs) -> anyhow::Result<Vec<PoolConfig>> {
+    if let Some(path) = &args.config {
+        return Ok(config::load(path)?);
+    }
+    let single = |backend: PoolBackend, name: String| -> anyhow::Result<PoolConfig> {
+        config::check_policy(&args.policy).map_err(|m| anyhow::anyhow!("--policy: {m}"))?;
+        let mut pool = PoolConfig::new(name, backend);
+        pool.policy = args.policy.clone();
+        pool.concurrency = args.concurrency;
+        pool.max_replicas = args.max_replicas;
+        pool.startup_timeout = args.startup_timeout;
+        Ok(pool)
+    };
+    let name = || args.model.clone().unwrap_or_else(|| "default".into());
+    if let Some(command) = &args.model_cmd {
+        if !command.contains("{port}") {
+            bail!(
+                "--model-cmd must contain {{port}}, where each replica's port goes \
+                 (e.g. \"llama-server -m model.gguf --port {{port}}\")"
+            );
+        }
+        if !args.health_path.starts_with('/') {
+            bail!("--health-path must start with /");
+        }
+        let backend = PoolBackend::Command {
+            command: command.clone(),
+            health_path: args.health_path.clone(),
+        };
+        return Ok(vec![single(backend, name())?]);
+    }
+    if let Some(url) = &args.model_url {
+        greenscale_worker::chat_completions_url(url)
+            .map_err(|m| anyhow::anyhow!("--model-url: {m}"))?;
+        let backend = PoolBackend::Remote {
+            url: url.clone(),
+            api_key: args.model_api_key.clone(),
+        };
+        return Ok(vec![single(backend, name())?]);
+    }
+    let exe = std::env::current_exe().context("cannot find the greenscale executable")?;
+    let command = format!(
+        "{} demo-model --port {{port}} --load-time {}ms --tokens-per-sec {}",
+        shell_quote(&exe.to_string_lossy()),
+        args.demo_load_time.as_millis(),
+        args.demo_tokens_per_sec
+    );
+    let mut pool = single(
+        PoolBackend::Command {
+            command,
+            health_path: "/health".into(),
+        },
+        args.model.clone().unwrap_or_else(|| "demo".into()),
+    )?;
+    pool.demo = true;
+    pool.startup_timeout = args.demo_load_time + Duration::from_secs(30);
+    pool.stop_timeout = Duration::from_secs(5);
+    Ok(vec![pool])
+}
+
+/// Quotes `s` for `sh -c`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The data folder, created if needed, and locked so that a second `up` cannot use it.
+fn open_data_dir(dir: &Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot open the data folder {}", dir.display()))?;
+    let lock_path = dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot write in the data folder {}", dir.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another `greenscale up` is using {}; stop it, or pass a different --data-dir",
+            dir.display()
+        );
+    }
+    Ok((dir, lock))
+}
+
+/// Opens one queue per pool.
+async fn open_queues(
+    args: &UpArgs,
+    pools: &[PoolConfig],
+    data_dir: &Path,
+) -> anyhow::Result<(Vec<Arc<dyn Queue>>, String)> {
+    let config = args.tuning.queue_config();
+    let mut queues: Vec<Arc<dyn Queue>> = Vec::new();
+    if let Some(url) = &args.queue {
+        if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+            bail!("--queue must be a redis:// URL (without it, the embedded SQLite queue is used)");
+        }
+        for pool in pools {
+            let queue = RedisQueue::connect(url, &pool.name, config.clone())?;
+            queue
+                .ping()
+                .await
+                .with_context(|| format!("cannot reach Redis at {}", redacted(url)))?;
+            queues.push(Arc::new(queue));
+        }
+        return Ok((
+            queues,
+            format!("Redis at {} (a list per pool)", redacted(url)),
+        ));
+    }
+    let db = data_dir.join("queue.db");
+    for pool in pools {
+        let queue = SqliteQueue::open(&db, &pool.name, config.clone())?;
+        // This process holds the data folder's lock: workers registered by an earlier run
+        // are gone, so what they held goes back to the queue now.
+        let stale = queue.expire_all_workers().await?;
+        if stale > 0 {
+            queue.maintain().await?;
+            tracing::info!(pool = %pool.name, workers = stale, "handed back the jobs of the previous run's workers");
+        }
+        queues.push(Arc::new(queue));
+    }
+    Ok((queues, format!("SQLite at {}", db.display())))
+}
+
+fn describe(pool: &PoolConfig) -> String {
+    let what = match &pool.backend {
+        _ if pool.demo => {
+            "the built-in demo model (a fake model writing deterministic text, not an LLM)"
+                .to_string()
+        }
+        PoolBackend::Command { command, .. } => format!("local servers: {command}"),
+        PoolBackend::Remote { url, .. } => format!("remote API {url}"),
+    };
+    format!(
+        "{} — {what}; {}..{} replicas × {} jobs, policy {}",
+        pool.name, pool.min_replicas, pool.max_replicas, pool.concurrency, pool.policy
+    )
+}
+
+/// Runs `greenscale up` until SIGINT or SIGTERM, then drains and stops every replica.
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let pool_configs = pools(&args)?;
+    let (data_dir, _lock) = open_data_dir(&args.data_dir)?;
+    let (queues, queue_text) = open_queues(&args, &pool_configs, &data_dir).await?;
+    let names: Vec<String> = pool_configs.iter().map(|p| p.name.clone()).collect();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let guard = GuardProgram {
+        program: std::env::current_exe().context("cannot find the greenscale executable")?,
+        args: vec!["replica-guard".into()],
+    };
+    // The gateway needs the routes, the routes need the pools, and the pools register
+    // their metrics in the gateway's registry: build the registry first.
+    let metrics = Arc::new(greenscale_gateway::Metrics::new());
+    let pool_metrics = {
+        let mut registry = metrics.registry().lock().expect("registry lock");
+        AutoscalerMetrics::register(&mut registry)
+    };
+    let pools: Vec<Arc<Pool>> = pool_configs
+        .iter()
+        .zip(&queues)
+        .map(|(cfg, queue)| {
+            Pool::new(
+                cfg.clone(),
+                queue.clone(),
+                args.tuning.lease,
+                guard.clone(),
+                pool_metrics.pool(&cfg.name),
+            )
+        })
+        .collect();
+    let routes = Routes::pools(
+        pools
+            .iter()
+            .map(|p| {
+                let pool = p.clone();
+                Route {
+                    name: p.config().name.clone(),
+                    queue: p.queue().clone(),
+                    on_arrival: Some(Arc::new(move || pool.job_arrived())),
+                }
+            })
+            .collect(),
+    );
+    let gateway =
+        build_gateway(&args.http, routes, names.clone(), stop_rx.clone())?.with_metrics(metrics);
+    let listener = bind(args.http.listen).await?;
+    let pools_api = {
+        let pools = pools.clone();
+        axum::Router::new().route(
+            "/v1/pools",
+            axum::routing::get(move || {
+                let pools = pools.clone();
+                async move { axum::Json(pools.iter().map(|p| p.status()).collect::<Vec<_>>()) }
+            }),
+        )
+    };
+    let app = greenscale_gateway::app_with(gateway, pools_api);
+
+    let base = format!("http://{}", args.http.listen);
+    let key_flag = if args.http.api_keys.is_empty() {
+        ""
+    } else {
+        " --api-key KEY"
+    };
+    println!("GreenScale is up.");
+    println!(
+        "  API (OpenAI-compatible): {base}/v1   models: {}",
+        names.join(", ")
+    );
+    println!("  Pool status:             {base}/v1/pools");
+    println!("  Metrics:                 {base}/metrics");
+    println!(
+        "  Data:                    {} (queue: {queue_text})",
+        data_dir.display()
+    );
+    for p in &pool_configs {
+        println!("  Pool {}", describe(p));
+    }
+    println!("Submit a job:");
+    println!("  greenscale submit --url {base}{key_flag} --wait \"Write a haiku about idle GPUs\"");
+    println!("Stop with Ctrl-C: running jobs finish, then every model server is stopped.");
+    tracing::info!(
+        listen = %args.http.listen,
+        data_dir = %data_dir.display(),
+        queue = %queue_text,
+        pools = %names.join(","),
+        "greenscale up"
+    );
+    for p in &pool_configs {
+        if p.demo {
+            tracing::info!(pool = %p.name, "this is a demo pool: its model writes deterministic text, it is not an LLM");
+        }
+    }
+
+    let loops: Vec<_> = pools
+        .iter()
+        .map(|p| tokio::spawn(autoscaler::run_pool(p.clone(), stop_rx.clone())))
+        .collect();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    for l in loops {
+        let _ = l.await;
+    }
+    let replicas: usize = pools.iter().map(|p| p.replica_count()).sum();
+    tracing::info!(replicas, "stopping: draining every replica");
+    for p in &pools {
+        p.stop_all();
+    }
+    for p in &pools {
+        p.stopped().await;
+    }
+    tracing::info!("all replicas stopped; bye");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_quotes() {
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+}

@@ -1,0 +1,523 @@
+//! `greenscale up` from the built binary: the demo pool scaling 0 → k → 0, a model server
+//! killed mid-job, SIGTERM with jobs running and a restart, a remote-API pool, and broken
+//! configs and commands.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use greenscale_testkit::free_port;
+use serde_json::{Value, json};
+
+mod common;
+use common::{Process, demo_model};
+
+struct Up {
+    process: Process,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Up {
+    /// Starts `greenscale up` with its data in `dir`, and waits until it answers.
+    async fn start(dir: &Path, name: &str, extra: &[&str]) -> Up {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let data = dir.join("data");
+        let mut args = vec![
+            "up",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let process = Process::spawn(dir, name, &args);
+        let up = Up {
+            process,
+            base: format!("http://{listen}"),
+            client: reqwest::Client::new(),
+        };
+        let started = Instant::now();
+        while up.client.get(up.url("/healthz")).send().await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "up did not start: {}",
+                up.process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        up
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn submit(&self, body: Value) -> String {
+        let r = self
+            .client
+            .post(self.url("/v1/jobs"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        self.get(&format!("/v1/jobs/{id}")).await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn pool(&self) -> Value {
+        self.get("/v1/pools").await[0].clone()
+    }
+
+    /// Polls until `check` holds; panics with the log after `within`.
+    async fn wait_for<F, Fut>(&self, what: &str, within: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while !check().await {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for: {what}\n--- log ---\n{}",
+                self.process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn replicas(pool: &Value) -> usize {
+    pool["replicas"].as_array().unwrap().len()
+}
+
+/// Process ids in process group `pgid`.
+fn group_members(pgid: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name: state, ppid, pgrp, ...
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields[0] != "Z" && fields[2].parse::<u64>() == Ok(pgid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn cmdline(pid: u64) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .replace('\0', " ")
+}
+
+fn pgids(pool: &Value) -> Vec<u64> {
+    pool["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["pgid"].as_u64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_wakes_the_demo_pool_from_zero_and_it_returns_to_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        dir.path(),
+        "up",
+        &[
+            "--demo-load-time",
+            "1s",
+            "--concurrency",
+            "2",
+            "--max-replicas",
+            "4",
+            "--policy",
+            "greenscale:cold_cost=2",
+        ],
+    )
+    .await;
+    let pool = up.pool().await;
+    assert_eq!(pool["name"], "demo");
+    assert_eq!(pool["demo"], true);
+    assert_eq!(replicas(&pool), 0, "starts at zero");
+
+    let submits =
+        (0..30).map(|i| up.submit(json!({"prompt": format!("job {i}"), "max_tokens": 20})));
+    let ids = futures::future::join_all(submits).await;
+
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool = up.pool().await;
+        peak = peak.max(replicas(&pool));
+        let jobs = up.get("/v1/jobs?limit=100").await;
+        let done = jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["status"] == "succeeded")
+            .count();
+        if done == ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs did not finish: {}",
+            up.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        peak > 1,
+        "a burst of 30 at concurrency 2 needs more than one replica; peak {peak}"
+    );
+    for id in &ids {
+        let job = up.job(id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert!(
+            job["worker_id"].as_str().unwrap().contains("demo-"),
+            "{job}"
+        );
+    }
+
+    up.wait_for("replicas back to zero", Duration::from_secs(30), || async {
+        replicas(&up.pool().await) == 0
+    })
+    .await;
+    let pool = up.pool().await;
+    let cold = &pool["cold_starts"];
+    assert!(cold["count"].as_u64().unwrap() >= 2, "{pool}");
+    assert!(
+        cold["p50_s"].as_f64().unwrap() >= 1.0,
+        "cold start below the 1 s load time: {pool}"
+    );
+    assert!(cold["last_s"].as_f64().unwrap() >= 1.0, "{pool}");
+    let decisions = pool["decisions"].as_array().unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["on_arrival"] == true && d["desired"].as_u64() > Some(0)),
+        "waking from zero was decided on arrival: {pool}"
+    );
+    assert!(
+        decisions.last().unwrap()["desired"] == 0,
+        "the last decision scales to zero: {pool}"
+    );
+    assert!(pool["replica_seconds"].as_f64().unwrap() > 1.0);
+    let metrics = up
+        .client
+        .get(up.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("greenscale_cold_start_seconds_count{pool=\"demo\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("greenscale_replicas{pool=\"demo\",state=\"ready\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_server_killed_mid_job_is_replaced_and_the_job_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        dir.path(),
+        "up",
+        &[
+            "--demo-load-time",
+            "500ms",
+            "--demo-tokens-per-sec",
+            "10",
+            "--concurrency",
+            "1",
+        ],
+    )
+    .await;
+    let id = up
+        .submit(json!({"prompt": "a long answer please", "max_tokens": 60}))
+        .await;
+    up.wait_for("the job runs", Duration::from_secs(20), || async {
+        up.job(&id).await["status"] == "running"
+    })
+    .await;
+    let pool = up.pool().await;
+    let group = pgids(&pool)[0];
+    let servers: Vec<u64> = group_members(group)
+        .into_iter()
+        .filter(|&p| cmdline(p).contains("demo-model"))
+        .collect();
+    assert!(!servers.is_empty(), "no model server in group {group}");
+    for pid in &servers {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    up.wait_for(
+        "the job succeeds on another replica",
+        Duration::from_secs(60),
+        || async { up.job(&id).await["status"] == "succeeded" },
+    )
+    .await;
+    let job = up.job(&id).await;
+    assert!(job["attempts"].as_u64().unwrap() >= 2, "{job}");
+    let pool = up.pool().await;
+    assert!(
+        pool["cold_starts"]["count"].as_u64().unwrap() >= 2,
+        "replaced: {pool}"
+    );
+    assert!(
+        pool["last_failure"]
+            .as_str()
+            .unwrap()
+            .contains("exited unexpectedly"),
+        "{pool}"
+    );
+    assert!(
+        group_members(group).is_empty(),
+        "the dead replica's group is cleaned up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_leaves_no_process_and_queued_jobs_complete_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--demo-load-time",
+        "300ms",
+        "--demo-tokens-per-sec",
+        "20",
+        "--concurrency",
+        "1",
+        "--max-replicas",
+        "1",
+    ];
+    let mut up = Up::start(dir.path(), "up-1", &flags).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            up.submit(json!({"prompt": format!("job {i}"), "max_tokens": 30}))
+                .await,
+        );
+    }
+    up.wait_for("a job runs", Duration::from_secs(20), || async {
+        up.job(&ids[0]).await["status"] == "running"
+    })
+    .await;
+    let groups = pgids(&up.pool().await);
+    assert!(!groups.is_empty());
+    up.process.signal("TERM");
+    let status = up.process.wait_exit(Duration::from_secs(40));
+    assert!(
+        status.success(),
+        "up exits 0 after draining: {}",
+        up.process.log()
+    );
+    for g in &groups {
+        assert!(group_members(*g).is_empty(), "a model server outlived up");
+    }
+    let log = up.process.log();
+    assert!(log.contains("draining"), "{log}");
+
+    let up = Up::start(dir.path(), "up-2", &flags).await;
+    for id in &ids {
+        up.wait_for(
+            "every job completes after the restart",
+            Duration::from_secs(60),
+            || async { up.job(id).await["status"] == "succeeded" },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_api_pool_runs_jobs_without_local_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = demo_model(0.0);
+    let up = Up::start(
+        dir.path(),
+        "up",
+        &["--model-url", &model.url, "--model", "remote-llm"],
+    )
+    .await;
+    let id = up
+        .submit(json!({"prompt": "hello", "model": "remote-llm"}))
+        .await;
+    up.wait_for("the job succeeds", Duration::from_secs(20), || async {
+        up.job(&id).await["status"] == "succeeded"
+    })
+    .await;
+    let pool = up.pool().await;
+    assert_eq!(pool["kind"], "remote");
+    assert!(pgids(&pool).is_empty(), "no local model process: {pool}");
+    // An unknown model is refused, not queued where nobody serves it.
+    let r = up
+        .client
+        .post(up.url("/v1/jobs"))
+        .json(&json!({"prompt": "x", "model": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "model_not_found");
+}
+
+#[test]
+fn malformed_config_files_are_refused_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, line, field) in [
+        (
+            "[[pool]]\nname = \"a\"\ncommand = \"srv --port {port}\"\nconcurency = 2\n",
+            4,
+            "concurency",
+        ),
+        ("[[pool]]\nname = \"a\"\ncommand = \"srv\"\n", 3, "command"),
+        (
+            "[[pool]]\nname = \"a\"\ncommand = \"srv {port}\"\npolicy = \"nope\"\n",
+            4,
+            "policy",
+        ),
+        (
+            "[[pool]]\nname = \"a\"\nurl = \"http://x/v1\"\nmax_replicas = -1\n",
+            4,
+            "max_replicas",
+        ),
+    ] {
+        let path = dir.path().join("pools.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_greenscale"))
+            .args(["up", "--config", path.to_str().unwrap(), "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("pools.toml:{line}:")) && err.contains(field),
+            "{text:?} → {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_model_commands_keep_jobs_queued_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pools.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[pool]]
+name = "crashes"
+command = "echo 'cannot load model on port {port}' >&2; exit 3"
+
+[[pool]]
+name = "hangs"
+command = "sleep 600 # never listens on {port}"
+startup_timeout = "1s"
+stop_timeout = "1s"
+"#,
+    )
+    .unwrap();
+    let mut up = Up::start(
+        dir.path(),
+        "up",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--wait-deadline",
+            "2s",
+        ],
+    )
+    .await;
+    let crash_job = up.submit(json!({"prompt": "x", "model": "crashes"})).await;
+    let hang_job = up.submit(json!({"prompt": "x", "model": "hangs"})).await;
+    up.wait_for(
+        "both pools report failures",
+        Duration::from_secs(30),
+        || async {
+            let pools = up.get("/v1/pools").await;
+            pools
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["failures_in_a_row"].as_u64() >= Some(2))
+        },
+    )
+    .await;
+    let pools = up.get("/v1/pools").await;
+    let failure = |i: usize| pools[i]["last_failure"].as_str().unwrap().to_string();
+    assert!(failure(0).contains("exited during startup"), "{pools}");
+    assert!(
+        failure(1).contains("did not pass its health check"),
+        "{pools}"
+    );
+    assert!(
+        up.process.log().contains("cannot load model on port"),
+        "model output is logged"
+    );
+    for id in [&crash_job, &hang_job] {
+        assert_eq!(
+            up.job(id).await["status"],
+            "queued",
+            "jobs wait for a working replica"
+        );
+    }
+    // A held OpenAI request gives up at the deadline with 504.
+    let r = up
+        .client
+        .post(up.url("/v1/chat/completions"))
+        .json(&json!({"model": "crashes", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+
+    up.process.signal("TERM");
+    assert!(up.process.wait_exit(Duration::from_secs(20)).success());
+    let leftovers: Vec<u64> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u64>().ok())
+        .filter(|&p| cmdline(p).contains("never listens on"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "a hanging model server outlived up: {leftovers:?}"
+    );
+}
