@@ -124,6 +124,10 @@ pub struct PoolStatus {
     pub cold_starts: ColdStarts,
     /// Replica-seconds used so far (every replica from its start to its stop).
     pub replica_seconds: f64,
+    /// When the pool started (the period `replica_seconds` covers), Unix milliseconds.
+    pub since_ms: u64,
+    /// Most replicas the pool had at once so far.
+    pub peak_replicas: u32,
     /// Failed starts or crashes in a row.
     pub failures_in_a_row: u32,
     /// The latest failure.
@@ -155,6 +159,7 @@ struct PoolState {
     retired_replica_seconds: f64,
     last_pending: u64,
     last_in_flight: u64,
+    peak_replicas: u32,
 }
 
 /// A pool at run time. Shared by the autoscaler loop, the replica tasks and the status API.
@@ -167,6 +172,7 @@ pub struct Pool {
     changed: Notify,
     arrivals: Notify,
     epoch: Instant,
+    since_ms: u64,
     metrics: PoolMetrics,
 }
 
@@ -196,6 +202,7 @@ impl Pool {
             changed: Notify::new(),
             arrivals: Notify::new(),
             epoch: Instant::now(),
+            since_ms: unix_ms(),
             metrics,
         })
     }
@@ -358,6 +365,7 @@ impl Pool {
             report: report.clone(),
             stop,
         });
+        st.peak_replicas = st.peak_replicas.max(st.replicas.len() as u32);
         self.metrics.replica_started();
         self.update_gauges(st);
         tracing::info!(pool = %self.config.name, replica = %name, "starting replica");
@@ -657,6 +665,8 @@ impl Pool {
                     .then(|| sorted.iter().sum::<f64>() / sorted.len() as f64),
             },
             replica_seconds: st.retired_replica_seconds + live,
+            since_ms: self.since_ms,
+            peak_replicas: st.peak_replicas,
             failures_in_a_row: st.failures,
             last_failure: st.last_failure.clone(),
         }

@@ -3,6 +3,7 @@
 //! OpenAPI document. It works with any queue backend through the `Queue` trait.
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 mod jobs;
@@ -24,6 +25,7 @@ use greenscale_core::Limits;
 use utoipa::OpenApi;
 
 pub use auth::ApiKeys;
+pub use dashboard::PoolsStatus;
 pub use error::ApiError;
 use events::EventHub;
 pub use metrics::Metrics;
@@ -75,6 +77,8 @@ pub fn check_exposure(listen: &SocketAddr, keys: &ApiKeys) -> Result<(), String>
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) routes: Routes,
+    pub(crate) pools: Option<Arc<dyn PoolsStatus>>,
+    pub(crate) dashboard: Arc<dashboard::DashboardState>,
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) hub: EventHub,
     pub(crate) metrics: Arc<Metrics>,
@@ -94,11 +98,19 @@ impl Gateway {
         Gateway {
             hub: EventHub::start(routes.queues()),
             routes,
+            pools: None,
+            dashboard: Arc::default(),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
             shutdown,
             pending_reading: Arc::default(),
         }
+    }
+
+    /// Shows the state of these pools (at `/v1/pools` and on the dashboard).
+    pub fn with_pools(mut self, pools: Arc<dyn PoolsStatus>) -> Self {
+        self.pools = Some(pools);
+        self
     }
 
     /// Uses `metrics` (in which other components registered their own metrics too).
@@ -159,14 +171,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// The gateway's routes. `/healthz`, `/readyz`, `/metrics` and `/openapi.json` are open;
-/// everything under `/v1` needs an API key when keys are configured.
+/// The gateway's routes. The dashboard page and its assets, `/healthz`, `/readyz`,
+/// `/metrics` and `/openapi.json` are open; everything under `/v1` needs an API key when
+/// keys are configured. Starts the dashboard's sampling task.
 pub fn app(gateway: Gateway) -> Router {
-    app_with(gateway, Router::new())
-}
-
-/// The gateway's routes plus `extra` API routes, which need the same API keys.
-pub fn app_with(gateway: Gateway, extra: Router<Gateway>) -> Router {
+    dashboard::start(gateway.clone());
     let keys = gateway.config.api_keys.clone();
     let limit = gateway.config.max_body_bytes;
     let api = Router::new()
@@ -179,13 +188,18 @@ pub fn app_with(gateway: Gateway, extra: Router<Gateway>) -> Router {
             axum::routing::post(openai::chat_completions),
         )
         .route("/v1/models", get(openai::list_models))
-        .merge(extra)
+        .route("/v1/pools", get(dashboard::pools))
+        .route("/v1/dashboard/events", get(dashboard::events))
+        .route("/v1/dashboard/history", get(dashboard::history))
         .route_layer(axum::middleware::from_fn_with_state(
             keys,
             auth::require_key,
         ));
     Router::new()
         .merge(api)
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::style))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -88,9 +88,18 @@ impl Routes {
         }
     }
 
-    /// Stores a job in its pool's queue.
-    pub async fn enqueue(&self, spec: JobSpec) -> Result<String, ApiError> {
+    /// The route for `spec`; with pools, a job naming no model is marked with the pool's.
+    fn route_job(&self, spec: &mut JobSpec) -> Result<&Route, ApiError> {
         let route = self.route(spec.model.as_deref())?;
+        if !self.any_model && spec.model.is_none() {
+            spec.model = Some(route.name.clone());
+        }
+        Ok(route)
+    }
+
+    /// Stores a job in its pool's queue.
+    pub async fn enqueue(&self, mut spec: JobSpec) -> Result<String, ApiError> {
+        let route = self.route_job(&mut spec)?;
         let id = route.queue.enqueue(spec).await?;
         Self::arrived(route);
         Ok(id)
@@ -99,10 +108,10 @@ impl Routes {
     /// Stores a job unless `key` was used before; returns the id and whether it is new.
     pub async fn enqueue_idempotent(
         &self,
-        spec: JobSpec,
+        mut spec: JobSpec,
         key: &str,
     ) -> Result<(String, bool), ApiError> {
-        let route = self.route(spec.model.as_deref())?;
+        let route = self.route_job(&mut spec)?;
         let (id, new) = route.queue.enqueue_idempotent(spec, key).await?;
         if new {
             Self::arrived(route);
@@ -165,6 +174,16 @@ impl Routes {
             None
         };
         Ok(JobPage { jobs, next_cursor })
+    }
+
+    /// Counts of each pool's queue, in pool order (a standalone gateway's one queue is
+    /// named after its first model by the caller).
+    pub async fn stats_by_pool(&self) -> Result<Vec<(String, QueueStats)>, ApiError> {
+        let mut out = Vec::new();
+        for r in self.routes.iter() {
+            out.push((r.name.clone(), r.queue.stats().await?));
+        }
+        Ok(out)
     }
 
     /// Counts summed over pools.

@@ -160,6 +160,16 @@ fn describe(pool: &PoolConfig) -> String {
     )
 }
 
+/// The pools' state for the gateway's `/v1/pools` and dashboard.
+struct PoolsView(Vec<Arc<Pool>>);
+
+impl greenscale_gateway::PoolsStatus for PoolsView {
+    fn pools(&self) -> serde_json::Value {
+        serde_json::to_value(self.0.iter().map(|p| p.status()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    }
+}
+
 /// Runs `greenscale up` until SIGINT or SIGTERM, then drains and stops every replica.
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let pool_configs = pools(&args)?;
@@ -205,20 +215,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             })
             .collect(),
     );
-    let gateway =
-        build_gateway(&args.http, routes, names.clone(), stop_rx.clone())?.with_metrics(metrics);
+    let gateway = build_gateway(&args.http, routes, names.clone(), stop_rx.clone())?
+        .with_metrics(metrics)
+        .with_pools(Arc::new(PoolsView(pools.clone())));
     let listener = bind(args.http.listen).await?;
-    let pools_api = {
-        let pools = pools.clone();
-        axum::Router::new().route(
-            "/v1/pools",
-            axum::routing::get(move || {
-                let pools = pools.clone();
-                async move { axum::Json(pools.iter().map(|p| p.status()).collect::<Vec<_>>()) }
-            }),
-        )
-    };
-    let app = greenscale_gateway::app_with(gateway, pools_api);
+    let app = greenscale_gateway::app(gateway);
 
     let base = format!("http://{}", args.http.listen);
     let key_flag = if args.http.api_keys.is_empty() {

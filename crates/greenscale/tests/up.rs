@@ -2,107 +2,13 @@
 //! killed mid-job, SIGTERM with jobs running and a restart, a remote-API pool, and broken
 //! configs and commands.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use greenscale_testkit::free_port;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Process, demo_model};
-
-struct Up {
-    process: Process,
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Up {
-    /// Starts `greenscale up` with its data in `dir`, and waits until it answers.
-    async fn start(dir: &Path, name: &str, extra: &[&str]) -> Up {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let data = dir.join("data");
-        let mut args = vec![
-            "up",
-            "--listen",
-            &listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let process = Process::spawn(dir, name, &args);
-        let up = Up {
-            process,
-            base: format!("http://{listen}"),
-            client: reqwest::Client::new(),
-        };
-        let started = Instant::now();
-        while up.client.get(up.url("/healthz")).send().await.is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "up did not start: {}",
-                up.process.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        up
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn submit(&self, body: Value) -> String {
-        let r = self
-            .client
-            .post(self.url("/v1/jobs"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-        r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    async fn job(&self, id: &str) -> Value {
-        self.get(&format!("/v1/jobs/{id}")).await
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn pool(&self) -> Value {
-        self.get("/v1/pools").await[0].clone()
-    }
-
-    /// Polls until `check` holds; panics with the log after `within`.
-    async fn wait_for<F, Fut>(&self, what: &str, within: Duration, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = bool>,
-    {
-        let deadline = Instant::now() + within;
-        while !check().await {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for: {what}\n--- log ---\n{}",
-                self.process.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
+use common::{Up, demo_model};
 
 fn replicas(pool: &Value) -> usize {
     pool["replicas"].as_array().unwrap().len()

@@ -133,8 +133,12 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Python with the test suite's packages (the official `openai` SDK and `schemathesis`),
-/// in a virtual environment under the build's target folder, created on first use.
+/// What the test suite's Python needs: the official `openai` SDK, `schemathesis`, and
+/// `selenium` (driving Debian's chromium through chromedriver).
+const PYTHON_PACKAGES: &[&str] = &["openai", "schemathesis", "selenium"];
+
+/// A Python with the test suite's packages ([`PYTHON_PACKAGES`]), in a virtual environment
+/// under the build's target folder, created (or completed) on first use.
 /// Panics, saying why, when it cannot be set up.
 pub fn python() -> PathBuf {
     static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -149,7 +153,9 @@ pub fn python() -> PathBuf {
             // Several test binaries may get here at once: the first creates the lock file.
             let lock = target.join("test-venv.lock");
             let deadline = Instant::now() + Duration::from_secs(900);
-            while !ready.exists() {
+            let wanted = PYTHON_PACKAGES.join(" ");
+            let is_ready = || std::fs::read_to_string(&ready).is_ok_and(|s| s == wanted);
+            while !is_ready() {
                 match std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -165,15 +171,10 @@ pub fn python() -> PathBuf {
                         if !python.exists() {
                             run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
                         }
-                        run(Command::new(&python).args([
-                            "-m",
-                            "pip",
-                            "install",
-                            "-q",
-                            "openai",
-                            "schemathesis",
-                        ]));
-                        std::fs::write(&ready, "ok").expect("mark the venv ready");
+                        run(Command::new(&python)
+                            .args(["-m", "pip", "install", "-q"])
+                            .args(PYTHON_PACKAGES));
+                        std::fs::write(&ready, &wanted).expect("mark the venv ready");
                         let _ = std::fs::remove_file(&lock);
                     }
                     Err(_) => {

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use greenscale_demo_model::DemoConfig;
+use greenscale_testkit::free_port;
+use serde_json::Value;
 
 /// A demo model on its own thread and runtime, so it keeps serving while the test blocks.
 pub struct DemoModel {
@@ -122,5 +124,99 @@ pub fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool)
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `greenscale up` and an HTTP client for it.
+pub struct Up {
+    pub process: Process,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Up {
+    /// Starts `greenscale up` with its data in `dir`, and waits until it answers.
+    pub async fn start(dir: &Path, name: &str, extra: &[&str]) -> Up {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let data = dir.join("data");
+        let mut args = vec![
+            "up",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let process = Process::spawn(dir, name, &args);
+        let up = Up {
+            process,
+            base: format!("http://{listen}"),
+            client: reqwest::Client::new(),
+        };
+        let started = Instant::now();
+        while up.client.get(up.url("/healthz")).send().await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "up did not start: {}",
+                up.process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        up
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn submit(&self, body: Value) -> String {
+        let r = self
+            .client
+            .post(self.url("/v1/jobs"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.get(&format!("/v1/jobs/{id}")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn pool(&self) -> Value {
+        self.get("/v1/pools").await[0].clone()
+    }
+
+    /// Polls until `check` holds; panics with the log after `within`.
+    pub async fn wait_for<F, Fut>(&self, what: &str, within: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while !check().await {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for: {what}\n--- log ---\n{}",
+                self.process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

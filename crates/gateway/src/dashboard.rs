@@ -1,0 +1,372 @@
+//! The web dashboard at `/`: the page, script and style compiled into the binary; a live
+//! overview pushed as server-sent events; the timeline history and the task that samples it.
+//! Every number comes from the queue, the pools (under `greenscale up`) or job records.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use greenscale_core::{JobRecord, JobStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::Gateway;
+use crate::error::ApiError;
+
+/// Live state of the pools behind a gateway, as a JSON array (supplied by `greenscale up`;
+/// each element has at least `name`).
+pub trait PoolsStatus: Send + Sync {
+    /// The pools now.
+    fn pools(&self) -> Value;
+}
+
+/// How often the overview is rebuilt while someone watches it.
+const OVERVIEW_EVERY: Duration = Duration::from_secs(1);
+/// How often the timeline is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// How much timeline is kept.
+const HISTORY: Duration = Duration::from_secs(24 * 3600);
+/// The window of the wait, run and first-token percentiles.
+const TIMINGS_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Most points a timeline answer has per pool.
+const MAX_POINTS: usize = 360;
+
+/// One timeline sample of one pool.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Sample {
+    t_ms: u64,
+    replicas: u64,
+    pending: u64,
+    in_flight: u64,
+}
+
+/// The dashboard's shared state: the latest overview and the sampled timeline.
+pub(crate) struct DashboardState {
+    overview: watch::Sender<Arc<Value>>,
+    history: Mutex<HashMap<String, VecDeque<Sample>>>,
+}
+
+impl Default for DashboardState {
+    fn default() -> Self {
+        DashboardState {
+            overview: watch::channel(Arc::new(Value::Null)).0,
+            history: Mutex::default(),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts the task that rebuilds the overview (while anyone watches) and samples the
+/// timeline. It ends with the gateway's shutdown.
+pub(crate) fn start(g: Gateway) {
+    tokio::spawn(async move {
+        let mut shutdown = g.shutdown.clone();
+        let mut last_sample: Option<std::time::Instant> = None;
+        let mut timings = (std::time::Instant::now(), Value::Null);
+        loop {
+            let watched = g.dashboard.overview.receiver_count() > 0;
+            let sample_due = last_sample.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY);
+            if watched || sample_due {
+                if watched && (timings.1.is_null() || timings.0.elapsed() >= SAMPLE_EVERY) {
+                    timings = (std::time::Instant::now(), recent_timings(&g).await);
+                }
+                if let Ok(overview) = build_overview(&g, &timings.1).await {
+                    if sample_due {
+                        last_sample = Some(std::time::Instant::now());
+                        record_sample(&g, &overview);
+                    }
+                    g.dashboard.overview.send_replace(Arc::new(overview));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(OVERVIEW_EVERY) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    });
+}
+
+fn display_name(g: &Gateway, name: &str) -> String {
+    if name.is_empty() {
+        g.config
+            .models
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "queue".into())
+    } else {
+        name.to_string()
+    }
+}
+
+/// Everything the overview shows, per pool.
+async fn build_overview(g: &Gateway, timings: &Value) -> Result<Value, ApiError> {
+    let stats = g.routes.stats_by_pool().await?;
+    let managed = g.pools.as_ref().map(|p| p.pools());
+    let mut pools = Vec::new();
+    for (name, s) in stats {
+        let name = display_name(g, &name);
+        let mut pool = managed
+            .as_ref()
+            .and_then(|m| m.as_array())
+            .and_then(|a| a.iter().find(|p| p["name"] == name.as_str()).cloned())
+            .unwrap_or_else(|| json!({"name": name, "kind": "workers"}));
+        pool["queue"] = json!(s);
+        pool["timings"] = timings.get(&name).cloned().unwrap_or(json!({"jobs": 0}));
+        pools.push(pool);
+    }
+    Ok(json!({
+        "now_ms": unix_ms(),
+        "managed": managed.is_some(),
+        "timings_window_s": TIMINGS_WINDOW.as_secs(),
+        "pools": pools,
+    }))
+}
+
+fn replicas_of(pool: &Value) -> u64 {
+    match pool["replicas"].as_array() {
+        Some(r) => r.len() as u64,
+        None => pool["queue"]["live_workers"].as_u64().unwrap_or(0),
+    }
+}
+
+fn record_sample(g: &Gateway, overview: &Value) {
+    let now = unix_ms();
+    let mut history = g.dashboard.history.lock().expect("history lock");
+    for pool in overview["pools"].as_array().into_iter().flatten() {
+        let name = pool["name"].as_str().unwrap_or_default().to_string();
+        let q = &pool["queue"];
+        let samples = history.entry(name).or_default();
+        samples.push_back(Sample {
+            t_ms: now,
+            replicas: replicas_of(pool),
+            pending: q["pending"].as_u64().unwrap_or(0) + q["delayed"].as_u64().unwrap_or(0),
+            in_flight: q["in_flight"].as_u64().unwrap_or(0),
+        });
+        while samples
+            .front()
+            .is_some_and(|s| now.saturating_sub(s.t_ms) > HISTORY.as_millis() as u64)
+        {
+            samples.pop_front();
+        }
+    }
+}
+
+/// The `q`-quantile of sorted values (nearest rank).
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn spread(mut values: Vec<f64>) -> Value {
+    values.sort_by(f64::total_cmp);
+    json!({"p50_s": quantile(&values, 0.5), "p95_s": quantile(&values, 0.95), "n": values.len()})
+}
+
+/// Wait, run and first-token percentiles of the jobs finished in the window, per model.
+async fn recent_timings(g: &Gateway) -> Value {
+    let since = unix_ms().saturating_sub(TIMINGS_WINDOW.as_millis() as u64);
+    let mut by_pool: HashMap<String, Vec<JobRecord>> = HashMap::new();
+    let Ok(page) = g.routes.list_jobs(None, 1000, None).await else {
+        return Value::Null;
+    };
+    for rec in page.jobs {
+        let finished = rec.finished_at_ms.is_some_and(|t| t >= since);
+        let ran = matches!(
+            rec.status,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Dead
+        );
+        if finished && ran {
+            let model = rec
+                .spec
+                .as_ref()
+                .and_then(|s| s.model.clone())
+                .unwrap_or_default();
+            let name = match g.routes.names().iter().find(|n| **n == model) {
+                Some(n) => n.clone(),
+                None => display_name(
+                    g,
+                    g.routes.names().first().map(String::as_str).unwrap_or(""),
+                ),
+            };
+            by_pool.entry(name).or_default().push(rec);
+        }
+    }
+    let secs = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1000.0),
+        _ => None,
+    };
+    let mut out = serde_json::Map::new();
+    for (name, recs) in by_pool {
+        let wait = recs
+            .iter()
+            .filter_map(|r| secs(r.enqueued_at_ms, r.started_at_ms))
+            .collect();
+        let run = recs
+            .iter()
+            .filter_map(|r| secs(r.started_at_ms, r.finished_at_ms))
+            .collect();
+        let ttft = recs
+            .iter()
+            .filter_map(|r| r.ttft_ms.map(|t| t as f64 / 1000.0))
+            .collect();
+        out.insert(
+            name,
+            json!({"jobs": recs.len(), "wait": spread(wait), "run": spread(run), "ttft": spread(ttft)}),
+        );
+    }
+    Value::Object(out)
+}
+
+/// The live overview as server-sent events: an `overview` event at once and on every
+/// change (about once a second), until the client goes or the gateway stops.
+pub async fn events(
+    State(g): State<Gateway>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = g.dashboard.overview.subscribe();
+    let first = build_overview(&g, &recent_timings(&g).await).await.ok();
+    let event = |v: &Value| Ok(Event::default().event("overview").data(v.to_string()));
+    let stream = futures::stream::unfold(
+        (rx, g.shutdown.clone(), first),
+        move |(mut rx, mut shutdown, first)| async move {
+            if let Some(v) = first {
+                return Some((event(&v), (rx, shutdown, None)));
+            }
+            let changed = tokio::select! {
+                changed = rx.changed() => changed.is_ok(),
+                _ = shutdown.wait_for(|s| *s) => false,
+            };
+            if !changed {
+                return None;
+            }
+            let v = rx.borrow_and_update().clone();
+            Some((event(&v), (rx, shutdown, None)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Timeline query.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    /// `15m`, `1h` or `24h`.
+    pub window: Option<String>,
+}
+
+/// Replicas and queue depth over a window, per pool, at most 360 points each (the maximum of
+/// each slice), and the scale events in it.
+pub async fn history(
+    State(g): State<Gateway>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(format!("bad query: {e}")))?;
+    let window = match q.window.as_deref().unwrap_or("15m") {
+        "15m" => Duration::from_secs(15 * 60),
+        "1h" => Duration::from_secs(3600),
+        "24h" => Duration::from_secs(24 * 3600),
+        other => {
+            return Err(ApiError::invalid(format!(
+                "window must be 15m, 1h or 24h, not {other:?}"
+            )));
+        }
+    };
+    let now = unix_ms();
+    let from = now.saturating_sub(window.as_millis() as u64);
+    let slice = (window.as_millis() as u64 / MAX_POINTS as u64).max(1);
+    let history = g.dashboard.history.lock().expect("history lock").clone();
+    let mut series = serde_json::Map::new();
+    for (name, samples) in history {
+        let mut points: Vec<Sample> = Vec::new();
+        for s in samples.iter().filter(|s| s.t_ms >= from) {
+            let bucket = (s.t_ms - from) / slice;
+            match points.last_mut() {
+                Some(p) if (p.t_ms - from) / slice == bucket => {
+                    p.replicas = p.replicas.max(s.replicas);
+                    p.pending = p.pending.max(s.pending);
+                    p.in_flight = p.in_flight.max(s.in_flight);
+                }
+                _ => points.push(*s),
+            }
+        }
+        series.insert(name, json!(points));
+    }
+    let mut events = serde_json::Map::new();
+    if let Some(pools) = g.pools.as_ref().map(|p| p.pools()) {
+        for p in pools.as_array().into_iter().flatten() {
+            let list: Vec<Value> = p["decisions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| d["desired"] != d["current"] && d["at_ms"].as_u64() >= Some(from))
+                .map(|d| json!({"t_ms": d["at_ms"], "from": d["current"], "to": d["desired"], "reason": d["reason"]}))
+                .collect();
+            events.insert(
+                p["name"].as_str().unwrap_or_default().to_string(),
+                json!(list),
+            );
+        }
+    }
+    Ok(axum::Json(json!({
+        "window_s": window.as_secs(),
+        "from_ms": from,
+        "now_ms": now,
+        "sample_every_s": SAMPLE_EVERY.as_secs(),
+        "series": series,
+        "events": events,
+    })))
+}
+
+/// The pools' live state (`[]` for a standalone gateway).
+pub async fn pools(State(g): State<Gateway>) -> axum::Json<Value> {
+    axum::Json(g.pools.as_ref().map(|p| p.pools()).unwrap_or(json!([])))
+}
+
+const INDEX: &str = include_str!("../dashboard/index.html");
+const SCRIPT: &str = include_str!("../dashboard/app.js");
+const STYLE: &str = include_str!("../dashboard/style.css");
+
+/// Only the page's own script and style run; nothing is loaded from elsewhere.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The dashboard page.
+pub async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+/// The dashboard's script.
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// The dashboard's style sheet.
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
