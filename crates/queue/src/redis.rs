@@ -177,6 +177,61 @@ impl RedisQueue {
             .map_err(unavailable)
     }
 
+    /// A stream that yields whenever something is pushed onto the pending list, by anyone
+    /// (GreenScale's enqueue, the prototype's `LPUSH`), from Redis keyspace notifications.
+    /// Turns list notifications on when the server's `notify-keyspace-events` lacks them;
+    /// fails when the server refuses (callers then fall back to polling).
+    pub async fn arrivals(&self) -> Result<futures::stream::BoxStream<'static, ()>, QueueError> {
+        let mut c = self.conn.clone();
+        let (_, flags): (String, String) = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let has_list_events = (flags.contains('K') && (flags.contains('l') || flags.contains('A')))
+            || flags.contains("KA");
+        if !has_list_events {
+            let mut wanted = flags.clone();
+            for f in ['K', 'l'] {
+                if !wanted.contains(f) {
+                    wanted.push(f);
+                }
+            }
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("notify-keyspace-events")
+                .arg(&wanted)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(|e| {
+                    QueueError::Unavailable(format!(
+                        "cannot turn on keyspace notifications (notify-keyspace-events {wanted:?}): {e}"
+                    ))
+                })?;
+        }
+        let escaped: String = self
+            .keys
+            .pending
+            .chars()
+            .flat_map(|ch| match ch {
+                '*' | '?' | '[' | ']' | '\\' => vec!['\\', ch],
+                _ => vec![ch],
+            })
+            .collect();
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+        pubsub
+            .psubscribe(format!("__keyspace@*__:{escaped}"))
+            .await
+            .map_err(unavailable)?;
+        let stream = pubsub.into_on_message().filter_map(|msg| async move {
+            let event: String = msg.get_payload().ok()?;
+            matches!(event.as_str(), "lpush" | "rpush" | "linsert" | "lmove" | "rpoplpush")
+                .then_some(())
+        });
+        Ok(Box::pin(stream))
+    }
+
     async fn move_one_blocking(
         &self,
         worker: &str,

@@ -1,0 +1,356 @@
+//! The KEDA external scaler: KEDA asks, per ScaledObject, whether the worker Deployment
+//! should run and how many replicas it needs; GreenScale answers with its scaling policy
+//! over the Redis queue named in the ScaledObject's metadata.
+//!
+//! The HPA computes `ceil(metric / target)`; the metric is the desired replica count and
+//! the target 1, so the HPA asks for exactly that many (its 10 % tolerance still applies
+//! from 10 replicas up). Replicas holding running jobs are always counted, so KEDA never
+//! scales to zero under a running job. When a job arrives while the pool is at zero,
+//! `StreamIsActive` pushes `true` at once (Redis keyspace notifications), so KEDA does not
+//! wait for its next poll.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use greenscale_core::policy::{Observation, Policy, Spec, build};
+use greenscale_core::{Queue, QueueConfig, parse_duration};
+use greenscale_queue::RedisQueue;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use crate::metrics::ScalerMetrics;
+use crate::proto::external_scaler_server::ExternalScaler;
+use crate::proto::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
+    MetricValue, ScaledObjectRef,
+};
+
+/// How often an open `StreamIsActive` re-evaluates without arrivals.
+const STREAM_TICK: Duration = Duration::from_secs(1);
+
+/// What a ScaledObject's `scalerMetadata` selects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSettings {
+    /// The pending list (`list`, default `jobs`).
+    pub list: String,
+    /// The policy spec (`policy`, default `greenscale`).
+    pub policy: String,
+    /// Jobs one worker replica runs at once (`concurrency`, default 4).
+    pub concurrency: u32,
+    /// Replica limit the policy plans within (`maxReplicas`, default 100).
+    pub max_replicas: u32,
+    /// Known cold start of a worker replica (`coldStart`, e.g. `90s`), if given.
+    pub cold_start: Option<Duration>,
+}
+
+impl TargetSettings {
+    /// Reads the metadata; unknown keys and bad values are refused with the key's name.
+    pub fn from_metadata(meta: &HashMap<String, String>) -> Result<Self, String> {
+        let known = ["list", "policy", "concurrency", "maxReplicas", "coldStart"];
+        if let Some(k) = meta.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(format!(
+                "unknown scalerMetadata key {k:?} (known: {})",
+                known.join(", ")
+            ));
+        }
+        let number = |key: &str, default: u32| -> Result<u32, String> {
+            match meta.get(key) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("scalerMetadata {key}: {v:?} is not a whole number ≥ 1")),
+            }
+        };
+        let policy = meta.get("policy").cloned().unwrap_or_else(|| "greenscale".into());
+        let spec = Spec::parse(&policy).map_err(|e| format!("scalerMetadata policy: {}", e.message))?;
+        build(&spec).map_err(|e| format!("scalerMetadata policy: {}", e.message))?;
+        let cold_start = match meta.get("coldStart") {
+            None => None,
+            Some(v) => Some(parse_duration(v).map_err(|e| format!("scalerMetadata coldStart: {e}"))?),
+        };
+        let list = meta.get("list").cloned().unwrap_or_else(|| "jobs".into());
+        if list.is_empty() {
+            return Err("scalerMetadata list: must not be empty".into());
+        }
+        Ok(TargetSettings {
+            list,
+            policy,
+            concurrency: number("concurrency", 4)?,
+            max_replicas: number("maxReplicas", 100)?,
+            cold_start,
+        })
+    }
+
+    /// The metric's name (one per list).
+    pub fn metric_name(&self) -> String {
+        let clean: String = self
+            .list
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .collect();
+        format!("greenscale-{clean}")
+    }
+}
+
+/// One ScaledObject's state: its queue and its policy.
+struct Target {
+    settings: TargetSettings,
+    queue: RedisQueue,
+    state: Mutex<TargetState>,
+}
+
+struct TargetState {
+    policy: Box<dyn Policy>,
+    desired: u32,
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct Scaler {
+    redis_url: String,
+    queue_config: QueueConfig,
+    targets: Arc<std::sync::Mutex<HashMap<(String, String), Arc<Target>>>>,
+    epoch: Instant,
+    metrics: Arc<ScalerMetrics>,
+}
+
+impl Scaler {
+    /// A scaler reading queues on the Redis at `redis_url`.
+    pub fn new(redis_url: &str, queue_config: QueueConfig, metrics: Arc<ScalerMetrics>) -> Self {
+        Scaler {
+            redis_url: redis_url.to_string(),
+            queue_config,
+            targets: Arc::default(),
+            epoch: Instant::now(),
+            metrics,
+        }
+    }
+
+    /// The target a ScaledObject means, created (or re-created when its metadata changed).
+    fn target(&self, r: &ScaledObjectRef) -> Result<Arc<Target>, Status> {
+        let settings = TargetSettings::from_metadata(&r.scaler_metadata).map_err(|m| {
+            Status::invalid_argument(format!("ScaledObject {}/{}: {m}", r.namespace, r.name))
+        })?;
+        let key = (r.namespace.clone(), r.name.clone());
+        let mut targets = self.targets.lock().expect("targets lock");
+        if let Some(t) = targets.get(&key)
+            && t.settings == settings
+        {
+            return Ok(t.clone());
+        }
+        let queue = RedisQueue::connect(&self.redis_url, &settings.list, self.queue_config.clone())
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let policy = build(&Spec::parse(&settings.policy).expect("checked")).expect("checked");
+        tracing::info!(
+            scaled_object = %format!("{}/{}", r.namespace, r.name),
+            list = %settings.list,
+            policy = %settings.policy,
+            "serving a ScaledObject"
+        );
+        let target = Arc::new(Target {
+            settings,
+            queue,
+            state: Mutex::new(TargetState { policy, desired: 0 }),
+        });
+        targets.insert(key, target.clone());
+        Ok(target)
+    }
+
+    /// Observes the queue, asks the policy (on an arrival, or as a tick), and returns the
+    /// desired replicas — never fewer than the running jobs need.
+    async fn evaluate(&self, target: &Target, on_arrival: bool) -> Result<u32, Status> {
+        let s = &target.settings;
+        let stats = target
+            .queue
+            .stats()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot read list {:?}: {e}", s.list)))?;
+        let mut state = target.state.lock().await;
+        let ready = stats.live_workers.min(u32::MAX as u64) as u32;
+        let floor = stats.in_flight.div_ceil(s.concurrency as u64).min(u32::MAX as u64) as u32;
+        let obs = Observation {
+            now: self.epoch.elapsed().as_secs_f64(),
+            pending: stats.pending + stats.delayed,
+            in_flight: stats.in_flight,
+            ready,
+            starting: state.desired.saturating_sub(ready),
+            busy: floor.min(ready),
+            concurrency: s.concurrency,
+            cold_start: s.cold_start.map(|d| d.as_secs_f64()),
+            service_time: None,
+            max_replicas: s.max_replicas,
+        };
+        let decision = if on_arrival {
+            state.policy.on_arrival(&obs)
+        } else {
+            Some(state.policy.decide(&obs))
+        };
+        if let Some(d) = decision {
+            let desired = d.desired.max(floor).min(s.max_replicas);
+            if desired != state.desired {
+                tracing::info!(list = %s.list, from = state.desired, to = desired, reason = %d.reason, "desired replicas");
+            }
+            state.desired = desired;
+        }
+        self.metrics.desired(&s.list, state.desired);
+        Ok(state.desired)
+    }
+}
+
+type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+type SpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalScaler for Scaler {
+    async fn is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
+        self.metrics.call("IsActive");
+        let target = self.target(request.get_ref())?;
+        let desired = self.evaluate(&target, false).await?;
+        Ok(Response::new(IsActiveResponse { result: desired > 0 }))
+    }
+
+    type StreamIsActiveStream = ActiveStream;
+
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        self.metrics.call("StreamIsActive");
+        let target = self.target(request.get_ref())?;
+        let mut arrivals = match target.queue.arrivals().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "no keyspace notifications: StreamIsActive re-checks every second instead");
+                futures::stream::pending().boxed()
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let scaler = self.clone();
+        tokio::spawn(async move {
+            let mut last: Option<bool> = None;
+            let mut first = true;
+            loop {
+                // The current answer at once, then on every arrival and tick.
+                let on_arrival = if std::mem::take(&mut first) {
+                    false
+                } else {
+                    tokio::select! {
+                        a = arrivals.next() => a.is_some(),
+                        _ = tokio::time::sleep(STREAM_TICK) => false,
+                        _ = tx.closed() => return,
+                    }
+                };
+                let active = match scaler.evaluate(&target, on_arrival).await {
+                    Ok(d) => d > 0,
+                    Err(e) => {
+                        tracing::warn!(error = %e.message(), "StreamIsActive cannot read the queue");
+                        continue;
+                    }
+                };
+                if last != Some(active) {
+                    last = Some(active);
+                    if active {
+                        scaler.metrics.pushed();
+                    }
+                    if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        self.metrics.call("GetMetricSpec");
+        let target = self.target(request.get_ref())?;
+        #[allow(deprecated)]
+        let spec = MetricSpec {
+            metric_name: target.settings.metric_name(),
+            target_size: 1,
+            target_size_float: 1.0,
+        };
+        Ok(Response::new(GetMetricSpecResponse {
+            metric_specs: vec![spec],
+        }))
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        self.metrics.call("GetMetrics");
+        let object = request
+            .get_ref()
+            .scaled_object_ref
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("GetMetrics without scaledObjectRef"))?;
+        let target = self.target(object)?;
+        let desired = self.evaluate(&target, false).await?;
+        #[allow(deprecated)]
+        let value = MetricValue {
+            metric_name: target.settings.metric_name(),
+            metric_value: desired as i64,
+            metric_value_float: desired as f64,
+        };
+        Ok(Response::new(GetMetricsResponse {
+            metric_values: vec![value],
+        }))
+    }
+
+    type StreamMetricSpecStream = SpecStream;
+
+    async fn stream_metric_spec(
+        &self,
+        _request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        self.metrics.call("StreamMetricSpec");
+        Err(Status::unimplemented(
+            "StreamMetricSpec is not implemented: the metric spec does not change",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn metadata_is_read_and_checked() {
+        let s = TargetSettings::from_metadata(&meta(&[])).unwrap();
+        assert_eq!((s.list.as_str(), s.policy.as_str(), s.concurrency), ("jobs", "greenscale", 4));
+        let s = TargetSettings::from_metadata(&meta(&[
+            ("list", "llama_8b"),
+            ("policy", "greenscale:cold_cost=300"),
+            ("concurrency", "8"),
+            ("coldStart", "90s"),
+        ]))
+        .unwrap();
+        assert_eq!(s.cold_start, Some(Duration::from_secs(90)));
+        assert_eq!(s.metric_name(), "greenscale-llama-8b");
+        for bad in [
+            meta(&[("lsit", "x")]),
+            meta(&[("policy", "nope")]),
+            meta(&[("concurrency", "0")]),
+            meta(&[("coldStart", "soon")]),
+        ] {
+            assert!(TargetSettings::from_metadata(&bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! GreenScale on Kubernetes: the KEDA external scaler (gRPC) and the direct actuator that
+//! patches a Deployment's scale subresource.
+//!
+//! - [`external`]: the `externalscaler.ExternalScaler` service;
+//! - [`metrics`]: Prometheus metrics and the HTTP server for `/metrics` and `/healthz`.
+
+pub mod external;
+pub mod metrics;
+
+/// Code generated from `proto/externalscaler.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("externalscaler");
+}
+
+pub use external::{Scaler, TargetSettings};
+pub use metrics::ScalerMetrics;
+pub use proto::external_scaler_server::ExternalScalerServer;
