@@ -42,6 +42,9 @@ pub enum Command {
     Up(UpArgs),
     /// Run the HTTP gateway: jobs API, OpenAI-compatible API, metrics, OpenAPI document.
     Gateway(GatewayArgs),
+    /// Run the Kubernetes scaler: KEDA's external scaler over gRPC, and optionally the
+    /// direct actuator that scales the worker Deployment itself.
+    Scaler(ScalerArgs),
     /// Run the built-in demo model server (OpenAI-compatible; deterministic text).
     DemoModel(DemoModelArgs),
     /// Submit a prompt as a job; prints the job id, or the answer with --wait.
@@ -265,6 +268,59 @@ pub struct UpArgs {
     /// each pool's jobs go to a list named after the pool.
     #[arg(long, env = "GREENSCALE_QUEUE")]
     pub queue: Option<String>,
+}
+
+/// `greenscale scaler`.
+#[derive(Debug, Args)]
+pub struct ScalerArgs {
+    /// Redis URL of the queue. Without it, REDIS_HOST and REDIS_PORT, then
+    /// redis://127.0.0.1:6379.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Address of the gRPC external scaler (what a ScaledObject's `scalerAddress` points at).
+    #[arg(long, env = "GREENSCALE_GRPC_LISTEN", default_value = "0.0.0.0:9090")]
+    pub grpc_listen: std::net::SocketAddr,
+    /// Address of /metrics and /healthz.
+    #[arg(long, env = "GREENSCALE_HTTP_LISTEN", default_value = "0.0.0.0:8081")]
+    pub http_listen: std::net::SocketAddr,
+    /// `kubernetes` also scales the Deployment directly through its scale subresource
+    /// (for clusters without KEDA); `none` only answers KEDA.
+    #[arg(long, env = "GREENSCALE_ACTUATOR", default_value = "none", value_parser = ["none", "kubernetes"])]
+    pub actuator: String,
+    /// Namespace of the worker Deployment (actuator). Default: this pod's namespace.
+    #[arg(long, env = "GREENSCALE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The worker Deployment to scale (actuator).
+    #[arg(
+        long,
+        env = "GREENSCALE_DEPLOYMENT",
+        required_if_eq("actuator", "kubernetes")
+    )]
+    pub deployment: Option<String>,
+    /// Pending list the workers take jobs from (actuator).
+    #[arg(long, env = "REDIS_LIST_NAME", default_value = "jobs")]
+    pub list: String,
+    /// Scaling policy (actuator; a ScaledObject names its own in scalerMetadata).
+    #[arg(long, env = "GREENSCALE_POLICY", default_value = "greenscale")]
+    pub policy: String,
+    /// Jobs one worker replica runs at once (actuator).
+    #[arg(long, env = "GREENSCALE_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+    /// Most replicas (actuator).
+    #[arg(long, env = "GREENSCALE_MAX_REPLICAS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_replicas: u32,
+    /// Name of the Lease that lets only one scaler act (actuator).
+    #[arg(
+        long,
+        env = "GREENSCALE_LEASE_NAME",
+        default_value = "greenscale-scaler"
+    )]
+    pub lease_name: String,
+    /// This scaler's identity in the Lease (default: the host name, i.e. the pod name).
+    #[arg(long, env = "GREENSCALE_IDENTITY")]
+    pub identity: Option<String>,
 }
 
 /// `greenscale replica-guard` (internal).

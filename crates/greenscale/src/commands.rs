@@ -23,6 +23,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker(args).await,
         Command::Up(args) => crate::up::run(args).await,
         Command::Gateway(args) => gateway(args).await,
+        Command::Scaler(args) => crate::scaler::run(args).await,
         Command::DemoModel(args) => demo_model(args).await,
         Command::Submit(args) => submit(args).await,
         Command::Status(args) => status(args).await,

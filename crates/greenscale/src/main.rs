@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod commands;
+mod scaler;
 mod sim;
 mod up;
 

@@ -226,8 +226,11 @@ impl RedisQueue {
             .map_err(unavailable)?;
         let stream = pubsub.into_on_message().filter_map(|msg| async move {
             let event: String = msg.get_payload().ok()?;
-            matches!(event.as_str(), "lpush" | "rpush" | "linsert" | "lmove" | "rpoplpush")
-                .then_some(())
+            matches!(
+                event.as_str(),
+                "lpush" | "rpush" | "linsert" | "lmove" | "rpoplpush"
+            )
+            .then_some(())
         });
         Ok(Box::pin(stream))
     }

@@ -64,15 +64,23 @@ impl TargetSettings {
                     .parse::<u32>()
                     .ok()
                     .filter(|n| *n >= 1)
-                    .ok_or_else(|| format!("scalerMetadata {key}: {v:?} is not a whole number ≥ 1")),
+                    .ok_or_else(|| {
+                        format!("scalerMetadata {key}: {v:?} is not a whole number ≥ 1")
+                    }),
             }
         };
-        let policy = meta.get("policy").cloned().unwrap_or_else(|| "greenscale".into());
-        let spec = Spec::parse(&policy).map_err(|e| format!("scalerMetadata policy: {}", e.message))?;
+        let policy = meta
+            .get("policy")
+            .cloned()
+            .unwrap_or_else(|| "greenscale".into());
+        let spec =
+            Spec::parse(&policy).map_err(|e| format!("scalerMetadata policy: {}", e.message))?;
         build(&spec).map_err(|e| format!("scalerMetadata policy: {}", e.message))?;
         let cold_start = match meta.get("coldStart") {
             None => None,
-            Some(v) => Some(parse_duration(v).map_err(|e| format!("scalerMetadata coldStart: {e}"))?),
+            Some(v) => {
+                Some(parse_duration(v).map_err(|e| format!("scalerMetadata coldStart: {e}"))?)
+            }
         };
         let list = meta.get("list").cloned().unwrap_or_else(|| "jobs".into());
         if list.is_empty() {
@@ -92,7 +100,13 @@ impl TargetSettings {
         let clean: String = self
             .list
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .collect();
         format!("greenscale-{clean}")
     }
@@ -110,12 +124,15 @@ struct TargetState {
     desired: u32,
 }
 
+/// ScaledObjects served, by namespace and name.
+type Targets = HashMap<(String, String), Arc<Target>>;
+
 /// The gRPC service.
 #[derive(Clone)]
 pub struct Scaler {
     redis_url: String,
     queue_config: QueueConfig,
-    targets: Arc<std::sync::Mutex<HashMap<(String, String), Arc<Target>>>>,
+    targets: Arc<std::sync::Mutex<Targets>>,
     epoch: Instant,
     metrics: Arc<ScalerMetrics>,
 }
@@ -173,7 +190,10 @@ impl Scaler {
             .map_err(|e| Status::unavailable(format!("cannot read list {:?}: {e}", s.list)))?;
         let mut state = target.state.lock().await;
         let ready = stats.live_workers.min(u32::MAX as u64) as u32;
-        let floor = stats.in_flight.div_ceil(s.concurrency as u64).min(u32::MAX as u64) as u32;
+        let floor = stats
+            .in_flight
+            .div_ceil(s.concurrency as u64)
+            .min(u32::MAX as u64) as u32;
         let obs = Observation {
             now: self.epoch.elapsed().as_secs_f64(),
             pending: stats.pending + stats.delayed,
@@ -215,7 +235,9 @@ impl ExternalScaler for Scaler {
         self.metrics.call("IsActive");
         let target = self.target(request.get_ref())?;
         let desired = self.evaluate(&target, false).await?;
-        Ok(Response::new(IsActiveResponse { result: desired > 0 }))
+        Ok(Response::new(IsActiveResponse {
+            result: desired > 0,
+        }))
     }
 
     type StreamIsActiveStream = ActiveStream;
@@ -261,13 +283,19 @@ impl ExternalScaler for Scaler {
                     if active {
                         scaler.metrics.pushed();
                     }
-                    if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
+                    if tx
+                        .send(Ok(IsActiveResponse { result: active }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn get_metric_spec(
@@ -328,13 +356,19 @@ mod tests {
     use super::*;
 
     fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn metadata_is_read_and_checked() {
         let s = TargetSettings::from_metadata(&meta(&[])).unwrap();
-        assert_eq!((s.list.as_str(), s.policy.as_str(), s.concurrency), ("jobs", "greenscale", 4));
+        assert_eq!(
+            (s.list.as_str(), s.policy.as_str(), s.concurrency),
+            ("jobs", "greenscale", 4)
+        );
         let s = TargetSettings::from_metadata(&meta(&[
             ("list", "llama_8b"),
             ("policy", "greenscale:cold_cost=300"),

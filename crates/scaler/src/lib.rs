@@ -2,8 +2,10 @@
 //! patches a Deployment's scale subresource.
 //!
 //! - [`external`]: the `externalscaler.ExternalScaler` service;
+//! - [`actuator`]: the direct actuator (Lease + scale subresource);
 //! - [`metrics`]: Prometheus metrics and the HTTP server for `/metrics` and `/healthz`.
 
+pub mod actuator;
 pub mod external;
 pub mod metrics;
 

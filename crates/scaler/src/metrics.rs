@@ -1,6 +1,5 @@
 //! The scaler's Prometheus metrics and its small HTTP server (`/metrics`, `/healthz`).
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -53,13 +52,41 @@ impl Default for ScalerMetrics {
             scale_patches: Counter::default(),
             leader: Gauge::default(),
         };
-        r.register("desired_replicas", "Replicas the scaling policy asks for, per list", m.desired.clone());
-        r.register("scaler_calls", "External-scaler calls from KEDA, by method", m.calls.clone());
-        r.register("scaler_pushes", "`true` pushed on StreamIsActive (wake-ups without waiting for a poll)", m.pushes.clone());
-        r.register("replicas", "Replicas of the scaled Deployment (direct actuator)", m.replicas.clone());
-        r.register("cold_start_seconds", "Pod created to worker ready (direct actuator)", m.cold_start.clone());
-        r.register("scale_patches", "Scale subresource changes sent (direct actuator)", m.scale_patches.clone());
-        r.register("scaler_leader", "1 while this scaler holds the Lease (direct actuator)", m.leader.clone());
+        r.register(
+            "desired_replicas",
+            "Replicas the scaling policy asks for, per list",
+            m.desired.clone(),
+        );
+        r.register(
+            "scaler_calls",
+            "External-scaler calls from KEDA, by method",
+            m.calls.clone(),
+        );
+        r.register(
+            "scaler_pushes",
+            "`true` pushed on StreamIsActive (wake-ups without waiting for a poll)",
+            m.pushes.clone(),
+        );
+        r.register(
+            "replicas",
+            "Replicas of the scaled Deployment (direct actuator)",
+            m.replicas.clone(),
+        );
+        r.register(
+            "cold_start_seconds",
+            "Pod created to worker ready (direct actuator)",
+            m.cold_start.clone(),
+        );
+        r.register(
+            "scale_patches",
+            "Scale subresource changes sent (direct actuator)",
+            m.scale_patches.clone(),
+        );
+        r.register(
+            "scaler_leader",
+            "1 while this scaler holds the Lease (direct actuator)",
+            m.leader.clone(),
+        );
         *m.registry.lock().expect("registry lock") = r;
         m
     }
@@ -69,7 +96,9 @@ impl ScalerMetrics {
     /// Records the desired replicas of `list`.
     pub fn desired(&self, list: &str, n: u32) {
         self.desired
-            .get_or_create(&ListLabel { list: list.to_string() })
+            .get_or_create(&ListLabel {
+                list: list.to_string(),
+            })
             .set(n as i64);
     }
 
@@ -86,33 +115,43 @@ impl ScalerMetrics {
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().expect("registry lock"))
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(
+            &mut out,
+            &self.registry.lock().expect("registry lock"),
+        )
+        .expect("writing to a String cannot fail");
         out
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listen` until `shutdown` completes.
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` completes.
 pub async fn serve_http(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<ScalerMetrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route(
             "/metrics",
             get(move || {
                 let m = metrics.clone();
                 async move {
                     (
-                        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         m.render(),
                     )
                         .into_response()
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

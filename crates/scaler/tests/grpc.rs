@@ -16,7 +16,11 @@ use tonic::transport::Channel;
 async fn start(redis: &RedisServer) -> ExternalScalerClient<Channel> {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let scaler = Scaler::new(&redis.url(), QueueConfig::default(), Arc::new(ScalerMetrics::default()));
+    let scaler = Scaler::new(
+        &redis.url(),
+        QueueConfig::default(),
+        Arc::new(ScalerMetrics::default()),
+    );
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(ExternalScalerServer::new(scaler))
@@ -60,7 +64,12 @@ async fn metric(client: &mut ExternalScalerClient<Channel>, o: &ScaledObjectRef)
 }
 
 async fn active(client: &mut ExternalScalerClient<Channel>, o: &ScaledObjectRef) -> bool {
-    client.is_active(o.clone()).await.unwrap().into_inner().result
+    client
+        .is_active(o.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +77,11 @@ async fn a_job_pushed_at_zero_is_streamed_as_active_within_50_ms() {
     let redis = RedisServer::start();
     let mut client = start(&redis).await;
     let o = object("jobs", &[]);
-    let mut stream = client.stream_is_active(o.clone()).await.unwrap().into_inner();
+    let mut stream = client
+        .stream_is_active(o.clone())
+        .await
+        .unwrap()
+        .into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert!(!first.result, "an empty queue at zero is inactive");
     // Let the subscription settle, then push the way the prototype's producers do.
@@ -88,20 +101,37 @@ async fn a_job_pushed_at_zero_is_streamed_as_active_within_50_ms() {
     let took = pushed.elapsed();
     assert!(next.result);
     assert!(took < Duration::from_millis(50), "pushed after {took:?}");
-    println!("StreamIsActive pushed true {:.1} ms after LPUSH", took.as_secs_f64() * 1000.0);
+    println!(
+        "StreamIsActive pushed true {:.1} ms after LPUSH",
+        took.as_secs_f64() * 1000.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_job_keeps_a_replica_until_it_ends_then_the_pool_goes_to_zero() {
     let redis = RedisServer::start();
     let mut client = start(&redis).await;
-    let o = object("work", &[("policy", "greenscale:cold_cost=1"), ("coldStart", "1s"), ("concurrency", "2")]);
-    let spec = client.get_metric_spec(o.clone()).await.unwrap().into_inner();
+    let o = object(
+        "work",
+        &[
+            ("policy", "greenscale:cold_cost=1"),
+            ("coldStart", "1s"),
+            ("concurrency", "2"),
+        ],
+    );
+    let spec = client
+        .get_metric_spec(o.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(spec.metric_specs[0].target_size_float, 1.0);
     assert_eq!(spec.metric_specs[0].metric_name, "greenscale-work");
 
     let queue = RedisQueue::connect(&redis.url(), "work", QueueConfig::default()).unwrap();
-    queue.enqueue(JobSpec::from_prompt("long job")).await.unwrap();
+    queue
+        .enqueue(JobSpec::from_prompt("long job"))
+        .await
+        .unwrap();
     let leased = queue.lease("w1", 1, Duration::from_secs(1)).await.unwrap();
     assert_eq!(leased.len(), 1);
     assert_eq!(queue.stats().await.unwrap().pending, 0, "the list is empty");
@@ -119,7 +149,10 @@ async fn a_running_job_keeps_a_replica_until_it_ends_then_the_pool_goes_to_zero(
     queue.deregister("w1").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while active(&mut client, &o).await {
-        assert!(Instant::now() < deadline, "still active long after the keep-alive");
+        assert!(
+            Instant::now() < deadline,
+            "still active long after the keep-alive"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(metric(&mut client, &o).await, 0.0);
