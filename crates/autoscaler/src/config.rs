@@ -85,14 +85,22 @@ impl PoolConfig {
 
 /// A configuration error, located in its file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
 pub struct ConfigError {
     /// The file.
     pub file: String,
-    /// 1-based line.
+    /// 1-based line; 0 when the error is about the whole file.
     pub line: usize,
     /// What is wrong, naming the field.
     pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            0 => write!(f, "{}: {}", self.file, self.message),
+            line => write!(f, "{}:{line}: {}", self.file, self.message),
+        }
+    }
 }
 
 #[derive(Deserialize)]

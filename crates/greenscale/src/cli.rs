@@ -35,11 +35,11 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a worker: lease jobs from the queue and run them against a model.
-    Worker(WorkerArgs),
     /// Run everything on this machine: gateway, embedded queue, autoscaler, and local model
     /// servers started and stopped on demand (or remote APIs).
     Up(UpArgs),
+    /// Run a worker: lease jobs from the queue and run them against a model.
+    Worker(WorkerArgs),
     /// Run the HTTP gateway: jobs API, OpenAI-compatible API, metrics, OpenAPI document.
     Gateway(GatewayArgs),
     /// Run the Kubernetes scaler: KEDA's external scaler over gRPC, and optionally the
