@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use greenscale_core::policy::{Decision, Observation, Reason};
 use greenscale_core::{Queue, QueueError};
 use greenscale_worker::{
-    OpenAiBackend, OpenAiConfig, WorkerConfig, WorkerReport, default_worker_id, run_worker,
+    LeaseTurns, OpenAiBackend, OpenAiConfig, WorkerConfig, WorkerReport, default_worker_id,
+    run_worker,
 };
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
@@ -174,6 +175,8 @@ pub struct Pool {
     epoch: Instant,
     since_ms: u64,
     metrics: PoolMetrics,
+    /// Makes the replicas' workers lease least-loaded first.
+    turns: Arc<LeaseTurns>,
 }
 
 fn unix_ms() -> u64 {
@@ -204,6 +207,7 @@ impl Pool {
             epoch: Instant::now(),
             since_ms: unix_ms(),
             metrics,
+            turns: Arc::default(),
         })
     }
 
@@ -498,6 +502,7 @@ impl Pool {
         let mut config = WorkerConfig::new(format!("{}-{name}", default_worker_id()), self.lease);
         config.concurrency = self.config.concurrency as usize;
         config.grace = self.config.drain_grace;
+        config.turns = Some(self.turns.clone());
         let server_gone = Arc::new(Notify::new());
         let shutdown = {
             let (pool, name, server_gone) = (self.clone(), name.clone(), server_gone.clone());

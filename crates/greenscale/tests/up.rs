@@ -460,3 +460,71 @@ async fn with_a_redis_queue_jobs_go_to_a_list_named_after_the_pool() {
         "{record:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_goes_to_the_least_loaded_ready_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        dir.path(),
+        "up",
+        &[
+            "--demo-load-time",
+            "300ms",
+            "--demo-tokens-per-sec",
+            "10",
+            "--concurrency",
+            "2",
+            "--max-replicas",
+            "2",
+            "--policy",
+            "keepalive:60s",
+        ],
+    )
+    .await;
+    // Warm two replicas.
+    let warm = futures::future::join_all(
+        (0..4).map(|i| up.submit(json!({"prompt": format!("warm {i}"), "max_tokens": 3}))),
+    )
+    .await;
+    for id in &warm {
+        up.wait_for("warm-up jobs done", Duration::from_secs(30), || async {
+            up.job(id).await["status"] == "succeeded"
+        })
+        .await;
+    }
+    up.wait_for("two ready replicas", Duration::from_secs(10), || async {
+        let pool = up.pool().await;
+        pool["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["state"] == "ready")
+            .count()
+            == 2
+    })
+    .await;
+    // One long job runs on one replica, which still has a free slot; the next job must go
+    // to the idle replica.
+    let a = up
+        .submit(json!({"prompt": "first", "max_tokens": 40}))
+        .await;
+    up.wait_for("the first job runs", Duration::from_secs(10), || async {
+        up.job(&a).await["status"] == "running"
+    })
+    .await;
+    let b = up
+        .submit(json!({"prompt": "second", "max_tokens": 40}))
+        .await;
+    up.wait_for("the second job runs", Duration::from_secs(10), || async {
+        up.job(&b).await["status"] == "running"
+    })
+    .await;
+    let (wa, wb) = (
+        up.job(&a).await["worker_id"].clone(),
+        up.job(&b).await["worker_id"].clone(),
+    );
+    assert_ne!(
+        wa, wb,
+        "both jobs went to the same replica while another was idle"
+    );
+}

@@ -3,9 +3,11 @@
 pub mod backend;
 pub mod runtime;
 pub mod sse;
+pub mod turns;
 
 pub use backend::{ModelBackend, OpenAiBackend, OpenAiConfig, TokenSink, chat_completions_url};
 pub use runtime::{WorkerConfig, WorkerReport, run_worker};
+pub use turns::LeaseTurns;
 
 /// A worker id that is unique and says where the worker runs: host name, process id and a
 /// short random suffix.

@@ -11,6 +11,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::backend::ModelBackend;
+use crate::turns::LeaseTurns;
 
 /// Settings of one worker process.
 #[derive(Debug, Clone)]
@@ -25,7 +26,14 @@ pub struct WorkerConfig {
     pub heartbeat_every: Duration,
     /// How often this worker reclaims expired leases and promotes due retries.
     pub maintain_every: Duration,
+    /// Shared with the other workers of a pool in this process: they then lease one job at
+    /// a time, the least loaded first (see [`LeaseTurns`]).
+    pub turns: Option<Arc<LeaseTurns>>,
 }
+
+/// How long a worker waits for a job while holding a pool's lease turn, before it lets a
+/// less loaded worker have the turn.
+const TURN_LEASE_WAIT: Duration = Duration::from_millis(100);
 
 impl WorkerConfig {
     /// Defaults for a worker with the given id and a queue lease of `lease`.
@@ -36,6 +44,7 @@ impl WorkerConfig {
             grace: Duration::from_secs(25),
             heartbeat_every: (lease / 3).max(Duration::from_millis(50)),
             maintain_every: Duration::from_secs(1),
+            turns: None,
         }
     }
 }
@@ -108,11 +117,22 @@ pub async fn run_worker<B: ModelBackend>(
             permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
         };
         while tasks.try_join_next().is_some() {}
-        let want = 1 + slots.available_permits();
+        // Alone, lease for every free slot; sharing a pool, one job per turn.
+        let (want, wait, _turn) = match &config.turns {
+            None => (1 + slots.available_permits(), Duration::from_secs(1), None),
+            Some(turns) => {
+                let turn = tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    t = turns.take(report.in_flight.load(Ordering::Relaxed)) => t,
+                };
+                (1, TURN_LEASE_WAIT, Some(turn))
+            }
+        };
         let leased = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            r = queue.lease(&config.id, want, Duration::from_secs(1)) => r,
+            r = queue.lease(&config.id, want, wait) => r,
         };
         let jobs = match leased {
             Ok(jobs) => {
