@@ -166,7 +166,7 @@ impl Actuator {
                 let secs = (at.0.as_millisecond() - created.0.as_millisecond()) as f64 / 1000.0;
                 if secs >= 0.0 {
                     self.cold_starts.push(secs);
-                    self.metrics.cold_start.observe(secs);
+                    self.metrics.cold_start(&self.config.settings.list, secs);
                     tracing::info!(pod = ?pod.metadata.name, cold_start_s = secs, "worker pod ready");
                 }
             }
@@ -217,7 +217,11 @@ impl Actuator {
                 .await
                 .map_err(|e| format!("pods: {e}"))?
         };
-        self.metrics.replicas.set(current as i64);
+        self.metrics.set_replicas(
+            &self.config.settings.list,
+            current.saturating_sub(ready),
+            ready,
+        );
         let stats = self
             .queue
             .stats()

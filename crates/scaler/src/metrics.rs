@@ -19,6 +19,21 @@ struct ListLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolStateLabel {
+    pool: String,
+    state: &'static str,
+}
+
+fn cold_start_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.5, 2.0, 14))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabel {
     method: &'static str,
 }
@@ -29,10 +44,8 @@ pub struct ScalerMetrics {
     desired: Family<ListLabel, Gauge>,
     calls: Family<MethodLabel, Counter>,
     pushes: Counter,
-    /// Replicas of the scaled Deployment (actuator).
-    pub replicas: Gauge,
-    /// Pod created → worker ready, seconds (actuator).
-    pub cold_start: Histogram,
+    replicas: Family<PoolStateLabel, Gauge>,
+    cold_start: Family<PoolLabel, Histogram, fn() -> Histogram>,
     /// Scale changes sent (actuator).
     pub scale_patches: Counter,
     /// 1 while this scaler holds the Lease (actuator).
@@ -47,8 +60,8 @@ impl Default for ScalerMetrics {
             desired: Family::default(),
             calls: Family::default(),
             pushes: Counter::default(),
-            replicas: Gauge::default(),
-            cold_start: Histogram::new(exponential_buckets(0.5, 2.0, 14)),
+            replicas: Family::default(),
+            cold_start: Family::new_with_constructor(cold_start_histogram),
             scale_patches: Counter::default(),
             leader: Gauge::default(),
         };
@@ -100,6 +113,27 @@ impl ScalerMetrics {
                 list: list.to_string(),
             })
             .set(n as i64);
+    }
+
+    /// Records the worker replicas of `pool` (its list) by state.
+    pub fn set_replicas(&self, pool: &str, starting: u32, ready: u32) {
+        for (state, n) in [("starting", starting), ("ready", ready)] {
+            self.replicas
+                .get_or_create(&PoolStateLabel {
+                    pool: pool.to_string(),
+                    state,
+                })
+                .set(n as i64);
+        }
+    }
+
+    /// Records a measured cold start of a `pool` replica.
+    pub fn cold_start(&self, pool: &str, seconds: f64) {
+        self.cold_start
+            .get_or_create(&PoolLabel {
+                pool: pool.to_string(),
+            })
+            .observe(seconds);
     }
 
     /// Counts a call of `method`.
