@@ -262,14 +262,19 @@ pub async fn events(
 }
 
 /// Timeline query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
-    /// `15m`, `1h` or `24h`.
+    /// `15m` (default), `1h` or `24h`.
     pub window: Option<String>,
 }
 
 /// Replicas and queue depth over a window, per pool, at most 360 points each (the maximum of
 /// each slice), and the scale events in it.
+#[utoipa::path(get, path = "/v1/dashboard/history", params(HistoryQuery),
+    responses((status = 200, description = "series per pool and scale events", body = Object),
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn history(
     State(g): State<Gateway>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
@@ -331,7 +336,12 @@ pub async fn history(
     })))
 }
 
-/// The pools' live state (`[]` for a standalone gateway).
+/// The pools' live state under `greenscale up`: replicas, cold starts, recorded scaling
+/// decisions, replica-seconds (`[]` for a standalone gateway).
+#[utoipa::path(get, path = "/v1/pools",
+    responses((status = 200, description = "one object per pool", body = Vec<Object>),
+        (status = 401, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn pools(State(g): State<Gateway>) -> axum::Json<Value> {
     axum::Json(g.pools.as_ref().map(|p| p.pools()).unwrap_or(json!([])))
 }

@@ -132,6 +132,8 @@ impl Gateway {
         jobs::queue_stats,
         openai::chat_completions,
         openai::list_models,
+        dashboard::pools,
+        dashboard::history,
         healthz,
         readyz,
     ),
