@@ -77,6 +77,17 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
         metrics.clone(),
         stopped(stop_rx.clone()),
     ));
+    match RedisQueue::connect(&url, &args.list, QueueConfig::default()) {
+        Ok(q) => {
+            if let Err(e) = q.ping().await {
+                tracing::warn!(redis = %redacted(&url), error = %e, "Redis is not reachable yet; KEDA's calls fail with Unavailable until it is");
+            }
+        }
+        Err(greenscale_core::QueueError::Invalid(m)) => {
+            anyhow::bail!("--redis-url {}: {m}", redacted(&url))
+        }
+        Err(e) => anyhow::bail!("--redis-url {}: {e}", redacted(&url)),
+    }
     let scaler = Scaler::new(&url, QueueConfig::default(), metrics);
     tracing::info!(
         grpc = %args.grpc_listen,
