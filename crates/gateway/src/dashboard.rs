@@ -185,6 +185,9 @@ async fn recent_timings(g: &Gateway) -> Value {
     let Ok(page) = g.routes.list_jobs(None, 1000, None).await else {
         return Value::Null;
     };
+    // A job whose model names no pool ran in the first (the default) one.
+    let names = g.routes.names();
+    let default = display_name(g, names.first().map(String::as_str).unwrap_or(""));
     for rec in page.jobs {
         let finished = rec.finished_at_ms.is_some_and(|t| t >= since);
         let ran = matches!(
@@ -192,17 +195,10 @@ async fn recent_timings(g: &Gateway) -> Value {
             JobStatus::Succeeded | JobStatus::Failed | JobStatus::Dead
         );
         if finished && ran {
-            let model = rec
-                .spec
-                .as_ref()
-                .and_then(|s| s.model.clone())
-                .unwrap_or_default();
-            let name = match g.routes.names().iter().find(|n| **n == model) {
+            let model = rec.spec.as_ref().and_then(|s| s.model.as_deref());
+            let name = match names.iter().find(|n| Some(n.as_str()) == model) {
                 Some(n) => n.clone(),
-                None => display_name(
-                    g,
-                    g.routes.names().first().map(String::as_str).unwrap_or(""),
-                ),
+                None => default.clone(),
             };
             by_pool.entry(name).or_default().push(rec);
         }

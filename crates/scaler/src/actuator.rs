@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use greenscale_core::Queue;
-use greenscale_core::policy::{Observation, Policy, Spec, build};
+use greenscale_core::policy::{Policy, Spec, build};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
@@ -228,26 +228,17 @@ impl Actuator {
             .await
             .map_err(|e| format!("queue: {e}"))?;
         let s = &self.config.settings;
-        let floor = stats
-            .in_flight
-            .div_ceil(s.concurrency as u64)
-            .min(u32::MAX as u64) as u32;
         let measured = (!self.cold_starts.is_empty())
             .then(|| self.cold_starts.iter().sum::<f64>() / self.cold_starts.len() as f64);
-        let obs = Observation {
-            now: self.epoch.elapsed().as_secs_f64(),
-            pending: stats.pending + stats.delayed,
-            in_flight: stats.in_flight,
+        let obs = s.observation(
+            self.epoch.elapsed().as_secs_f64(),
+            &stats,
             ready,
-            starting: current.saturating_sub(ready),
-            busy: floor.min(ready),
-            concurrency: s.concurrency,
-            cold_start: measured.or(s.cold_start.map(|d| d.as_secs_f64())),
-            service_time: None,
-            max_replicas: s.max_replicas,
-        };
+            current.saturating_sub(ready),
+            measured,
+        );
         let decision = self.policy.decide(&obs);
-        let desired = decision.desired.max(floor).min(s.max_replicas);
+        let desired = s.settle(decision.desired, &stats);
         self.metrics.desired(&s.list, desired);
         if desired == current {
             return Ok(Step::Unchanged(current));

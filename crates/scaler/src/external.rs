@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use greenscale_core::policy::{Observation, Policy, Spec, build};
-use greenscale_core::{Queue, QueueConfig, parse_duration};
+use greenscale_core::{Queue, QueueConfig, QueueStats, parse_duration};
 use greenscale_queue::RedisQueue;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
@@ -93,6 +93,46 @@ impl TargetSettings {
             max_replicas: number("maxReplicas", 100)?,
             cold_start,
         })
+    }
+
+    /// Replicas the running jobs need: `ceil(in-flight / concurrency)`. Scaling never goes
+    /// below it, so no replica holding a job is removed.
+    pub fn floor(&self, stats: &QueueStats) -> u32 {
+        stats
+            .in_flight
+            .div_ceil(self.concurrency as u64)
+            .min(u32::MAX as u64) as u32
+    }
+
+    /// What the policy sees of this target at `now`: the queue's counts (retries waiting for
+    /// their delay count as pending), the replicas known to be ready and starting, and the
+    /// measured cold start if there is one (else the configured one).
+    pub fn observation(
+        &self,
+        now: f64,
+        stats: &QueueStats,
+        ready: u32,
+        starting: u32,
+        measured_cold_start: Option<f64>,
+    ) -> Observation {
+        Observation {
+            now,
+            pending: stats.pending + stats.delayed,
+            in_flight: stats.in_flight,
+            ready,
+            starting,
+            busy: self.floor(stats).min(ready),
+            concurrency: self.concurrency,
+            cold_start: measured_cold_start.or(self.cold_start.map(|d| d.as_secs_f64())),
+            service_time: None,
+            max_replicas: self.max_replicas,
+        }
+    }
+
+    /// The replicas to ask for when the policy wants `desired`: at least the floor, at most
+    /// the limit.
+    pub fn settle(&self, desired: u32, stats: &QueueStats) -> u32 {
+        desired.max(self.floor(stats)).min(self.max_replicas)
     }
 
     /// The metric's name (one per list).
@@ -190,29 +230,20 @@ impl Scaler {
             .map_err(|e| Status::unavailable(format!("cannot read list {:?}: {e}", s.list)))?;
         let mut state = target.state.lock().await;
         let ready = stats.live_workers.min(u32::MAX as u64) as u32;
-        let floor = stats
-            .in_flight
-            .div_ceil(s.concurrency as u64)
-            .min(u32::MAX as u64) as u32;
-        let obs = Observation {
-            now: self.epoch.elapsed().as_secs_f64(),
-            pending: stats.pending + stats.delayed,
-            in_flight: stats.in_flight,
+        let obs = s.observation(
+            self.epoch.elapsed().as_secs_f64(),
+            &stats,
             ready,
-            starting: state.desired.saturating_sub(ready),
-            busy: floor.min(ready),
-            concurrency: s.concurrency,
-            cold_start: s.cold_start.map(|d| d.as_secs_f64()),
-            service_time: None,
-            max_replicas: s.max_replicas,
-        };
+            state.desired.saturating_sub(ready),
+            None,
+        );
         let decision = if on_arrival {
             state.policy.on_arrival(&obs)
         } else {
             Some(state.policy.decide(&obs))
         };
         if let Some(d) = decision {
-            let desired = d.desired.max(floor).min(s.max_replicas);
+            let desired = s.settle(d.desired, &stats);
             if desired != state.desired {
                 tracing::info!(list = %s.list, from = state.desired, to = desired, reason = %d.reason, "desired replicas");
             }
