@@ -220,3 +220,40 @@ impl Up {
         }
     }
 }
+
+/// Process ids in process group `pgid`.
+pub fn group_members(pgid: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name: state, ppid, pgrp, ...
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields[0] != "Z" && fields[2].parse::<u64>() == Ok(pgid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The command line of process `pid`, arguments joined by spaces.
+pub fn cmdline(pid: u64) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .replace('\0', " ")
+}
+
+/// The process groups of a pool's replicas (from `/v1/pools`).
+pub fn pgids(pool: &Value) -> Vec<u64> {
+    pool["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["pgid"].as_u64())
+        .collect()
+}
