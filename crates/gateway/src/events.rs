@@ -8,9 +8,10 @@ use futures::StreamExt;
 use greenscale_core::{JobEvent, Queue};
 use tokio::sync::broadcast;
 
-/// Events buffered per job. Tokens arrive in batches (every 20 ms at most), so this is
-/// plenty; a receiver that falls behind re-reads the job record. Each slot is allocated up
-/// front for every waiting request, so it is kept small.
+/// Events buffered per job. Tokens arrive one event per generated piece (joined when the
+/// worker's publishing falls behind); a receiver that falls further behind than this stops
+/// streaming and gets the rest of the text from the job record when the job ends. Each slot
+/// is allocated up front for every waiting request, so it is kept small.
 const CAPACITY: usize = 32;
 
 type Senders = Arc<Mutex<HashMap<String, broadcast::Sender<JobEvent>>>>;
@@ -77,9 +78,20 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next event; `None` when events were lost (the caller re-reads the record).
+    /// The next event. `None`, once, when events were lost (this receiver fell behind) or
+    /// the hub closed: the caller re-reads the record, and this subscription never yields
+    /// again, so what a caller forwarded stays a gap-free prefix of the job's text.
     pub async fn next(&mut self) -> Option<JobEvent> {
-        self.rx.as_mut()?.recv().await.ok()
+        let Some(rx) = self.rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        match rx.recv().await {
+            Ok(event) => Some(event),
+            Err(_) => {
+                self.rx = None;
+                None
+            }
+        }
     }
 }
 
@@ -93,5 +105,32 @@ impl Drop for Subscription {
         {
             senders.remove(&self.job_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_subscriber_that_fell_behind_stops_instead_of_skipping_text() {
+        let hub = EventHub::default();
+        let mut sub = hub.subscribe("job");
+        let tx = hub.senders.lock().unwrap().get("job").cloned().unwrap();
+        for i in 0..CAPACITY + 5 {
+            tx.send(JobEvent::Token {
+                text: i.to_string(),
+            })
+            .unwrap();
+        }
+        // The oldest events are gone: it says so once...
+        assert_eq!(sub.next().await, None);
+        // ...and never hands out a later piece that would leave a gap in the text.
+        tx.send(JobEvent::Token {
+            text: "late".into(),
+        })
+        .unwrap_or(0);
+        let later = tokio::time::timeout(Duration::from_millis(50), sub.next()).await;
+        assert!(later.is_err(), "yielded {later:?} after a gap");
     }
 }

@@ -375,31 +375,47 @@ async fn cancel_loop(queue: Arc<dyn Queue>, held: Held) {
     }
 }
 
-/// Runs a job whose tokens are published as they arrive, in batches of at most 20 ms.
+/// Runs a job whose tokens are published as they arrive: each piece the model streams is
+/// published at once, as its own event, so clients get one chunk per token and the first
+/// token never waits. Only when publishing falls behind the model (a piece arrives while the
+/// previous publish is still in flight) are the waiting pieces joined into one event, so the
+/// extra delay is bounded by one publish.
 async fn run_streaming<B: ModelBackend>(
     queue: &dyn Queue,
     backend: &B,
     job: &LeasedJob,
 ) -> Outcome {
-    let buffer = Arc::new(Mutex::new(String::new()));
-    let sink = buffer.clone();
-    let on_token = move |piece: &str| sink.lock().expect("token buffer").push_str(piece);
+    let (tx, mut pieces) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let on_token = move |piece: &str| {
+        let _ = tx.send(piece.to_string());
+    };
     let run = backend.run(&job.spec, &on_token);
     tokio::pin!(run);
     let id = job.spec.job_id.as_str();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
     let outcome = loop {
         tokio::select! {
+            biased;
+            Some(first) = pieces.recv() => publish_pieces(queue, id, first, &mut pieces).await,
             outcome = &mut run => break outcome,
-            _ = tick.tick() => flush_tokens(queue, id, &buffer).await,
         }
     };
-    flush_tokens(queue, id, &buffer).await;
+    // The run is over, so every piece it produced is already in the channel.
+    if let Ok(first) = pieces.try_recv() {
+        publish_pieces(queue, id, first, &mut pieces).await;
+    }
     outcome
 }
 
-async fn flush_tokens(queue: &dyn Queue, id: &str, buffer: &Mutex<String>) {
-    let text = std::mem::take(&mut *buffer.lock().expect("token buffer"));
+/// Publishes `first` joined with whatever pieces are already waiting behind it.
+async fn publish_pieces(
+    queue: &dyn Queue,
+    id: &str,
+    mut text: String,
+    waiting: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    while let Ok(more) = waiting.try_recv() {
+        text.push_str(&more);
+    }
     if !text.is_empty() {
         publish_quietly(queue, id, &JobEvent::Token { text }).await;
     }
