@@ -31,6 +31,47 @@ use crate::proto::{
 /// How often an open `StreamIsActive` re-evaluates without arrivals.
 const STREAM_TICK: Duration = Duration::from_secs(1);
 
+/// The trigger metadata keys GreenScale reads.
+pub const METADATA_KEYS: [&str; 5] = ["list", "policy", "concurrency", "maxReplicas", "coldStart"];
+
+/// KEDA's own keys of an `external`/`external-push` trigger (KEDA reads them to reach the
+/// scaler, then passes them on with the rest of the metadata): the scaler's address and the
+/// TLS settings of the connection.
+pub const KEDA_KEYS: [&str; 7] = [
+    "scalerAddress",
+    "enableTLS",
+    "unsafeSsl",
+    "caCert",
+    "tlsClientCert",
+    "tlsClientKey",
+    "tlsCertFile",
+];
+
+/// The refusal of an unknown metadata key, naming the nearest known one.
+fn unknown_key(key: &str) -> String {
+    let candidates = METADATA_KEYS
+        .iter()
+        .chain(KEDA_KEYS.iter())
+        .flat_map(|k| [k.to_string(), format!("{k}FromEnv")]);
+    let nearest = candidates
+        .map(|k| {
+            (
+                strsim::damerau_levenshtein(&k.to_lowercase(), &key.to_lowercase()),
+                k,
+            )
+        })
+        .min();
+    let hint = match nearest {
+        Some((d, k)) if d <= 3 => format!("did you mean {k:?}? "),
+        _ => String::new(),
+    };
+    format!(
+        "unknown scalerMetadata key {key:?} ({hint}GreenScale reads {}, each also as <key>FromEnv; KEDA's own keys {} are passed over)",
+        METADATA_KEYS.join(", "),
+        KEDA_KEYS.join(", ")
+    )
+}
+
 /// What a ScaledObject's `scalerMetadata` selects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetSettings {
@@ -47,14 +88,27 @@ pub struct TargetSettings {
 }
 
 impl TargetSettings {
-    /// Reads the metadata; unknown keys and bad values are refused with the key's name.
-    pub fn from_metadata(meta: &HashMap<String, String>) -> Result<Self, String> {
-        let known = ["list", "policy", "concurrency", "maxReplicas", "coldStart"];
-        if let Some(k) = meta.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(format!(
-                "unknown scalerMetadata key {k:?} (known: {})",
-                known.join(", ")
-            ));
+    /// Reads the metadata of a KEDA trigger, as KEDA sends it: the trigger's whole
+    /// `metadata` map, with KEDA's own keys ([`KEDA_KEYS`], ignored here) and every
+    /// `<key>FromEnv` key carrying the value KEDA resolved from the target's environment
+    /// (it stands for `<key>`; the plain key wins when both are given, as in KEDA).
+    /// An unknown key or a bad value is refused, naming the key and the nearest known one.
+    pub fn from_metadata(raw: &HashMap<String, String>) -> Result<Self, String> {
+        let mut meta: HashMap<&str, &String> = HashMap::new();
+        for (key, value) in raw {
+            if KEDA_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let (name, from_env) = match key.strip_suffix("FromEnv") {
+                Some(name) if !name.is_empty() => (name, true),
+                _ => (key.as_str(), false),
+            };
+            if !METADATA_KEYS.contains(&name) {
+                return Err(unknown_key(key));
+            }
+            if !from_env || !raw.contains_key(name) {
+                meta.insert(name, value);
+            }
         }
         let number = |key: &str, default: u32| -> Result<u32, String> {
             match meta.get(key) {
@@ -71,7 +125,7 @@ impl TargetSettings {
         };
         let policy = meta
             .get("policy")
-            .cloned()
+            .map(|p| p.to_string())
             .unwrap_or_else(|| "greenscale".into());
         let spec =
             Spec::parse(&policy).map_err(|e| format!("scalerMetadata policy: {}", e.message))?;
@@ -82,7 +136,10 @@ impl TargetSettings {
                 Some(parse_duration(v).map_err(|e| format!("scalerMetadata coldStart: {e}"))?)
             }
         };
-        let list = meta.get("list").cloned().unwrap_or_else(|| "jobs".into());
+        let list = meta
+            .get("list")
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "jobs".into());
         if list.is_empty() {
             return Err("scalerMetadata list: must not be empty".into());
         }
@@ -409,8 +466,31 @@ mod tests {
         .unwrap();
         assert_eq!(s.cold_start, Some(Duration::from_secs(90)));
         assert_eq!(s.metric_name(), "greenscale-llama-8b");
+        // What KEDA sends for a trigger: its own keys, and `*FromEnv` keys already resolved.
+        let s = TargetSettings::from_metadata(&meta(&[
+            (
+                "scalerAddress",
+                "greenscale-scaler.greenscale.svc.cluster.local:9090",
+            ),
+            ("enableTLS", "true"),
+            ("unsafeSsl", "false"),
+            ("tlsCertFile", "/certs/tls.crt"),
+            ("listFromEnv", "from-env"),
+            ("concurrencyFromEnv", "2"),
+            ("concurrency", "3"),
+        ]))
+        .unwrap();
+        assert_eq!((s.list.as_str(), s.concurrency), ("from-env", 3));
+        let e = TargetSettings::from_metadata(&meta(&[("lsit", "x")])).unwrap_err();
+        assert!(e.contains("did you mean \"list\"?"), "{e}");
+        let e = TargetSettings::from_metadata(&meta(&[("maxReplica", "3")])).unwrap_err();
+        assert!(e.contains("did you mean \"maxReplicas\"?"), "{e}");
+        let e = TargetSettings::from_metadata(&meta(&[("polcyFromEnv", "x")])).unwrap_err();
+        assert!(e.contains("did you mean \"policyFromEnv\"?"), "{e}");
         for bad in [
             meta(&[("lsit", "x")]),
+            meta(&[("scalerAdress", "x:1")]),
+            meta(&[("FromEnv", "x")]),
             meta(&[("policy", "nope")]),
             meta(&[("concurrency", "0")]),
             meta(&[("coldStart", "soon")]),

