@@ -327,6 +327,17 @@ pub struct ScalerArgs {
     /// This scaler's identity in the Lease (default: the host name, i.e. the pod name).
     #[arg(long, env = "GREENSCALE_IDENTITY")]
     pub identity: Option<String>,
+    /// Serve gRPC over TLS with this certificate chain (PEM); KEDA connects with TLS when the
+    /// trigger sets `enableTLS` or its TriggerAuthentication gives `caCert`.
+    #[arg(long, env = "GREENSCALE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "GREENSCALE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Mutual TLS: accept only clients whose certificate this CA (PEM) signed (KEDA sends
+    /// the TriggerAuthentication's `tlsClientCert`/`tlsClientKey`).
+    #[arg(long, env = "GREENSCALE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
 /// `greenscale replica-guard` (internal).

@@ -89,13 +89,30 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
         Err(e) => anyhow::bail!("--redis-url {}: {e}", redacted(&url)),
     }
     let scaler = Scaler::new(&url, QueueConfig::default(), metrics);
+    let mut server = tonic::transport::Server::builder();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let config =
+                greenscale_scaler::tls::server_config(cert, key, args.tls_client_ca.as_deref())?;
+            server = server
+                .tls_config(config)
+                .context("cannot set up gRPC TLS")?;
+            if args.tls_client_ca.is_some() {
+                "mutual TLS"
+            } else {
+                "TLS"
+            }
+        }
+        _ => "plaintext",
+    };
     tracing::info!(
         grpc = %args.grpc_listen,
         http = %args.http_listen,
         redis = %redacted(&url),
+        transport = tls,
         "KEDA external scaler listening"
     );
-    tonic::transport::Server::builder()
+    server
         .add_service(ExternalScalerServer::new(scaler))
         .serve_with_shutdown(args.grpc_listen, async move {
             shutdown_signal().await;

@@ -3,11 +3,13 @@
 //!
 //! - [`external`]: the `externalscaler.ExternalScaler` service;
 //! - [`actuator`]: the direct actuator (Lease + scale subresource);
-//! - [`metrics`]: Prometheus metrics and the HTTP server for `/metrics` and `/healthz`.
+//! - [`metrics`]: Prometheus metrics and the HTTP server for `/metrics` and `/healthz`;
+//! - [`tls`]: TLS and mutual TLS for the gRPC server.
 
 pub mod actuator;
 pub mod external;
 pub mod metrics;
+pub mod tls;
 
 /// Code generated from `proto/externalscaler.proto`.
 #[allow(missing_docs, clippy::all)]

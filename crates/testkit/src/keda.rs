@@ -756,3 +756,53 @@ pub async fn emulate(so: ScaledObject, conn: Connection, hpa: HpaTiming) -> Emul
         tasks,
     }
 }
+
+/// Certificates for a TLS test: a CA, a server certificate for `server_names`, and a client
+/// certificate, all signed by the CA, as PEM.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    /// The CA certificate (KEDA's `caCert`; the scaler's `--tls-client-ca`).
+    pub ca_cert: String,
+    /// The server's certificate (`--tls-cert`).
+    pub server_cert: String,
+    /// The server's key (`--tls-key`).
+    pub server_key: String,
+    /// The client's certificate (KEDA's `tlsClientCert`).
+    pub client_cert: String,
+    /// The client's key (KEDA's `tlsClientKey`).
+    pub client_key: String,
+}
+
+impl TestPki {
+    /// Fresh keys and certificates.
+    pub fn generate(server_names: &[&str]) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        };
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(names).expect("params");
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &issuer).expect("certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let names = server_names.iter().map(|n| n.to_string()).collect();
+        let (server_cert, server_key) = leaf(names, ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = leaf(
+            vec!["keda-operator".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        TestPki {
+            ca_cert: ca_cert.pem(),
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+        }
+    }
+}

@@ -106,6 +106,11 @@ impl Process {
         }
     }
 
+    /// The exit status if the process has ended, without waiting.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
