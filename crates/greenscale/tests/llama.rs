@@ -317,9 +317,9 @@ async fn llama_server_killed_mid_stream_is_replaced_the_job_retried_and_nothing_
             "no token: {seen}\n{}",
             up.process.log()
         );
-        match tokio::time::timeout(Duration::from_secs(5), events.chunk()).await {
-            Ok(Ok(Some(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
-            _ => {}
+        if let Ok(Ok(Some(b))) = tokio::time::timeout(Duration::from_secs(5), events.chunk()).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&b));
         }
     }
     let group = pgids(&up.pool().await)[0];
