@@ -1,12 +1,11 @@
 //! `greenscale scaler` from the built binary: KEDA's calls over gRPC against a real Redis,
 //! `/healthz` and `/metrics`, and a clean exit on SIGTERM.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use greenscale_scaler::proto::ScaledObjectRef;
 use greenscale_scaler::proto::external_scaler_client::ExternalScalerClient;
-use greenscale_testkit::{RedisServer, free_port};
+use greenscale_testkit::{RedisServer, free_port, keda};
 
 mod common;
 use common::Process;
@@ -45,10 +44,17 @@ async fn the_scaler_answers_keda_and_serves_metrics() {
             }
         }
     };
+    // What KEDA sends for the rendered keda-external-push overlay.
+    let overlay = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/overlays/keda-external-push"
+    );
+    let so =
+        keda::scaled_objects(&keda::render_kustomization(std::path::Path::new(overlay))).remove(0);
     let object = ScaledObjectRef {
-        name: "workers".into(),
-        namespace: "greenscale".into(),
-        scaler_metadata: HashMap::from([("list".to_string(), "jobs".to_string())]),
+        name: so.name.clone(),
+        namespace: so.namespace.clone(),
+        scaler_metadata: so.triggers[0].metadata.clone(),
     };
     assert!(
         !client

@@ -1,5 +1,5 @@
 //! The external scaler over real gRPC, with a real Redis, through a client generated from
-//! the same proto.
+//! the same proto, with the metadata KEDA sends for the rendered `keda-external-push` overlay.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use greenscale_queue::RedisQueue;
 use greenscale_scaler::proto::external_scaler_client::ExternalScalerClient;
 use greenscale_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use greenscale_scaler::{ExternalScalerServer, Scaler, ScalerMetrics};
-use greenscale_testkit::{RedisServer, free_port};
+use greenscale_testkit::{RedisServer, free_port, keda};
 use tonic::transport::Channel;
 
 async fn start(redis: &RedisServer) -> ExternalScalerClient<Channel> {
@@ -38,15 +38,23 @@ async fn start(redis: &RedisServer) -> ExternalScalerClient<Channel> {
     }
 }
 
+/// The ScaledObjectRef KEDA sends for the `keda-external-push` overlay as rendered, with
+/// the list and any other keys set to `extra` (as another ScaledObject would have them).
 fn object(list: &str, extra: &[(&str, &str)]) -> ScaledObjectRef {
-    let mut meta: HashMap<String, String> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    meta.insert("list".into(), list.into());
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/overlays/keda-external-push"
+    );
+    let so =
+        keda::scaled_objects(&keda::render_kustomization(std::path::Path::new(root))).remove(0);
+    let mut meta: HashMap<String, String> = so.triggers[0].metadata.clone();
+    meta.insert("listFromEnv".into(), list.into());
+    for (k, v) in extra {
+        meta.insert(k.to_string(), v.to_string());
+    }
     ScaledObjectRef {
-        name: "workers".into(),
-        namespace: "greenscale".into(),
+        name: so.name,
+        namespace: so.namespace,
         scaler_metadata: meta,
     }
 }
