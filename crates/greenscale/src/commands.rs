@@ -157,6 +157,21 @@ pub(crate) async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::
         .with_context(|| format!("cannot listen on {listen}"))
 }
 
+/// The HTTP listener with `TCP_NODELAY` on every accepted connection, so that small writes
+/// (streamed chunks, one per token) go out at once instead of waiting, by Nagle's algorithm,
+/// for the client's delayed ACK of the previous one (up to 40 ms).
+pub(crate) fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn nodelay(stream: &mut tokio::net::TcpStream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    }
+    listener.tap_io(nodelay as fn(&mut tokio::net::TcpStream))
+}
+
 async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let queue = open_queue(&args.queue).await?;
     if let Err(e) = queue.ping().await {
@@ -173,7 +188,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         "gateway listening; OpenAI-compatible base URL http://{}/v1",
         args.http.listen
     );
-    axum::serve(listener, greenscale_gateway::app(gateway))
+    axum::serve(without_nagle(listener), greenscale_gateway::app(gateway))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             let _ = stop_tx.send(true);

@@ -261,7 +261,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|p| tokio::spawn(autoscaler::run_pool(p.clone(), stop_rx.clone())))
         .collect();
-    axum::serve(listener, app)
+    axum::serve(crate::commands::without_nagle(listener), app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
