@@ -52,7 +52,11 @@ struct Scaler {
 }
 
 fn start_scaler(dir: &Path, redis: &RedisServer, extra: &[&str]) -> Scaler {
-    let grpc = format!("127.0.0.1:{}", free_port());
+    start_scaler_at(dir, redis, &format!("127.0.0.1:{}", free_port()), extra)
+}
+
+fn start_scaler_at(dir: &Path, redis: &RedisServer, grpc: &str, extra: &[&str]) -> Scaler {
+    let grpc = grpc.to_string();
     let http = format!("127.0.0.1:{}", free_port());
     let url = redis.url();
     let mut args = vec![
@@ -469,4 +473,53 @@ async fn over_mutual_tls_keda_is_served_and_a_client_without_a_certificate_is_re
         };
         assert!(refused, "{what}: the scaler answered");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_scaler_restarts_keda_reopens_the_stream_and_pushes_work_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let scaler = start_scaler(dir.path(), &redis, &[]);
+    let grpc = scaler.grpc.clone();
+    let so = external_push_object();
+    let list = so.triggers[0].metadata["listFromEnv"].clone();
+    let conn = Connection {
+        address: grpc.clone(),
+        ..Connection::default()
+    };
+    let e = keda::emulate(so, conn, HpaTiming::default()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The scaler goes away (a rollout, a crash) and comes back on the same address.
+    drop(scaler);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _scaler = start_scaler_at(dir.path(), &redis, &grpc, &[]);
+    let broke = e.events.lock().unwrap().iter().any(|ev| {
+        matches!(
+            ev,
+            keda::Event::Call {
+                method: "StreamIsActive",
+                ..
+            }
+        )
+    });
+    assert!(
+        broke,
+        "the stream's end was seen: {:?}",
+        e.events.lock().unwrap()
+    );
+    // KEDA reopens the stream 2 s after it ended; a job pushed after that wakes the pool at
+    // once again, without waiting for a poll.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let pushed = Instant::now();
+    lpush(&redis, &list, "after-restart", 4);
+    wait_replicas(&e, 1, Duration::from_secs(3)).await;
+    let why = e.events.lock().unwrap().iter().find_map(|ev| match ev {
+        keda::Event::Scaled { why, .. } => Some(why.clone()),
+        _ => None,
+    });
+    assert_eq!(why.as_deref(), Some("KEDA: pushed active"));
+    println!(
+        "woken {:.0} ms after the LPUSH through the reopened stream",
+        pushed.elapsed().as_secs_f64() * 1000.0
+    );
 }
