@@ -526,6 +526,18 @@ pub async fn emulate(so: ScaledObject, conn: Connection, hpa: HpaTiming) -> Emul
         let events = events.clone();
         move |e: Event| events.lock().expect("events").push(e)
     };
+    // A call to the scaler and its answer.
+    let call = {
+        let (log, name) = (log.clone(), so.name.clone());
+        move |method: &'static str, answer: String| {
+            log(Event::Call {
+                at: at(),
+                object: name.clone(),
+                method,
+                answer,
+            })
+        }
+    };
     let trigger = so.triggers[0].clone();
     let object = so.object_ref(0);
     let channel = conn
@@ -537,12 +549,7 @@ pub async fn emulate(so: ScaledObject, conn: Connection, hpa: HpaTiming) -> Emul
         .get_metric_spec(&object)
         .await
         .unwrap_or_else(|e| panic!("GetMetricSpec failed: {e}"));
-    log(Event::Call {
-        at: at(),
-        object: so.name.clone(),
-        method: "GetMetricSpec",
-        answer: format!("{spec:?}"),
-    });
+    call("GetMetricSpec", format!("{spec:?}"));
     let first = spec.metric_specs.first().expect("one metric spec").clone();
     let target = if first.target_size_float > 0.0 {
         first.target_size_float
@@ -582,20 +589,15 @@ pub async fn emulate(so: ScaledObject, conn: Connection, hpa: HpaTiming) -> Emul
     // KEDA's polling loop: GetMetrics, then IsActive, every pollingInterval.
     {
         let mut client = client.clone();
-        let (state, set, log, object) = (state.clone(), set.clone(), log.clone(), object.clone());
-        let (name, so) = (so.name.clone(), so.clone());
+        let (state, set, call, object) = (state.clone(), set.clone(), call.clone(), object.clone());
+        let so = so.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(so.polling_interval).await;
                 let metric_name = hpa_metric.strip_prefix("s0-").expect("index prefix");
                 let value = match client.get_metrics(&object, metric_name).await {
                     Ok(r) => {
-                        log(Event::Call {
-                            at: at(),
-                            object: name.clone(),
-                            method: "GetMetrics",
-                            answer: format!("{r:?}"),
-                        });
+                        call("GetMetrics", format!("{r:?}"));
                         r.metric_values.first().map(|v| {
                             if v.metric_value_float > 0.0 {
                                 v.metric_value_float
@@ -605,33 +607,18 @@ pub async fn emulate(so: ScaledObject, conn: Connection, hpa: HpaTiming) -> Emul
                         })
                     }
                     Err(e) => {
-                        log(Event::Call {
-                            at: at(),
-                            object: name.clone(),
-                            method: "GetMetrics",
-                            answer: format!("error: {e}"),
-                        });
+                        call("GetMetrics", format!("error: {e}"));
                         continue;
                     }
                 };
                 let active = match client.is_active(&object).await {
                     Ok(a) => a,
                     Err(e) => {
-                        log(Event::Call {
-                            at: at(),
-                            object: name.clone(),
-                            method: "IsActive",
-                            answer: format!("error: {e}"),
-                        });
+                        call("IsActive", format!("error: {e}"));
                         continue;
                     }
                 };
-                log(Event::Call {
-                    at: at(),
-                    object: name.clone(),
-                    method: "IsActive",
-                    answer: active.to_string(),
-                });
+                call("IsActive", active.to_string());
                 let mut s = state.lock().expect("state");
                 s.metric = value;
                 if active {
@@ -652,10 +639,11 @@ pub async fn emulate(so: ScaledObject, conn: Connection, hpa: HpaTiming) -> Emul
     // The push stream, reopened with KEDA's backoff.
     if trigger.kind == "external-push" {
         let mut client = client.clone();
-        let (state, set, log, object, name) = (
+        let (state, set, log, call, object, name) = (
             state.clone(),
             set.clone(),
             log.clone(),
+            call.clone(),
             object.clone(),
             so.name.clone(),
         );
@@ -684,22 +672,12 @@ pub async fn emulate(so: ScaledObject, conn: Connection, hpa: HpaTiming) -> Emul
                                 break;
                             }
                             Err(e) => {
-                                log(Event::Call {
-                                    at: at(),
-                                    object: name.clone(),
-                                    method: "StreamIsActive",
-                                    answer: format!("error: {e}"),
-                                });
+                                call("StreamIsActive", format!("error: {e}"));
                                 break;
                             }
                         }
                     },
-                    Err(e) => log(Event::Call {
-                        at: at(),
-                        object: name.clone(),
-                        method: "StreamIsActive",
-                        answer: format!("error: {e}"),
-                    }),
+                    Err(e) => call("StreamIsActive", format!("error: {e}")),
                 }
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(Duration::from_secs(60));
