@@ -51,8 +51,8 @@ pub const KEDA_KEYS: [&str; 7] = [
 fn unknown_key(key: &str) -> String {
     let candidates = METADATA_KEYS
         .iter()
-        .chain(KEDA_KEYS.iter())
-        .flat_map(|k| [k.to_string(), format!("{k}FromEnv")]);
+        .flat_map(|k| [k.to_string(), format!("{k}FromEnv")])
+        .chain(KEDA_KEYS.iter().map(|k| k.to_string()));
     let nearest = candidates
         .map(|k| {
             (
@@ -485,6 +485,8 @@ mod tests {
         assert!(e.contains("did you mean \"list\"?"), "{e}");
         let e = TargetSettings::from_metadata(&meta(&[("maxReplica", "3")])).unwrap_err();
         assert!(e.contains("did you mean \"maxReplicas\"?"), "{e}");
+        let e = TargetSettings::from_metadata(&meta(&[("scalerAdress", "x:1")])).unwrap_err();
+        assert!(e.contains("did you mean \"scalerAddress\"?"), "{e}");
         let e = TargetSettings::from_metadata(&meta(&[("polcyFromEnv", "x")])).unwrap_err();
         assert!(e.contains("did you mean \"policyFromEnv\"?"), "{e}");
         for bad in [
