@@ -85,6 +85,9 @@ pub fn model(size: ModelSize) -> PathBuf {
         "tiny-{}x{}-ctx{}.gguf",
         size.embd, size.layers, size.ctx
     ));
+    // One writer at a time in this process; other processes write under their own names.
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
     if path.exists() {
         return path;
     }
