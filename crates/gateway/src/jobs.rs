@@ -197,9 +197,19 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
 /// How long a pending-count reading is reused for admission decisions.
 const PENDING_READING_TTL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Refuses new work while the queue is over its bound (429 with `Retry-After`). The pending
-/// count is read at most every 100 ms, not once per request.
+/// Refuses new work during a drain (503 with `Retry-After`) and while the queue is over its
+/// bound (429 with `Retry-After`). The pending count is read at most every 100 ms, not once
+/// per request.
 pub(crate) async fn admit(g: &Gateway) -> Result<(), ApiError> {
+    if *g.draining.borrow() {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "GreenScale is shutting down and takes no new work; running jobs are finishing. Try again shortly.",
+        );
+        e.retry_after = Some(5);
+        return Err(e);
+    }
     let cached = *g.pending_reading.lock().expect("pending reading lock");
     let pending = match cached {
         Some((at, n)) if at.elapsed() < PENDING_READING_TTL => n,
@@ -451,10 +461,13 @@ pub async fn job_events(
                         serde_json::to_value(JobView::from(*rec)).expect("serializable"),
                     ))
                 }
-                Update::NotStarted | Update::ShuttingDown => Some(sse_event(
+                Update::NotStarted => Some(sse_event(
                     "end",
-                    serde_json::json!({"reason": "the gateway is shutting down"}),
+                    serde_json::json!({"reason": "no worker started the job before the deadline"}),
                 )),
+                Update::ShuttingDown(why) => {
+                    Some(sse_event("end", serde_json::json!({"reason": why})))
+                }
             }
         }
     });

@@ -83,6 +83,10 @@ pub struct Gateway {
     pub(crate) hub: EventHub,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    /// True from the start of a drain: new work is refused, answers are still served.
+    pub(crate) draining: tokio::sync::watch::Receiver<bool>,
+    /// Requests waiting for a job's answer now.
+    pub(crate) waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// The last pending-count reading used for admission, and when it was taken.
     pub(crate) pending_reading: Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
@@ -103,8 +107,24 @@ impl Gateway {
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
             shutdown,
+            draining: tokio::sync::watch::channel(false).1,
+            waiting: Arc::default(),
             pending_reading: Arc::default(),
         }
+    }
+
+    /// Drains when `draining` turns true: from then on new jobs and chat requests get 503
+    /// with `Retry-After`, requests waiting on jobs that are running keep waiting for their
+    /// answers, and those whose job has not started are answered 503 at once (a chat
+    /// request's unstarted job is cancelled, since its client will retry).
+    pub fn with_draining(mut self, draining: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.draining = draining;
+        self
+    }
+
+    /// How many requests are waiting for a job's answer (or following its events) now.
+    pub fn waiting_requests(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Shows the state of these pools (at `/v1/pools` and on the dashboard).

@@ -307,12 +307,10 @@ pub async fn chat_completions(
             }
             Update::Done(rec) => return Err(failure(&rec)),
             Update::NotStarted => return Err(not_started(&g)),
-            Update::ShuttingDown => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    "the gateway is shutting down; the job keeps running (see /v1/jobs)",
-                ));
+            Update::ShuttingDown(why) => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", why);
+                e.retry_after = Some(5);
+                return Err(e);
             }
             Update::Started | Update::Token(_) => {}
         }
@@ -404,10 +402,10 @@ fn stream_response(
                 "timeout",
                 "no worker started the request before the deadline",
             ))),
-            Update::ShuttingDown => out.push(error_event(ApiError::new(
+            Update::ShuttingDown(why) => out.push(error_event(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
-                "the gateway is shutting down",
+                why,
             ))),
         }
         futures::stream::iter(out.into_iter().map(Ok::<_, Infallible>))

@@ -21,8 +21,8 @@ pub enum Update {
     Done(Box<JobRecord>),
     /// No worker started it before the deadline; it was cancelled.
     NotStarted,
-    /// The gateway is shutting down.
-    ShuttingDown,
+    /// The gateway is shutting down before the job finished; why, for the client.
+    ShuttingDown(&'static str),
 }
 
 /// How to watch.
@@ -44,10 +44,13 @@ pub fn watch(
 ) -> mpsc::Receiver<Update> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
+        let _counted = Waiting::count(&g.waiting);
         let started_at = Instant::now();
         let mut started = false;
         let mut streamed = String::new();
         let mut shutdown = g.shutdown.clone();
+        let mut draining = g.draining.clone();
+        let mut drain_seen = *draining.borrow();
         let mut poll = tokio::time::interval(Duration::from_millis(500));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -75,8 +78,12 @@ pub fn watch(
                     return;
                 }
                 _ = shutdown.changed() => {
-                    let _ = tx.send(Update::ShuttingDown).await;
+                    let _ = tx.send(Update::ShuttingDown(STOPPED)).await;
                     return;
+                }
+                _ = async { drop(draining.wait_for(|d| *d).await) }, if !drain_seen => {
+                    drain_seen = true;
+                    check_record = true;
                 }
             }
             if !check_record {
@@ -110,6 +117,17 @@ pub fn watch(
                 let _ = tx.send(Update::Done(Box::new(record))).await;
                 return;
             }
+            // Draining: only jobs already running are waited for.
+            if drain_seen && record.status == JobStatus::Queued {
+                let why = if options.cancel_on_disconnect {
+                    cancel_if_queued(&g, &id, "GreenScale is shutting down").await;
+                    NOT_STARTED_CANCELLED
+                } else {
+                    NOT_STARTED_KEPT
+                };
+                let _ = tx.send(Update::ShuttingDown(why)).await;
+                return;
+            }
             if let Some(deadline) = options.start_deadline
                 && record.status == JobStatus::Queued
                 && started_at.elapsed() >= deadline
@@ -129,6 +147,29 @@ pub fn watch(
         }
     });
     rx
+}
+
+/// Why a watch ended at the final stop.
+const STOPPED: &str = "GreenScale stopped before the job finished; the job keeps its place in the queue (see /v1/jobs)";
+/// Why a watch ended in a drain, for a request whose unstarted job was cancelled.
+const NOT_STARTED_CANCELLED: &str = "GreenScale is shutting down and this request's job had not started; it was cancelled. Try again shortly.";
+/// Why a watch ended in a drain, for a job that stays queued.
+const NOT_STARTED_KEPT: &str = "GreenScale is shutting down and the job had not started; it stays queued and runs when workers are back";
+
+/// Counts a waiting request for as long as it lives.
+struct Waiting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Waiting {
+    fn count(n: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(n.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 async fn cancel_if_queued(g: &Gateway, id: &str, why: &str) {

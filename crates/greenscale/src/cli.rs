@@ -183,6 +183,10 @@ pub struct GatewayArgs {
         default_value = "meta-llama/Llama-3.3-70B-Instruct"
     )]
     pub models: Vec<String>,
+    /// On SIGTERM/SIGINT: how long requests waiting on running jobs may still get their
+    /// answers (new work gets 503 meanwhile) before the gateway stops.
+    #[arg(long, env = "GREENSCALE_DRAIN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
 }
 
 /// The HTTP API's settings (`gateway` and `up`).

@@ -177,6 +177,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let (queues, queue_text) = open_queues(&args, &pool_configs, &data_dir).await?;
     let names: Vec<String> = pool_configs.iter().map(|p| p.name.clone()).collect();
 
+    // Two steps of a stop: the drain (no new work; running jobs finish and are answered),
+    // then the HTTP server's own stop.
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let guard = GuardProgram {
         program: std::env::current_exe().context("cannot find the greenscale executable")?,
@@ -217,9 +220,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     let gateway = build_gateway(&args.http, routes, names.clone(), stop_rx.clone())?
         .with_metrics(metrics)
-        .with_pools(Arc::new(PoolsView(pools.clone())));
+        .with_pools(Arc::new(PoolsView(pools.clone())))
+        .with_draining(drain_rx.clone());
     let listener = bind(args.http.listen).await?;
-    let app = greenscale_gateway::app(gateway);
+    let app = greenscale_gateway::app(gateway.clone());
 
     let base = format!("http://{}", args.http.listen);
     let key_flag = if args.http.api_keys.is_empty() {
@@ -259,24 +263,89 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let loops: Vec<_> = pools
         .iter()
-        .map(|p| tokio::spawn(autoscaler::run_pool(p.clone(), stop_rx.clone())))
+        .map(|p| tokio::spawn(autoscaler::run_pool(p.clone(), drain_rx.clone())))
         .collect();
-    axum::serve(crate::commands::without_nagle(listener), app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(
+        axum::serve(crate::commands::without_nagle(listener), app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    shutdown_signal().await;
+
+    // The drain: new work gets 503; replicas finish their jobs within their grace (and hand
+    // back what cannot finish); the answers of those jobs are still served.
+    let _ = drain_tx.send(true);
     for l in loops {
         let _ = l.await;
     }
-    let replicas: usize = pools.iter().map(|p| p.replica_count()).sum();
-    tracing::info!(replicas, "stopping: draining every replica");
+    let grace = pool_configs
+        .iter()
+        .map(|p| p.drain_grace)
+        .max()
+        .unwrap_or_default();
+    let running = |pools: &[Arc<Pool>]| -> u64 {
+        pools
+            .iter()
+            .flat_map(|p| p.status().replicas)
+            .map(|r| r.in_flight)
+            .sum()
+    };
+    tracing::info!(
+        replicas = pools.iter().map(|p| p.replica_count()).sum::<usize>(),
+        jobs_running = running(&pools),
+        grace_s = grace.as_secs(),
+        "draining: no new work; running jobs finish within the grace, then every model server stops (Ctrl-C again to stop at once)"
+    );
     for p in &pools {
         p.stop_all();
     }
-    for p in &pools {
-        p.stopped().await;
+    let drained = async {
+        for p in &pools {
+            p.stopped().await;
+        }
+    };
+    tokio::pin!(drained);
+    let since = std::time::Instant::now();
+    let mut progress = tokio::time::interval(std::time::Duration::from_secs(2));
+    progress.tick().await;
+    let forced = loop {
+        tokio::select! {
+            _ = &mut drained => break false,
+            _ = shutdown_signal() => break true,
+            _ = progress.tick() => {
+                let left = grace.saturating_sub(since.elapsed()).as_secs();
+                tracing::info!(
+                    "draining: {} jobs running, {left} s left, {} requests waiting for answers",
+                    running(&pools),
+                    gateway.waiting_requests()
+                );
+            }
+        }
+    };
+    if !forced {
+        // The last answers: requests following a job are answered as it ends; clients that
+        // poll (`submit --wait` asks every 100 ms) get a moment to read the final state.
+        let linger = std::time::Instant::now();
+        while linger.elapsed() < std::time::Duration::from_millis(500)
+            || (gateway.waiting_requests() > 0
+                && linger.elapsed() < std::time::Duration::from_secs(5))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let _ = stop_tx.send(true);
+    if forced {
+        tracing::warn!(
+            jobs_running = running(&pools),
+            "second signal: stopping now without waiting; running jobs go back to the queue (handed back at the next start, or when their lease expires on Redis) and every model server is stopped"
+        );
+        return Ok(ExitCode::from(130));
+    }
+    if let Ok(Err(e)) = server.await {
+        tracing::warn!(error = %e, "the HTTP server failed");
     }
     tracing::info!("all replicas stopped; bye");
     Ok(ExitCode::SUCCESS)

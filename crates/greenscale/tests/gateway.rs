@@ -510,3 +510,51 @@ async fn sigterm_ends_held_requests_cleanly_and_exits_zero() {
     assert_eq!(error_type(r).await, "shutting_down");
     assert!(s.gateway.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_job_runs_answers_its_request_and_refuses_new_ones() {
+    let mut s = stack(&[]);
+    let slow = demo_model(6.0);
+    let _worker = Process::worker(s.dir.path(), "w", &s.redis.url(), &slow.url, &[]);
+    let base = s.base.clone();
+    let waiting = tokio::spawn(async move {
+        post(
+            &base,
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "a slow answer"}]}),
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jobs: Value = get(&s.base, "/v1/jobs?status=running")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if jobs["jobs"].as_array().is_some_and(|j| !j.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.gateway.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = post(&s.base, "/v1/jobs", json!({"prompt": "new work"})).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let r = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("answered within the grace")
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", s.gateway.log());
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("[demo]")
+    );
+    assert!(s.gateway.wait_exit(Duration::from_secs(10)).success());
+    assert!(s.gateway.log().contains("draining"), "{}", s.gateway.log());
+}

@@ -493,3 +493,105 @@ async fn a_job_goes_to_the_least_loaded_ready_replica() {
         "both jobs went to the same replica while another was idle"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_refuses_new_work_but_the_waiting_client_gets_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        dir.path(),
+        "up",
+        &["--demo-load-time", "200ms", "--demo-tokens-per-sec", "8"],
+    )
+    .await;
+    // A client waiting for its answer, as a user runs it.
+    let out = dir.path().join("submit.out");
+    let mut submit = std::process::Command::new(env!("CARGO_BIN_EXE_greenscale"))
+        .args(["submit", "--url", &up.base, "--wait", "tell me a story"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    up.wait_for("the job runs", Duration::from_secs(20), || async {
+        up.get("/v1/jobs?status=running").await["jobs"]
+            .as_array()
+            .is_some_and(|j| !j.is_empty())
+    })
+    .await;
+    up.process.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New work is refused while the drain runs, with a time to come back.
+    let r = up
+        .client
+        .post(up.url("/v1/jobs"))
+        .json(&json!({"prompt": "one more"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "shutting_down", "{body}");
+    // The waiting client gets its answer and exits 0; so does up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = submit.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "submit --wait did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let answer = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        status.success(),
+        "submit --wait: {status}, {answer}\n{}",
+        up.process.log()
+    );
+    assert!(answer.contains("[demo]"), "{answer}");
+    let mut up = up;
+    let code = up.process.wait_exit(Duration::from_secs(30));
+    assert!(code.success(), "{}", up.process.log());
+    assert!(
+        up.process.log().contains("draining: 1 jobs running")
+            || up.process.log().contains("draining")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(
+        dir.path(),
+        "up",
+        &["--demo-load-time", "200ms", "--demo-tokens-per-sec", "2"],
+    )
+    .await;
+    let id = up.submit(json!({"prompt": "a slow one"})).await;
+    up.wait_for("the job runs", Duration::from_secs(20), || async {
+        up.job(&id).await["status"] == "running"
+    })
+    .await;
+    let groups = pgids(&up.pool().await);
+    up.process.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    up.process.signal("INT");
+    let code = up.process.wait_exit(Duration::from_secs(5));
+    assert_eq!(code.code(), Some(130), "{}", up.process.log());
+    assert!(
+        up.process.log().contains("second signal"),
+        "{}",
+        up.process.log()
+    );
+    common::wait_until(
+        "no model server outlives up",
+        Duration::from_secs(10),
+        || groups.iter().all(|g| group_members(*g).is_empty()),
+    );
+    // The job was not lost: it runs at the next start.
+    let up = Up::start(dir.path(), "up-2", &["--demo-load-time", "200ms"]).await;
+    up.wait_for(
+        "the job completes after the restart",
+        Duration::from_secs(60),
+        || async { up.job(&id).await["status"] == "succeeded" },
+    )
+    .await;
+}
