@@ -278,7 +278,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     spec.temperature = args.temperature;
     let id = queue.enqueue(spec).await?;
     if !args.wait {
-        println!("{id}");
+        say!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
     let tty = std::io::stderr().is_terminal();
@@ -328,7 +328,7 @@ fn progress_line(rec: &JobRecord) -> String {
 
 fn finish_submit(rec: &JobRecord) -> ExitCode {
     if rec.status == JobStatus::Succeeded {
-        println!("{}", rec.result.as_deref().unwrap_or_default());
+        say!("{}", rec.result.as_deref().unwrap_or_default());
         return ExitCode::SUCCESS;
     }
     eprintln!(
@@ -363,17 +363,17 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let pools = queue.pools().await?;
         if args.json {
             let out = serde_json::json!({"queue": s, "pools": pools});
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            say!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             match &args.server.url {
-                Some(url) => println!("server       {url}"),
-                None => println!("queue        {}", args.queue.list),
+                Some(url) => say!("server       {url}"),
+                None => say!("queue        {}", args.queue.list),
             }
-            println!("pending      {}", s.pending);
-            println!("in-flight    {}", s.in_flight);
-            println!("delayed      {}", s.delayed);
-            println!("dead-letter  {}", s.dead_letter);
-            println!("live workers {}", s.live_workers);
+            say!("pending      {}", s.pending);
+            say!("in-flight    {}", s.in_flight);
+            say!("delayed      {}", s.delayed);
+            say!("dead-letter  {}", s.dead_letter);
+            say!("live workers {}", s.live_workers);
             for p in &pools {
                 print_pool(p);
             }
@@ -387,40 +387,41 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rec)?);
+        say!("{}", serde_json::to_string_pretty(&rec)?);
         return Ok(ExitCode::SUCCESS);
     }
     let now = now_ms();
-    println!("job        {}", rec.id);
-    println!("status     {}", rec.status);
-    println!("attempts   {}", rec.attempts);
-    println!("enqueued   {}", ago(rec.enqueued_at_ms, now));
-    println!(
+    say!("job        {}", rec.id);
+    say!("status     {}", rec.status);
+    say!("attempts   {}", rec.attempts);
+    say!("enqueued   {}", ago(rec.enqueued_at_ms, now));
+    say!(
         "waited     {}",
         between(rec.enqueued_at_ms, rec.started_at_ms)
     );
-    println!(
+    say!(
         "ran        {}",
         between(rec.started_at_ms, rec.finished_at_ms)
     );
-    println!("worker     {}", rec.worker_id.as_deref().unwrap_or("-"));
+    say!("worker     {}", rec.worker_id.as_deref().unwrap_or("-"));
     if let Some(u) = rec.usage {
-        println!(
+        say!(
             "tokens     {} prompt, {} completion",
-            u.prompt_tokens, u.completion_tokens
+            u.prompt_tokens,
+            u.completion_tokens
         );
     }
     if let Some(t) = rec.ttft_ms {
-        println!("first tok  {t} ms");
+        say!("first tok  {t} ms");
     }
     if let Some(kind) = &rec.error_kind {
-        println!(
+        say!(
             "error      {kind}: {}",
             rec.error_message.as_deref().unwrap_or("")
         );
     }
     if let Some(result) = &rec.result {
-        println!("answer     {result}");
+        say!("answer     {result}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -429,8 +430,8 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 fn print_pool(p: &serde_json::Value) {
     let replicas = p["replicas"].as_array().cloned().unwrap_or_default();
     let count = |state: &str| replicas.iter().filter(|r| r["state"] == state).count();
-    println!();
-    println!(
+    say!();
+    say!(
         "pool {}{}  ({}, policy {}, {}..{} replicas × {})",
         p["name"].as_str().unwrap_or("?"),
         if p["demo"] == true {
@@ -444,7 +445,7 @@ fn print_pool(p: &serde_json::Value) {
         p["max_replicas"],
         p["concurrency"],
     );
-    println!(
+    say!(
         "  replicas     {} starting, {} ready, {} draining",
         count("starting"),
         count("ready"),
@@ -452,20 +453,20 @@ fn print_pool(p: &serde_json::Value) {
     );
     let cold = &p["cold_starts"];
     match cold["p50_s"].as_f64() {
-        Some(p50) => println!(
+        Some(p50) => say!(
             "  cold starts  {} (p50 {:.2} s, last {:.2} s)",
             cold["count"],
             p50,
             cold["last_s"].as_f64().unwrap_or(0.0)
         ),
-        None => println!("  cold starts  none yet"),
+        None => say!("  cold starts  none yet"),
     }
-    println!(
+    say!(
         "  used         {:.1} replica-hours",
         p["replica_seconds"].as_f64().unwrap_or(0.0) / 3600.0
     );
     if let Some(d) = p["last_decision"].as_object() {
-        println!(
+        say!(
             "  decision     {} → {} replicas: {}",
             d["current"],
             d["desired"],
@@ -473,7 +474,7 @@ fn print_pool(p: &serde_json::Value) {
         );
     }
     if let Some(f) = p["last_failure"].as_str() {
-        println!("  last failure {f} ({} in a row)", p["failures_in_a_row"]);
+        say!("  last failure {f} ({} in a row)", p["failures_in_a_row"]);
     }
 }
 
@@ -483,13 +484,13 @@ async fn dead_letter(args: DeadLetterArgs) -> anyhow::Result<ExitCode> {
         DeadLetterAction::List { limit, json } => {
             let items = queue.dead_letters(limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&items)?);
+                say!("{}", serde_json::to_string_pretty(&items)?);
             } else if items.is_empty() {
-                println!("the dead-letter list is empty");
+                say!("the dead-letter list is empty");
             } else {
                 let now = now_ms();
                 for d in items {
-                    println!(
+                    say!(
                         "{}  {}  {}  {}",
                         d.job_id.as_deref().unwrap_or("(no id)"),
                         d.kind,
@@ -503,14 +504,14 @@ async fn dead_letter(args: DeadLetterArgs) -> anyhow::Result<ExitCode> {
             let n = queue
                 .retry_dead(if all { None } else { Some(&job_ids) })
                 .await?;
-            println!("{n} dead letter(s) put back on the queue");
+            say!("{n} dead letter(s) put back on the queue");
             if n == 0 && !all {
                 return Ok(ExitCode::FAILURE);
             }
         }
         DeadLetterAction::Purge => {
             let n = queue.purge_dead().await?;
-            println!("{n} dead letter(s) deleted");
+            say!("{n} dead letter(s) deleted");
         }
     }
     Ok(ExitCode::SUCCESS)

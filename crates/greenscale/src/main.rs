@@ -1,5 +1,8 @@
 //! `greenscale`: one binary for every GreenScale role.
 
+#[macro_use]
+mod output;
+
 mod cli;
 mod client;
 mod commands;

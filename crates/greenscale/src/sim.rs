@@ -108,7 +108,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        say!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     let span = trace
@@ -116,7 +116,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .flat_map(|p| p.jobs.last().map(|j| j.arrival))
         .fold(0.0, f64::max);
-    println!(
+    say!(
         "trace {name}: {} jobs in {} pool(s) over {:.0} s; cold start {:.0} s, concurrency {}, max {} replicas, tick {} s",
         trace.jobs(),
         trace.pools.len(),
@@ -126,7 +126,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         cfg.max_replicas,
         cfg.tick
     );
-    println!(
+    say!(
         "{:<28} {:>11} {:>8} {:>17} {:>9} {:>9} {:>9} {:>11} {:>5} {:>9}",
         "policy",
         "GPU-s",
@@ -140,7 +140,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         "scale-ups"
     );
     for r in &rows {
-        println!(
+        say!(
             "{:<28} {:>11.0} {:>8.2} {:>9} ({:>5.2}%) {:>8.2}s {:>8.2}s {:>8.2}s {:>11} {:>5} {:>9}",
             r.policy,
             r.gpu_seconds,
@@ -155,16 +155,27 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             r.scale_ups
         );
         if r.unserved > 0 {
-            println!(
+            say!(
                 "{:<28} ({} jobs never served before the run ended)",
-                "", r.unserved
+                "",
+                r.unserved
             );
         }
     }
-    println!(
+    say!(
         "{:<28} {:>11.0} {:>8.2} {:>9} ({:>5.2}%) {:>8.2}s {:>8.2}s {:>8.2}s {:>11} {:>5} {:>9}",
-        "oracle", oracle, 1.0, 0, 0.0, 0.0, 0.0, 0.0, 0, "-", "-"
+        "oracle",
+        oracle,
+        1.0,
+        0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0,
+        "-",
+        "-"
     );
-    println!("simulated in {elapsed:.2} s");
+    say!("simulated in {elapsed:.2} s");
     Ok(ExitCode::SUCCESS)
 }

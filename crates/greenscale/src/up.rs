@@ -231,23 +231,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         " --api-key KEY"
     };
-    println!("GreenScale is up.");
-    println!(
+    say!("GreenScale is up.");
+    say!(
         "  API (OpenAI-compatible): {base}/v1   models: {}",
         names.join(", ")
     );
-    println!("  Pool status:             {base}/v1/pools");
-    println!("  Metrics:                 {base}/metrics");
-    println!(
+    say!("  Pool status:             {base}/v1/pools");
+    say!("  Metrics:                 {base}/metrics");
+    say!(
         "  Data:                    {} (queue: {queue_text})",
         data_dir.display()
     );
     for p in &pool_configs {
-        println!("  Pool {}", describe(p));
+        say!("  Pool {}", describe(p));
     }
-    println!("Submit a job:");
-    println!("  greenscale submit --url {base}{key_flag} --wait \"Write a haiku about idle GPUs\"");
-    println!("Stop with Ctrl-C: running jobs finish, then every model server is stopped.");
+    say!("Submit a job:");
+    say!("  greenscale submit --url {base}{key_flag} --wait \"Write a haiku about idle GPUs\"");
+    say!("Stop with Ctrl-C: running jobs finish, then every model server is stopped.");
     tracing::info!(
         listen = %args.http.listen,
         data_dir = %data_dir.display(),

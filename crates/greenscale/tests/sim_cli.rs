@@ -138,3 +138,19 @@ fn malformed_traces_and_specs_get_clear_errors() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["jobs"], 6);
 }
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    // As with `greenscale sim … | head`: the reader is gone before the first line.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_greenscale"))
+        .args(["sim", "--synthetic", "poisson", "--policy", "greenscale"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
