@@ -396,9 +396,14 @@ pub struct SubmitArgs {
     pub queue: QueueArgs,
     #[command(flatten)]
     pub server: ServerArgs,
-    /// The prompt.
-    pub prompt: String,
-    /// Wait for the answer and print it (exit status 1 if the job fails).
+    /// The prompt; `-` reads it from standard input.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from this file (for prompts too long for the command line).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<std::path::PathBuf>,
+    /// Wait for the answer and print it (exit status 1 if the job fails). The job id is
+    /// printed first (on standard error at a terminal, else as the first line of output).
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits before giving up (the job keeps running).

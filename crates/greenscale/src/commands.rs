@@ -268,8 +268,9 @@ fn now_ms() -> u64 {
 }
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let prompt = read_prompt(&args)?;
     let queue = JobsClient::connect(&args.queue, &args.server).await?;
-    let mut spec = JobSpec::from_prompt(args.prompt.clone());
+    let mut spec = JobSpec::from_prompt(prompt);
     if let Some(id) = &args.job_id {
         spec.job_id = id.clone();
     }
@@ -277,6 +278,9 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     spec.max_tokens = args.max_tokens;
     spec.temperature = args.temperature;
     let id = queue.enqueue(spec).await?;
+    if args.server.url.is_none() {
+        warn_if_up_runs_here(&args.queue, "this job went to").await;
+    }
     if !args.wait {
         say!("{id}");
         return Ok(ExitCode::SUCCESS);
@@ -284,9 +288,13 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let tty = std::io::stderr().is_terminal();
     if tty {
         eprintln!("job {id} submitted");
+    } else {
+        say!("{id}");
     }
     let deadline = Instant::now() + args.timeout;
     let mut last: Option<(JobStatus, u32)> = None;
+    let mut failures_told = 0;
+    let mut pools_read = Instant::now();
     loop {
         let record = queue.job(&id).await?;
         if let Some(rec) = &record {
@@ -296,6 +304,21 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             }
             if rec.status.is_terminal() {
                 return Ok(finish_submit(rec));
+            }
+            // A job waiting on a pool whose replicas keep failing to start says so.
+            if rec.status == JobStatus::Queued && pools_read.elapsed() >= Duration::from_secs(1) {
+                pools_read = Instant::now();
+                let model = args
+                    .model
+                    .clone()
+                    .or_else(|| rec.spec.as_ref().and_then(|s| s.model.clone()));
+                if let Some(line) =
+                    failing_pool(&queue.pools().await.unwrap_or_default(), model.as_deref())
+                    && line.0 > failures_told
+                {
+                    failures_told = line.0;
+                    eprintln!("{}", line.1);
+                }
             }
         }
         if Instant::now() >= deadline {
@@ -307,6 +330,76 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Where `greenscale up` listens by default.
+const UP_DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// Without `--url`, `submit` and `status` use Redis; when a `greenscale up` answers on its
+/// default address, that is almost certainly not what was meant: say where `what` went.
+async fn warn_if_up_runs_here(queue: &QueueArgs, what: &str) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build();
+    let Ok(client) = client else { return };
+    let answered = match client
+        .get(format!("{UP_DEFAULT_URL}/v1/pools"))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r
+            .json::<serde_json::Value>()
+            .await
+            .is_ok_and(|v| v.as_array().is_some_and(|a| !a.is_empty())),
+        _ => false,
+    };
+    if answered {
+        eprintln!(
+            "note: {what} Redis at {} (list {}), but a `greenscale up` is running at {UP_DEFAULT_URL}; \
+             to use it, add --url {UP_DEFAULT_URL}",
+            redacted(&queue.redis_url()),
+            queue.list
+        );
+    }
+}
+
+/// The prompt from the argument, standard input (`-`) or `--file`.
+fn read_prompt(args: &SubmitArgs) -> anyhow::Result<String> {
+    let prompt = match (&args.prompt, &args.file) {
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the prompt from --file {}", path.display()))?,
+        (Some(p), None) if p == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("cannot read the prompt from standard input")?;
+            text
+        }
+        (Some(p), None) => p.clone(),
+        (None, None) => bail!("give the prompt as an argument, - for standard input, or --file"),
+    };
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty");
+    }
+    Ok(prompt)
+}
+
+/// For the pool serving `model` (or the only pool), its failed starts in a row and a line
+/// saying so, when there are any.
+fn failing_pool(pools: &[serde_json::Value], model: Option<&str>) -> Option<(u64, String)> {
+    let pool = match model {
+        Some(m) => pools.iter().find(|p| p["name"] == m),
+        None if pools.len() == 1 => pools.first(),
+        None => None,
+    }?;
+    let failures = pool["failures_in_a_row"].as_u64().filter(|n| *n > 0)?;
+    Some((
+        failures,
+        format!(
+            "pool {}: {failures} failed starts in a row, last: {}",
+            pool["name"].as_str().unwrap_or("?"),
+            pool["last_failure"].as_str().unwrap_or("unknown")
+        ),
+    ))
 }
 
 fn progress_line(rec: &JobRecord) -> String {
@@ -358,6 +451,9 @@ fn between(a: Option<u64>, b: Option<u64>) -> String {
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let queue = JobsClient::connect(&args.queue, &args.server).await?;
+    if args.server.url.is_none() {
+        warn_if_up_runs_here(&args.queue, "this is read from").await;
+    }
     let Some(id) = &args.job_id else {
         let s = queue.stats().await?;
         let pools = queue.pools().await?;
@@ -473,8 +569,10 @@ fn print_pool(p: &serde_json::Value) {
             d["reason"].as_str().unwrap_or("")
         );
     }
-    if let Some(f) = p["last_failure"].as_str() {
-        say!("  last failure {f} ({} in a row)", p["failures_in_a_row"]);
+    if let Some((_, line)) = failing_pool(std::slice::from_ref(p), None) {
+        say!("  failing      {line}");
+    } else if let Some(f) = p["last_failure"].as_str() {
+        say!("  last failure {f} (since recovered)");
     }
 }
 
