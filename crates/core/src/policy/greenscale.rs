@@ -5,10 +5,11 @@
 //! GPU-seconds.
 //!
 //! - Never below the replicas that hold in-flight work.
-//! - Scale-up from backlog and measured service rate: when jobs have no free slot, new
-//!   replicas are started unless the replicas already there drain the backlog within the
-//!   wait a new replica is not worth (`min(cs, 2 cs^2 / (concurrency * cold_cost))`: a new
-//!   replica costs about one cold start and saves about `concurrency` jobs half that wait).
+//! - Scale-up from backlog and measured service rate: a replica started now is ready one
+//!   cold start later and serves only what is still waiting then, so none is started for a
+//!   backlog the replicas already there drain before that; otherwise as many are started as
+//!   maximise the waiting they save (priced at `cold_cost / cs` per job-second) minus what
+//!   they cost (cold start, busy time, and the keep-alive they will be held for).
 //!   At zero, every job in the system gets a slot at once.
 //! - Each level of capacity (the k-th replica) learns how long it tends to stay unneeded
 //!   before it is needed again, and is kept through that gap when that is cheaper than
@@ -250,6 +251,105 @@ pub fn plan_idle(samples: &[f64], cs: f64, cold_cost: f64) -> IdlePlan {
     }
 }
 
+impl GreenScale {
+    /// How long level `k` (the k-th replica) would be kept warm after its work, seconds:
+    /// its planned keep-alive, or the break-even time without history.
+    fn level_keep(&mut self, k: u32, cs: f64) -> f64 {
+        let cold_cost = self.params.cold_cost;
+        match self.levels.get_mut(k as usize - 1) {
+            Some(level) => level.plan(cs, cold_cost).keep,
+            None => plan_idle(&[], cs, cold_cost).keep,
+        }
+    }
+}
+
+/// Whether starting replicas for a backlog is worth it. A replica started now is ready one
+/// cold start later and serves only what is still waiting then: the ready replicas drain
+/// the backlog meanwhile, and the replicas already starting join when it ends. What new
+/// replicas save is the waiting after that; what they cost is the cold start, their busy
+/// time and the keep-alive they will be held for afterwards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ScaleUp {
+    /// Jobs with no free slot now.
+    beyond: f64,
+    /// Replicas serving now.
+    ready: u32,
+    /// Replicas already starting.
+    starting: u32,
+    /// Jobs one replica runs at once.
+    concurrency: u32,
+    /// Seconds one job runs.
+    service_time: f64,
+    /// Seconds until a replica started now is ready.
+    cold_start: f64,
+    /// GPU-seconds one job-second of waiting is worth (`cold_cost / cold start`).
+    price: f64,
+}
+
+impl ScaleUp {
+    /// Jobs one replica finishes per second.
+    fn rate(&self) -> f64 {
+        self.concurrency as f64 / self.service_time
+    }
+
+    /// Jobs still waiting when a replica started now would be ready.
+    fn left_after_cold_start(&self) -> f64 {
+        (self.beyond - self.ready as f64 * self.rate() * self.cold_start).max(0.0)
+    }
+
+    /// Jobs still waiting once the replicas joining then (those starting and `extra` new
+    /// ones) have filled their slots.
+    fn excess(&self, extra: u32) -> f64 {
+        let fresh = ((self.starting + extra) * self.concurrency) as f64;
+        (self.left_after_cold_start() - fresh).max(0.0)
+    }
+
+    /// Job-seconds of waiting after the cold start with `extra` new replicas: the excess
+    /// drains linearly on every replica, so its waiting is a triangle.
+    fn waiting_after(&self, extra: u32) -> f64 {
+        let serving = (self.ready + self.starting + extra) as f64;
+        if serving == 0.0 {
+            return f64::INFINITY;
+        }
+        let excess = self.excess(extra);
+        excess * excess / (2.0 * serving * self.rate())
+    }
+
+    /// GPU-seconds the `extra` new replicas cost, the j-th held for `keeps[j - 1]` after:
+    /// each pays a cold start, runs its jobs and the drain of the excess, then is kept.
+    fn cost(&self, extra: u32, keeps: &[f64]) -> f64 {
+        let serving = (self.ready + self.starting + extra) as f64;
+        let busy = self.service_time + self.excess(extra) / (serving * self.rate());
+        keeps
+            .iter()
+            .take(extra as usize)
+            .map(|keep| self.cold_start + busy + keep)
+            .sum()
+    }
+
+    /// How many new replicas (at most `keeps.len()`) give the most waiting saved, priced,
+    /// over their cost; 0 when none is worth it.
+    fn worth_starting(&self, keeps: &[f64]) -> u32 {
+        if self.left_after_cold_start() == 0.0 {
+            return 0;
+        }
+        let base = self.waiting_after(0);
+        let mut best = (0.0, 0);
+        for extra in 1..=keeps.len() as u32 {
+            let saved = if base.is_finite() {
+                base - self.waiting_after(extra)
+            } else {
+                f64::MAX / 4.0
+            };
+            let net = self.price * saved - self.cost(extra, keeps);
+            if net > best.0 {
+                best = (net, extra);
+            }
+        }
+        best.1
+    }
+}
+
 impl Policy for GreenScale {
     fn name(&self) -> &str {
         &self.name
@@ -276,33 +376,35 @@ impl Policy for GreenScale {
             && have > 0
             && let Some(svc) = obs.service_time.filter(|s| *s > 0.0)
         {
-            // A job may wait on busy replicas while its waiting costs less than a cold
-            // start: (cold_cost / cs) * wait <= cs.
-            let tolerable = if self.params.cold_cost > cs {
-                cs * cs / self.params.cold_cost
-            } else {
-                cs
+            // Replicas still starting have no slot to give yet; they join with new ones.
+            let beyond = work.saturating_sub(obs.ready as u64 * conc as u64) as f64;
+            let plan = ScaleUp {
+                beyond,
+                ready: obs.ready,
+                starting: obs.starting,
+                concurrency: conc,
+                service_time: svc,
+                cold_start: cs,
+                price: self.params.cold_cost / cs.max(0.1),
             };
-            // Replicas still starting absorb the same once ready (within a cold start).
-            let absorb = have as f64 * conc as f64 * tolerable / svc;
-            let beyond = work.saturating_sub(have as u64 * conc as u64) as f64;
-            if beyond <= absorb {
-                (
+            let room = max.saturating_sub(have);
+            let keeps: Vec<f64> = (1..=room).map(|j| self.level_keep(have + j, cs)).collect();
+            match plan.worth_starting(&keeps) {
+                0 => (
                     have,
                     Reason::BacklogDrainsInTime {
                         pending: obs.pending,
-                        drain_s: obs.pending as f64 * svc / (have as f64 * conc as f64),
-                        cold_start_s: tolerable,
+                        drain_s: beyond / (obs.ready.max(1) as f64 * plan.rate()),
+                        cold_start_s: cs,
                     },
-                )
-            } else {
-                (
-                    have + div_ceil((beyond - absorb).ceil() as u64, conc as u64),
+                ),
+                k => (
+                    have + k,
                     Reason::Backlog {
                         work,
                         per_replica: conc,
                     },
-                )
+                ),
             }
         } else {
             (
@@ -406,28 +508,57 @@ mod tests {
     }
 
     #[test]
-    fn tolerated_backlog_depends_on_cold_cost() {
-        // One ready replica (concurrency 1, 2 s jobs), 10 waiting: ~20 s to drain.
-        let mut o = obs(0.0, 10, 1, 1);
+    fn no_replica_is_started_for_a_backlog_that_drains_before_it_would_be_ready() {
+        // One warm replica (concurrency 4, 0.5 s jobs), 3.1 s cold start, a burst of 10:
+        // 4 run, 6 wait; the warm replica finishes them in 0.75 s, long before a new one.
+        let mut o = obs(0.0, 6, 4, 1);
         o.busy = 1;
-        // Waiting is cheap (cold_cost 10: tolerate up to the 30 s cold start): no scale-up.
-        let mut cheap = GreenScale::new(
-            "greenscale",
-            GreenScaleParams {
-                cold_cost: 10.0,
-                ..GreenScaleParams::default()
-            },
-        );
-        let d = cheap.decide(&o);
-        assert_eq!(d.desired, 1);
+        o.concurrency = 4;
+        o.service_time = Some(0.5);
+        o.cold_start = Some(3.1);
+        let mut g = GreenScale::new("greenscale", GreenScaleParams::default());
+        let d = g.decide(&o);
+        assert_eq!(d.desired, 1, "{}", d.reason);
         assert!(matches!(d.reason, Reason::BacklogDrainsInTime { .. }));
-        // 40 waiting would take 80 s: scale up for what one replica cannot absorb.
+    }
+
+    #[test]
+    fn new_replicas_are_weighed_against_what_they_cost_including_their_keep_alive() {
+        // One ready replica (concurrency 1, 2 s jobs: 0.5 jobs/s), 30 s cold start.
+        // 10 waiting drain in 20 s, before any new replica is ready: none is started.
+        let mut o10 = obs(0.0, 10, 1, 1);
+        o10.busy = 1;
+        for cold_cost in [10.0, 120.0] {
+            let params = GreenScaleParams {
+                cold_cost,
+                ..GreenScaleParams::default()
+            };
+            let d = GreenScale::new("greenscale", params).decide(&o10);
+            assert_eq!(d.desired, 1, "cold_cost {cold_cost}: {}", d.reason);
+        }
+        // 40 waiting: 25 are still waiting after 30 s, 625 job-seconds of waiting for one
+        // replica draining them alone (25² / (2 · 0.5)). A new replica takes one at once and
+        // drains the other 24 with it (24² / (2 · 2 · 0.5) = 288: it saves 337); it costs
+        // 30 s + 26 s busy + its keep-alive (break-even: 30 s + cold_cost).
         let mut o40 = obs(1.0, 40, 1, 1);
         o40.busy = 1;
-        assert!(cheap.decide(&o40).desired > 1);
-        // Waiting is dear (default 600: tolerate 2*30*30/600 = 3 s): scale up at once.
+        // cold_cost 10 (a job-second of waiting worth 1/3 GPU-second): one new replica
+        // saves 337 · 1/3 = 112 for 30 + 26 + 40 = 96; a second would lose money.
+        let cheap = GreenScaleParams {
+            cold_cost: 10.0,
+            ..GreenScaleParams::default()
+        };
+        assert_eq!(GreenScale::new("greenscale", cheap).decide(&o40).desired, 2);
+        // cold_cost 120 (4 GPU-seconds per job-second): three new replicas are best
+        // (saved 504 · 4 = 2016 for 3 · (30 + 13 + 150) = 579).
         let mut dear = GreenScale::new("greenscale", GreenScaleParams::default());
-        assert!(dear.decide(&o).desired > 1);
+        assert_eq!(dear.decide(&o40).desired, 4);
+        // Two replicas already starting join at the same time as new ones: one more only
+        // (it saves 55 · 4 = 221 for 30 + 13 + 150 = 193).
+        let mut starting = o40;
+        starting.starting = 2;
+        let mut g = GreenScale::new("greenscale", GreenScaleParams::default());
+        assert_eq!(g.decide(&starting).desired, 4);
     }
 
     #[test]
