@@ -595,3 +595,48 @@ async fn a_second_signal_stops_at_once_and_says_so() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_the_warm_replica_drains_before_a_cold_start_starts_no_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    // Concurrency 4, answers of ~0.5 s, a 3 s cold start.
+    let up = Up::start(
+        dir.path(),
+        "up",
+        &[
+            "--demo-load-time",
+            "3s",
+            "--demo-tokens-per-sec",
+            "50",
+            "--concurrency",
+            "4",
+        ],
+    )
+    .await;
+    // Warm: one replica, its service time measured.
+    for i in 0..3 {
+        let id = up.submit(json!({"prompt": format!("warm {i}")})).await;
+        up.wait_for("a warm-up job", Duration::from_secs(30), || async {
+            up.job(&id).await["status"] == "succeeded"
+        })
+        .await;
+    }
+    assert_eq!(up.pool().await["peak_replicas"], 1);
+    // A burst of 10: the warm replica runs them all in well under the 3 s a new one needs.
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(up.submit(json!({"prompt": format!("burst {i}")})).await);
+    }
+    for id in &ids {
+        up.wait_for("the burst finishes", Duration::from_secs(30), || async {
+            up.job(id).await["status"] == "succeeded"
+        })
+        .await;
+    }
+    let pool = up.pool().await;
+    assert_eq!(
+        pool["peak_replicas"], 1,
+        "a replica was started for nothing: {pool}"
+    );
+    assert_eq!(pool["cold_starts"]["count"], 1, "{pool}");
+}
