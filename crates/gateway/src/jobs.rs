@@ -178,6 +178,7 @@ impl From<QueueStats> for QueueView {
 
 /// Reads a JSON body, turning every failure into a JSON error.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    g: &Gateway,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| {
@@ -185,7 +186,10 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
-                "the request body is larger than the gateway accepts",
+                format!(
+                    "the request body is larger than the limit of {} bytes (set by --max-body-bytes or GREENSCALE_MAX_BODY_BYTES)",
+                    g.config.max_body_bytes
+                ),
             )
         } else {
             ApiError::invalid(format!("cannot read the request body: {e}"))
@@ -255,7 +259,7 @@ pub async fn create_job(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: JobRequest = json_body(body)?;
+    let req: JobRequest = json_body(&g, body)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {

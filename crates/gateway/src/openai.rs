@@ -253,7 +253,7 @@ pub async fn chat_completions(
     State(g): State<Gateway>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ChatRequest = json_body(body)?;
+    let req: ChatRequest = json_body(&g, body)?;
     let stream = req.stream.unwrap_or(false);
     let include_usage = req
         .stream_options

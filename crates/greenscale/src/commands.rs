@@ -563,9 +563,10 @@ fn print_pool(p: &serde_json::Value) {
     );
     if let Some(d) = p["last_decision"].as_object() {
         say!(
-            "  decision     {} → {} replicas: {}",
+            "  decision     {} → {} replicas, {}: {}",
             d["current"],
             d["desired"],
+            ago(d["at_ms"].as_u64(), now_ms()),
             d["reason"].as_str().unwrap_or("")
         );
     }

@@ -151,7 +151,13 @@ async fn errors_are_json_with_fitting_statuses() {
     // 413: body over the limit.
     let r = post(&s.base, "/v1/jobs", json!({"prompt": "x".repeat(5000)})).await;
     assert_eq!(r.status(), 413);
-    assert_eq!(error_type(r).await, "request_too_large");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "request_too_large");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("limit of 2000 bytes") && message.contains("--max-body-bytes"),
+        "the limit and the flag that sets it: {message}"
+    );
     // 404 for unknown jobs and endpoints.
     assert_eq!(get(&s.base, "/v1/jobs/none").await.status(), 404);
     assert_eq!(get(&s.base, "/v1/nothing").await.status(), 404);

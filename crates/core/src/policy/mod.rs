@@ -184,13 +184,21 @@ pub enum Reason {
     },
 }
 
+/// `n` and the noun for it, singular or plural (`1 job`, `3 jobs`).
+fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Reason::Backlog { work, per_replica } => write!(
                 f,
-                "{work} jobs waiting or running need {} replicas at {per_replica} per replica",
-                div_ceil(work, per_replica as u64)
+                "{} waiting or running {} {} at {per_replica} per replica",
+                count(work, "job", "jobs"),
+                if work == 1 { "needs" } else { "need" },
+                count(div_ceil(work, per_replica as u64), "replica", "replicas")
             ),
             Reason::BacklogDrainsInTime {
                 pending,
@@ -198,10 +206,18 @@ impl fmt::Display for Reason {
                 cold_start_s,
             } => write!(
                 f,
-                "{pending} waiting jobs drain in ~{drain_s:.0} s on ready replicas, sooner than a {cold_start_s:.0} s cold start"
+                "{} waiting {} in ~{drain_s:.1} s on the ready replicas, before a new one would be ready ({cold_start_s:.1} s cold start)",
+                count(pending, "job", "jobs"),
+                if pending == 1 { "drains" } else { "drain" }
             ),
             Reason::HoldInFlight { busy } => {
-                write!(f, "{busy} replicas hold running jobs and are kept")
+                write!(
+                    f,
+                    "{} {} running jobs and {} kept",
+                    count(busy, "replica", "replicas"),
+                    if busy == 1 { "holds" } else { "hold" },
+                    if busy == 1 { "is" } else { "are" }
+                )
             }
             Reason::KeepAlive { idle_s, window_s } => write!(
                 f,
@@ -252,7 +268,7 @@ impl fmt::Display for Reason {
             Reason::KnativeGrace { idle_s } => {
                 write!(f, "KPA: no traffic for {idle_s:.0} s; scale-to-zero grace")
             }
-            Reason::Capped { max } => write!(f, "capped at {max} replicas"),
+            Reason::Capped { max } => write!(f, "capped at {}", count(max, "replica", "replicas")),
         }
     }
 }
@@ -546,6 +562,30 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_read_as_sentences_in_the_singular_too() {
+        let one = Reason::Backlog {
+            work: 1,
+            per_replica: 4,
+        };
+        assert_eq!(
+            one.to_string(),
+            "1 job waiting or running needs 1 replica at 4 per replica"
+        );
+        let many = Reason::Backlog {
+            work: 9,
+            per_replica: 4,
+        };
+        assert_eq!(
+            many.to_string(),
+            "9 jobs waiting or running need 3 replicas at 4 per replica"
+        );
+        assert_eq!(
+            Reason::HoldInFlight { busy: 1 }.to_string(),
+            "1 replica holds running jobs and is kept"
+        );
+    }
 
     #[test]
     fn specs_parse_and_split() {
