@@ -13,5 +13,6 @@ COPY --from=build /src/target/release/greenscale /usr/local/bin/greenscale
 USER 65532:65532
 # gateway / up: 8080; scaler: gRPC 9090, metrics 8081
 EXPOSE 8080 8081 9090
+# greenscale is PID 1 here and reaps orphaned processes itself (no separate init needed).
 ENTRYPOINT ["/usr/local/bin/greenscale"]
 CMD ["--help"]

@@ -19,6 +19,7 @@ use crate::client::JobsClient;
 
 /// Runs one subcommand; the exit code says whether it succeeded.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    crate::init::reap_orphans_if_init();
     match command {
         Command::Worker(args) => worker(args).await,
         Command::Up(args) => crate::up::run(args).await,

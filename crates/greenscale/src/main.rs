@@ -6,6 +6,7 @@ mod output;
 mod cli;
 mod client;
 mod commands;
+mod init;
 mod scaler;
 mod sim;
 mod up;

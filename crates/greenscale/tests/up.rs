@@ -640,3 +640,80 @@ async fn a_burst_the_warm_replica_drains_before_a_cold_start_starts_no_replica()
     );
     assert_eq!(pool["cold_starts"]["count"], 1, "{pool}");
 }
+
+/// Processes whose parent is `ppid`, with their state letter.
+fn children_of(ppid: u64) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f[1].parse::<u64>() == Ok(ppid) {
+            out.push((pid, f[0].to_string()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_a_containers_first_process_up_reaps_orphans() {
+    // `unshare --pid --fork` makes `greenscale up` PID 1 of a new PID namespace, as the
+    // image's entrypoint is in a container.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let exe = env!("CARGO_BIN_EXE_greenscale");
+    // The model command leaves an orphan behind: a short sleep whose parent exits at once.
+    let cmd = format!("(sleep 0.3 &); exec {exe} demo-model --port {{port}}");
+    let mut unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--", exe, "up"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--model-cmd",
+            &cmd,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("up.log")).unwrap())
+        .spawn()
+        .expect("unshare (util-linux) runs greenscale in a PID namespace; it needs root");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "up did not start in its namespace"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let up_pid = children_of(unshare.id() as u64)[0].0;
+    let r = client
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"prompt": "wake up"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // The orphan was re-parented to up; once it exits, up collects it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let zombies: Vec<_> = children_of(up_pid)
+        .into_iter()
+        .filter(|(_, state)| state == "Z")
+        .collect();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &up_pid.to_string()])
+        .status();
+    let _ = unshare.wait();
+    assert!(
+        zombies.is_empty(),
+        "zombies under up: {zombies:?}\n{}",
+        std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default()
+    );
+}
