@@ -232,6 +232,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         " --api-key KEY"
     };
     say!("GreenScale is up.");
+    say!("  Dashboard:               {base}/");
     say!(
         "  API (OpenAI-compatible): {base}/v1   models: {}",
         names.join(", ")
