@@ -474,14 +474,10 @@ pub enum DeadLetterAction {
 
 /// `greenscale sim`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["trace", "synthetic"])))]
 pub struct SimArgs {
     /// The trace file.
-    #[arg(
-        long,
-        env = "GREENSCALE_SIM_TRACE",
-        required_unless_present = "synthetic",
-        conflicts_with = "synthetic"
-    )]
+    #[arg(long, env = "GREENSCALE_SIM_TRACE", conflicts_with = "synthetic")]
     pub trace: Option<std::path::PathBuf>,
     /// Use a generated trace instead: poisson, diurnal, onoff, cron or burst.
     #[arg(long, env = "GREENSCALE_SIM_SYNTHETIC")]

@@ -154,3 +154,23 @@ fn a_closed_pipe_ends_the_output_quietly() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn without_a_trace_it_names_both_sources_and_its_table_stays_aligned() {
+    let out = sim(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--trace") && err.contains("--synthetic"),
+        "{err}"
+    );
+    // 100 % cold-start waits (burst) and 0 % (oracle) end in the same column as the header.
+    let out = sim(&["--synthetic", "burst", "--policy", "greenscale"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    let header = lines.iter().find(|l| l.starts_with("policy")).unwrap();
+    let end = header.find("cold-start waits").unwrap() + "cold-start waits".len();
+    for row in lines.iter().filter(|l| l.contains("%)")) {
+        assert_eq!(row.find("%)").unwrap() + 2, end, "{header}\n{row}");
+    }
+}
