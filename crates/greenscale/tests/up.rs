@@ -8,7 +8,7 @@ use greenscale_testkit::free_port;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Up, cmdline, demo_model, group_members, pgids};
+use common::{Up, children_of, cmdline, demo_model, group_members, pgids};
 
 fn replicas(pool: &Value) -> usize {
     pool["replicas"].as_array().unwrap().len()
@@ -639,25 +639,6 @@ async fn a_burst_the_warm_replica_drains_before_a_cold_start_starts_no_replica()
         "a replica was started for nothing: {pool}"
     );
     assert_eq!(pool["cold_starts"]["count"], 1, "{pool}");
-}
-
-/// Processes whose parent is `ppid`, with their state letter.
-fn children_of(ppid: u64) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u64>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f[1].parse::<u64>() == Ok(ppid) {
-            out.push((pid, f[0].to_string()));
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

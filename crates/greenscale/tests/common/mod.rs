@@ -226,8 +226,8 @@ impl Up {
     }
 }
 
-/// Process ids in process group `pgid`.
-pub fn group_members(pgid: u64) -> Vec<u64> {
+/// Every process with its state letter, parent and process group, from `/proc/PID/stat`.
+pub fn processes() -> Vec<(u64, String, u64, u64)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u64>() else {
@@ -238,12 +238,30 @@ pub fn group_members(pgid: u64) -> Vec<u64> {
         };
         // Fields after the command name: state, ppid, pgrp, ...
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields[0] != "Z" && fields[2].parse::<u64>() == Ok(pgid) {
-            out.push(pid);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if let (Ok(ppid), Ok(pgrp)) = (f[1].parse(), f[2].parse()) {
+            out.push((pid, f[0].to_string(), ppid, pgrp));
         }
     }
     out
+}
+
+/// Process ids in process group `pgid` (zombies left out).
+pub fn group_members(pgid: u64) -> Vec<u64> {
+    processes()
+        .into_iter()
+        .filter(|(_, state, _, pgrp)| state != "Z" && *pgrp == pgid)
+        .map(|(pid, ..)| pid)
+        .collect()
+}
+
+/// Children of `ppid`, with their state letter.
+pub fn children_of(ppid: u64) -> Vec<(u64, String)> {
+    processes()
+        .into_iter()
+        .filter(|(_, _, parent, _)| *parent == ppid)
+        .map(|(pid, state, ..)| (pid, state))
+        .collect()
 }
 
 /// The command line of process `pid`, arguments joined by spaces.
