@@ -46,8 +46,11 @@ pub struct PoolConfig {
     pub max_replicas: u32,
     /// Scaling policy spec (see `greenscale sim --help`), e.g. `greenscale:cold_cost=120`.
     pub policy: String,
-    /// Cost of one replica for one hour, in the user's currency (for the dashboard).
-    pub cost_per_hour: f64,
+    /// Cost of one replica for one hour (for the dashboard); without it, cost is shown in
+    /// replica-hours.
+    pub cost_per_hour: Option<f64>,
+    /// The currency of `cost_per_hour`, as shown (e.g. `USD`, `€`), if given.
+    pub currency: Option<String>,
     /// How long a starting replica may take to pass its health check.
     pub startup_timeout: Duration,
     /// After SIGTERM, how long a model server may take to exit before SIGKILL.
@@ -69,7 +72,8 @@ impl PoolConfig {
             min_replicas: 0,
             max_replicas: 4,
             policy: "greenscale".into(),
-            cost_per_hour: 1.0,
+            cost_per_hour: None,
+            currency: None,
             startup_timeout: Duration::from_secs(600),
             stop_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(25),
@@ -125,6 +129,7 @@ struct RawPool {
     max_replicas: Option<Spanned<u32>>,
     policy: Option<Spanned<String>>,
     cost_per_hour: Option<Spanned<f64>>,
+    currency: Option<String>,
     startup_timeout: Option<Spanned<String>>,
     stop_timeout: Option<Spanned<String>>,
     drain_grace: Option<Spanned<String>>,
@@ -311,8 +316,9 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<PoolConfig>, ConfigError> {
                     "must be a number ≥ 0".into(),
                 ));
             }
-            pool.cost_per_hour = c.into_inner();
+            pool.cost_per_hour = Some(c.into_inner());
         }
+        pool.currency = p.currency.filter(|c| !c.trim().is_empty());
         for (value, name, slot) in [
             (
                 p.startup_timeout,
@@ -361,6 +367,7 @@ concurrency = 2
 max_replicas = 3
 policy = "keepalive:5m"
 cost_per_hour = 2.5
+currency = "USD"
 startup_timeout = "2m"
 
 [[pool]]
@@ -375,6 +382,14 @@ upstream_model = "meta-llama/Llama-3.3-70B-Instruct"
         assert_eq!(pools[0].concurrency, 2);
         assert_eq!(pools[0].max_replicas, 3);
         assert_eq!(pools[0].startup_timeout, Duration::from_secs(120));
+        assert_eq!(
+            (pools[0].cost_per_hour, pools[0].currency.as_deref()),
+            (Some(2.5), Some("USD"))
+        );
+        assert_eq!(
+            (pools[1].cost_per_hour, pools[1].currency.as_deref()),
+            (None, None)
+        );
         assert_eq!(
             pools[0].backend,
             PoolBackend::Command {

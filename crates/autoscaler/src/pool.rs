@@ -109,8 +109,10 @@ pub struct PoolStatus {
     pub min_replicas: u32,
     /// Replica limits.
     pub max_replicas: u32,
-    /// Configured cost of one replica-hour.
-    pub cost_per_hour: f64,
+    /// Configured cost of one replica-hour, if any.
+    pub cost_per_hour: Option<f64>,
+    /// Its currency, if given.
+    pub currency: Option<String>,
     /// Replicas now.
     pub replicas: Vec<ReplicaView>,
     /// Jobs waiting at the last observation (including delayed retries).
@@ -650,6 +652,7 @@ impl Pool {
             min_replicas: self.config.min_replicas,
             max_replicas: self.config.max_replicas,
             cost_per_hour: self.config.cost_per_hour,
+            currency: self.config.currency.clone(),
             replicas: st
                 .replicas
                 .iter()
