@@ -221,18 +221,25 @@ function poolCard(p, windowS) {
 
   if (replicas && p.since_ms) {
     const hours = Math.max(0, (Date.now() - p.since_ms) / 3.6e6);
-    const used = (p.replica_seconds / 3600) * p.cost_per_hour;
-    const alwaysOn = p.peak_replicas * hours * p.cost_per_hour;
-    const saving = alwaysOn - used;
-    const pct = alwaysOn > 0 ? ` (${((saving / alwaysOn) * 100).toFixed(0)} %)` : "";
+    const usedH = p.replica_seconds / 3600;
+    const alwaysOnH = p.peak_replicas * hours;
+    const savedH = alwaysOnH - usedH;
+    const pct = alwaysOnH > 0 ? ` (${((savedH / alwaysOnH) * 100).toFixed(0)} %)` : "";
+    const priced = typeof p.cost_per_hour === "number";
+    const unit = p.currency ? ` ${p.currency}` : "";
+    const cost = (h) => (priced ? `${money(h * p.cost_per_hour)}${unit}` : `${h.toFixed(3)} replica-h`);
+    const rate = priced ? ` × ${p.cost_per_hour}${unit}/h` : "";
     card.append(el("div", { class: "cost" },
       facts([
-        ["used", `${(p.replica_seconds / 3600).toFixed(3)} replica-h × ${p.cost_per_hour} = ${money(used)}`, "cost-used"],
-        ["always on", `${p.peak_replicas} × ${hours.toFixed(3)} h × ${p.cost_per_hour} = ${money(alwaysOn)}`, "cost-always-on"],
-        ["saving", `${money(saving)}${pct}`, "cost-saving"],
+        ["used", `${usedH.toFixed(3)} replica-h${rate}${priced ? ` = ${cost(usedH)}` : ""}`, "cost-used"],
+        ["always on", `${p.peak_replicas} × ${hours.toFixed(3)} h${rate} = ${cost(alwaysOnH)}`, "cost-always-on"],
+        ["saving", `${cost(savedH)}${pct}`, "cost-saving"],
       ]),
       el("p", { class: "small muted" },
-        `Used: every replica's lifetime from start to stop (loading included) since this pool started ${ago(p.since_ms)}, × the configured cost per replica-hour. Always on: the observed peak of ${p.peak_replicas} replicas kept running for the same period.`)));
+        `Used: every replica's lifetime from start to stop (loading included) since this pool started ${ago(p.since_ms)}. ` +
+        `Always on: the observed peak of ${p.peak_replicas} replicas kept running for the same period. ` +
+        `Saving: what always on would have cost beyond what was used` +
+        (priced ? `.` : ` (set cost_per_hour and currency in the pools file to see it in money).`))));
   }
   return card;
 }
@@ -274,32 +281,65 @@ async function refreshTimeline() {
   }
 }
 
+/** `n thing` or `n things`. */
+function plural(n, thing) {
+  return `${n} ${thing}${n === 1 ? "" : "s"}`;
+}
+
+/** Tick values for 0..max in round steps (1, 2 or 5 times a power of ten, whole numbers), about `n` of them. */
+function ticks(max, n) {
+  const raw = Math.max(max, 1) / n;
+  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw && s >= 1) || Math.max(1, mag);
+  // From 0 up to the first tick at or above max (at least 1), so every value fits.
+  const top = Math.max(max, 1);
+  const out = [];
+  for (let v = 0; ; v += step) {
+    out.push(v);
+    if (v >= top - 1e-9) break;
+  }
+  return out;
+}
+
 function drawTimeline(h, pool) {
   const points = h.series[pool] || [];
   const events = (h.events && h.events[pool]) || [];
-  const W = 800, H = 220, L = 36, R = 36, T = 14, B = 24;
+  const W = 800, H = 240, L = 44, R = 52, T = 16, B = 36;
   const x = (t) => L + ((t - h.from_ms) / (h.now_ms - h.from_ms)) * (W - L - R);
-  const maxR = Math.max(1, ...points.map((p) => p.replicas));
-  const maxQ = Math.max(1, ...points.map((p) => p.pending));
+  const peakR = Math.max(0, ...points.map((p) => p.replicas));
+  const peakQ = Math.max(0, ...points.map((p) => p.pending));
+  const rTicks = ticks(peakR, 4), qTicks = ticks(peakQ, 4);
+  const maxR = rTicks[rTicks.length - 1] || 1;
+  const maxQ = qTicks[qTicks.length - 1] || 1;
   const yR = (v) => H - B - (v / maxR) * (H - T - B);
   const yQ = (v) => H - B - (v / maxQ) * (H - T - B);
-  const label = `Over the ${$("timeline-window").selectedOptions[0].textContent}, pool ${pool} had at most ${points.length ? maxR : 0} replicas and ${points.length ? maxQ : 0} waiting jobs, with ${events.length} scale events.`;
+  const label = `Over the ${$("timeline-window").selectedOptions[0].textContent}, pool ${pool} had at most ${plural(peakR, "replica")} and ${plural(peakQ, "waiting job")}, with ${plural(events.length, "scale event")}.`;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
   root.append(svg("title", {}));
   root.firstChild.textContent = label;
+  const text = (attrs, content) => {
+    const t = svg("text", attrs);
+    t.textContent = content;
+    return t;
+  };
   root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
-  // time ticks
+  root.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
+  root.append(svg("line", { class: "axis", x1: W - R, x2: W - R, y1: T, y2: H - B }));
+  // Time ticks (local time) and the two value scales, each with its unit.
   for (let i = 0; i <= 4; i++) {
     const t = h.from_ms + ((h.now_ms - h.from_ms) * i) / 4;
-    const tx = svg("text", { x: x(t), y: H - 6, "text-anchor": "middle" });
-    tx.textContent = new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    root.append(tx);
+    root.append(text({ class: "tick", x: x(t), y: H - B + 14, "text-anchor": "middle" },
+      new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
   }
-  const lr = svg("text", { x: 4, y: T + 4 });
-  lr.textContent = `${maxR} rep.`;
-  const lq = svg("text", { x: W - 4, y: T + 4, "text-anchor": "end" });
-  lq.textContent = `${maxQ} jobs`;
-  root.append(lr, lq);
+  root.append(text({ class: "tick", x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "time (local)"));
+  for (const v of rTicks) {
+    root.append(svg("line", { class: "grid", x1: L - 4, x2: L, y1: yR(v), y2: yR(v) }));
+    root.append(text({ class: "tick tick-replicas", x: L - 6, y: yR(v) + 4, "text-anchor": "end" }, String(v)));
+  }
+  for (const v of qTicks) {
+    root.append(svg("line", { class: "grid", x1: W - R, x2: W - R + 4, y1: yQ(v), y2: yQ(v) }));
+    root.append(text({ class: "tick tick-queue", x: W - R + 6, y: yQ(v) + 4 }, String(v)));
+  }
   if (points.length) {
     let area = `M ${x(points[0].t_ms)} ${yQ(0)}`;
     for (const p of points) area += ` L ${x(p.t_ms)} ${yQ(p.pending)}`;

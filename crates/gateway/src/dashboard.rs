@@ -29,8 +29,11 @@ pub trait PoolsStatus: Send + Sync {
 
 /// How often the overview is rebuilt while someone watches it.
 const OVERVIEW_EVERY: Duration = Duration::from_secs(1);
-/// How often the timeline is sampled.
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// How often the timeline is sampled: twice within any burst of a second or more.
+const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// What one kept timeline point covers: the peak of the samples in it, so that a burst
+/// shorter than this still shows.
+const POINT_SPAN: Duration = Duration::from_secs(5);
 /// How much timeline is kept.
 const HISTORY: Duration = Duration::from_secs(24 * 3600);
 /// The window of the wait, run and first-token percentiles.
@@ -45,6 +48,15 @@ struct Sample {
     replicas: u64,
     pending: u64,
     in_flight: u64,
+}
+
+impl Sample {
+    /// Keeps, of this and `other`, the highest value of each series.
+    fn keep_peak(&mut self, other: &Sample) {
+        self.replicas = self.replicas.max(other.replicas);
+        self.pending = self.pending.max(other.pending);
+        self.in_flight = self.in_flight.max(other.in_flight);
+    }
 }
 
 /// The dashboard's shared state: the latest overview and the sampled timeline.
@@ -69,30 +81,28 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts the task that rebuilds the overview (while anyone watches) and samples the
-/// timeline. It ends with the gateway's shutdown.
+/// Starts the task that samples the timeline (every `SAMPLE_EVERY`) and pushes the
+/// overview to watchers (every `OVERVIEW_EVERY`). It ends with the gateway's shutdown.
 pub(crate) fn start(g: Gateway) {
     tokio::spawn(async move {
         let mut shutdown = g.shutdown.clone();
-        let mut last_sample: Option<std::time::Instant> = None;
+        let mut last_push: Option<std::time::Instant> = None;
         let mut timings = (std::time::Instant::now(), Value::Null);
         loop {
             let watched = g.dashboard.overview.receiver_count() > 0;
-            let sample_due = last_sample.is_none_or(|t| t.elapsed() >= SAMPLE_EVERY);
-            if watched || sample_due {
-                if watched && (timings.1.is_null() || timings.0.elapsed() >= SAMPLE_EVERY) {
-                    timings = (std::time::Instant::now(), recent_timings(&g).await);
-                }
-                if let Ok(overview) = build_overview(&g, &timings.1).await {
-                    if sample_due {
-                        last_sample = Some(std::time::Instant::now());
-                        record_sample(&g, &overview);
-                    }
+            if watched && (timings.1.is_null() || timings.0.elapsed() >= POINT_SPAN) {
+                timings = (std::time::Instant::now(), recent_timings(&g).await);
+            }
+            if let Ok(overview) = build_overview(&g, &timings.1).await {
+                record_sample(&g, &overview);
+                // Watchers get it once a second; unwatched, it is kept fresh for the next.
+                if !watched || last_push.is_none_or(|t| t.elapsed() >= OVERVIEW_EVERY) {
+                    last_push = Some(std::time::Instant::now());
                     g.dashboard.overview.send_replace(Arc::new(overview));
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(OVERVIEW_EVERY) => {}
+                _ = tokio::time::sleep(SAMPLE_EVERY) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
@@ -149,12 +159,17 @@ fn record_sample(g: &Gateway, overview: &Value) {
         let name = pool["name"].as_str().unwrap_or_default().to_string();
         let q = &pool["queue"];
         let samples = history.entry(name).or_default();
-        samples.push_back(Sample {
+        let sample = Sample {
             t_ms: now,
             replicas: replicas_of(pool),
             pending: q["pending"].as_u64().unwrap_or(0) + q["delayed"].as_u64().unwrap_or(0),
             in_flight: q["in_flight"].as_u64().unwrap_or(0),
-        });
+        };
+        let span = POINT_SPAN.as_millis() as u64;
+        match samples.back_mut() {
+            Some(last) if last.t_ms / span == now / span => last.keep_peak(&sample),
+            _ => samples.push_back(sample),
+        }
         while samples
             .front()
             .is_some_and(|s| now.saturating_sub(s.t_ms) > HISTORY.as_millis() as u64)
@@ -296,11 +311,7 @@ pub async fn history(
         for s in samples.iter().filter(|s| s.t_ms >= from) {
             let bucket = (s.t_ms - from) / slice;
             match points.last_mut() {
-                Some(p) if (p.t_ms - from) / slice == bucket => {
-                    p.replicas = p.replicas.max(s.replicas);
-                    p.pending = p.pending.max(s.pending);
-                    p.in_flight = p.in_flight.max(s.in_flight);
-                }
+                Some(p) if (p.t_ms - from) / slice == bucket => p.keep_peak(s),
                 _ => points.push(*s),
             }
         }
@@ -326,7 +337,8 @@ pub async fn history(
         "window_s": window.as_secs(),
         "from_ms": from,
         "now_ms": now,
-        "sample_every_s": SAMPLE_EVERY.as_secs(),
+        "sample_every_s": SAMPLE_EVERY.as_secs_f64(),
+        "point_span_s": POINT_SPAN.as_secs(),
         "series": series,
         "events": events,
     })))

@@ -40,7 +40,12 @@ fn load(args: &SimArgs) -> anyhow::Result<(String, Trace)> {
     };
     let trace = sim::trace::parse(&text, args.format, &model)
         .with_context(|| format!("trace {}", path.display()))?;
-    Ok((path.display().to_string(), trace))
+    // The file's name, not the folder it happens to be in, names the trace.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| path.display().to_string());
+    Ok((name, trace))
 }
 
 /// Runs the simulation and prints the table (or JSON).
@@ -73,6 +78,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         rows.push(report);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let span = trace
+        .pools
+        .iter()
+        .flat_map(|p| p.jobs.last().map(|j| j.arrival))
+        .fold(0.0, f64::max);
     if let Some(path) = &args.plot {
         if trace.pools.len() > 1 {
             bail!(
@@ -81,7 +91,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let title = format!("{name}: replicas and queue depth");
-        std::fs::write(path, plot::timeline_svg(&title, &series))
+        std::fs::write(path, plot::timeline_svg(&title, &series, span))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.frontier {
@@ -111,11 +121,6 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         say!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let span = trace
-        .pools
-        .iter()
-        .flat_map(|p| p.jobs.last().map(|j| j.arrival))
-        .fold(0.0, f64::max);
     say!(
         "trace {name}: {} jobs in {} pool(s) over {:.0} s; cold start {:.0} s, concurrency {}, max {} replicas, tick {} s",
         trace.jobs(),

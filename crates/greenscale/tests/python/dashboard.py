@@ -2,8 +2,9 @@
 
 Usage: dashboard.py BASE_URL
 Checks: a prompt submitted in the page gets its answer; the pool's replica count on the page
-goes 0 -> 1 -> 0; the jobs table shows the job succeeded with measured times; a prompt full
-of markup is shown as text and runs no script. Exits non-zero with a message on failure.
+goes 0 -> 1 -> 0; the timeline has value ticks on both scales and shows the ~1 s the job
+waited for the cold start; the jobs table shows the job succeeded with measured times; a
+prompt full of markup is shown as text and runs no script. Exits non-zero with a message on failure.
 """
 
 import sys
@@ -96,6 +97,24 @@ def main():
         answer = text(driver, "#answer")
         assert answer.startswith("[demo]"), f"answer shown: {answer!r}"
         print(f"replicas seen on the page: {' -> '.join(seen)}; answer: {answer[:40]!r}")
+
+        # The timeline: value ticks on both scales and times, and the first job's wait for
+        # the 1 s cold start (a burst shorter than a timeline point) shows as queue depth.
+        def timeline():
+            driver.execute_script("refreshTimeline()")
+            return driver.execute_script("""
+                const s = document.querySelector('#chart svg');
+                if (!s) return null;
+                const t = (c) => [...s.querySelectorAll(c)].map(e => e.textContent);
+                return {label: s.getAttribute('aria-label'), replicas: t('.tick-replicas'),
+                        queue: t('.tick-queue'), all: t('text.tick')};
+            """)
+        chart = wait("a timeline showing the burst",
+                     lambda: (lambda c: c if c and "and 0 waiting jobs" not in c["label"] else None)(timeline()))
+        assert len(chart["replicas"]) >= 2 and chart["replicas"][0] == "0", chart
+        assert len(chart["queue"]) >= 2 and chart["queue"][0] == "0", chart
+        assert "time (local)" in chart["all"] and any(":" in t for t in chart["all"]), chart
+        print(f"timeline: {chart['label']} ticks replicas {chart['replicas']}, queue {chart['queue']}")
 
         row = wait("the job in the table as succeeded",
                    lambda: next((r for r in job_rows(driver) if r[0] == "succeeded"), None))
