@@ -116,6 +116,12 @@ def main():
         assert "time (local)" in chart["all"] and any(":" in t for t in chart["all"]), chart
         print(f"timeline: {chart['label']} ticks replicas {chart['replicas']}, queue {chart['queue']}")
 
+        # No price is set for the demo pool: the cost card counts in replica-hours and says
+        # what "saving" means.
+        saving = text(driver, '[data-pool="demo"] [data-field="cost-saving"]')
+        assert "replica-h" in saving, f"cost shown with its unit: {saving!r}"
+        assert "Saving:" in text(driver, '[data-pool="demo"] .cost'), "saving is explained"
+
         row = wait("the job in the table as succeeded",
                    lambda: next((r for r in job_rows(driver) if r[0] == "succeeded"), None))
         _, wait_s, run_s = row
