@@ -80,6 +80,13 @@ async fn a_burst_wakes_the_demo_pool_from_zero_and_it_returns_to_zero() {
         replicas(&up.pool().await) == 0
     })
     .await;
+    // Every replica's guard was collected as it ended: up has no exited children left.
+    let up_pid = up.process.pid() as u64;
+    common::wait_until(
+        "up reaps its replica guards",
+        Duration::from_secs(5),
+        || children_of(up_pid).iter().all(|(_, state)| state != "Z"),
+    );
     let pool = up.pool().await;
     let cold = &pool["cold_starts"];
     assert!(cold["count"].as_u64().unwrap() >= 2, "{pool}");
@@ -181,6 +188,12 @@ async fn a_model_server_killed_mid_job_is_replaced_and_the_job_retried() {
     assert!(
         group_members(group).is_empty(),
         "the dead replica's group is cleaned up"
+    );
+    let up_pid = up.process.pid() as u64;
+    common::wait_until(
+        "up reaps the dead replica's guard",
+        Duration::from_secs(5),
+        || children_of(up_pid).iter().all(|(_, state)| state != "Z"),
     );
 }
 
