@@ -16,4 +16,4 @@ pub mod process;
 pub use config::{ConfigError, PoolBackend, PoolConfig};
 pub use metrics::AutoscalerMetrics;
 pub use pool::{Pool, PoolStatus, ReplicaState};
-pub use process::{GuardProgram, run_guard};
+pub use process::{GuardProgram, model_output_as_is, run_guard};

@@ -569,9 +569,9 @@ impl Pool {
             }
             st.cold_start_count += 1;
             self.metrics.cold_start(secs);
-            tracing::info!(pool = %self.config.name, replica = name, cold_start_s = secs, "replica ready");
+            tracing::info!(pool = %self.config.name, replica = %name, cold_start_s = secs, "replica ready");
         } else {
-            tracing::info!(pool = %self.config.name, replica = name, "replica ready (remote API)");
+            tracing::info!(pool = %self.config.name, replica = %name, "replica ready (remote API)");
         }
         st.failures = 0;
         st.retry_at = None;

@@ -129,10 +129,27 @@ pub enum StopOutcome {
     Killed,
 }
 
+/// Whether model servers' lines go to standard error as they are (text logs), instead of
+/// as log events (JSON logs).
+static MODEL_OUTPUT_AS_IS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// With `true`, a model server's own output lines are written to standard error as they
+/// are, after `pool/replica |`, without a second timestamp and level of ours (for text
+/// logs); with `false` (the default), each is a log event with `pool` and `replica`
+/// fields (for JSON logs).
+pub fn model_output_as_is(as_is: bool) {
+    MODEL_OUTPUT_AS_IS.store(as_is, std::sync::atomic::Ordering::Relaxed);
+}
+
 async fn log_lines(out: Box<dyn AsyncRead + Send + Unpin>, pool: String, replica: String) {
     let mut lines = BufReader::new(out).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "greenscale::model", pool = %pool, replica = %replica, "{line}");
+        if MODEL_OUTPUT_AS_IS.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("{pool}/{replica} | {line}");
+        } else {
+            tracing::info!(target: "greenscale::model", pool = %pool, replica = %replica, "{line}");
+        }
     }
 }
 

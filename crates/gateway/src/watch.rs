@@ -175,9 +175,9 @@ impl Drop for Waiting {
 async fn cancel_if_queued(g: &Gateway, id: &str, why: &str) {
     match g.routes.cancel(id, false).await {
         Ok(greenscale_core::Cancelled::Cancelled) => {
-            tracing::info!(job_id = id, reason = why, "job cancelled before it started")
+            tracing::info!(job_id = %id, reason = %why, "job cancelled before it started")
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(job_id = id, error = %e, "could not cancel the job"),
+        Err(e) => tracing::warn!(job_id = %id, error = %e, "could not cancel the job"),
     }
 }

@@ -80,6 +80,15 @@ async fn a_burst_wakes_the_demo_pool_from_zero_and_it_returns_to_zero() {
         replicas(&up.pool().await) == 0
     })
     .await;
+    // The model server's own lines are shown as they are, after the replica's name, not
+    // wrapped in a second timestamp and level.
+    let log = up.process.log();
+    let model_line = log
+        .lines()
+        .find(|l| l.contains("GreenScale demo model"))
+        .expect("the model server's output is in the log");
+    assert!(model_line.starts_with("demo/demo-"), "{model_line}");
+    assert!(!log.contains("greenscale::model:"), "{log}");
     // Every replica's guard was collected as it ended: up has no exited children left.
     let up_pid = up.process.pid() as u64;
     common::wait_until(

@@ -286,7 +286,7 @@ async fn run_one<B: ModelBackend>(
     let outcome = tokio::select! {
         outcome = run => outcome,
         _ = stop.notified() => {
-            tracing::info!(job_id = id, "job cancelled while running; stopped it");
+            tracing::info!(job_id = %id, "job cancelled while running; stopped it");
             // The record is final already; this only releases the lease.
             Outcome::Failed(greenscale_core::JobError {
                 kind: greenscale_core::ErrorKind::UpstreamRejected,
@@ -338,18 +338,18 @@ async fn run_one<B: ModelBackend>(
     match (finished, error) {
         (Finished::Succeeded, _) => {
             report.succeeded.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(job_id = id, attempt = job.attempt, run_ms, "job succeeded");
+            tracing::info!(job_id = %id, attempt = job.attempt, run_ms, "job succeeded");
         }
         (Finished::RetryScheduled, Some(e)) => {
             report.retried.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(job_id = id, attempt = job.attempt, kind = e.kind.as_str(), error = %e.message, "job failed; retry scheduled");
+            tracing::warn!(job_id = %id, attempt = job.attempt, kind = %e.kind.as_str(), error = %e.message, "job failed; retry scheduled");
         }
         (Finished::Failed | Finished::Dead, Some(e)) => {
             report.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(job_id = id, attempt = job.attempt, kind = e.kind.as_str(), error = %e.message, outcome = ?finished, "job failed");
+            tracing::warn!(job_id = %id, attempt = job.attempt, kind = %e.kind.as_str(), error = %e.message, outcome = ?finished, "job failed");
         }
         (f, _) => {
-            tracing::info!(job_id = id, outcome = ?f, "job already had a final status; outcome discarded")
+            tracing::info!(job_id = %id, outcome = ?f, "job already had a final status; outcome discarded")
         }
     }
 }
@@ -425,7 +425,7 @@ async fn publish_pieces(
 /// is logged and the job goes on.
 async fn publish_quietly(queue: &dyn Queue, id: &str, event: &JobEvent) {
     if let Err(e) = queue.publish(id, event).await {
-        tracing::debug!(job_id = id, error = %e, "could not publish a job event");
+        tracing::debug!(job_id = %id, error = %e, "could not publish a job event");
     }
 }
 
