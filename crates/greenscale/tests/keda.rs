@@ -417,11 +417,10 @@ async fn over_mutual_tls_keda_is_served_and_a_client_without_a_certificate_is_re
             &ca,
         ],
     );
-    assert!(
-        scaler.process.log().contains("mutual TLS") || {
-            std::thread::sleep(Duration::from_millis(300));
-            scaler.process.log().contains("mutual TLS")
-        }
+    common::wait_until(
+        "the scaler says it serves mutual TLS",
+        Duration::from_secs(5),
+        || scaler.process.log().contains("mutual TLS"),
     );
     let docs = keda::render_kustomization(&root().join("deploy/overlays/keda-external-push-tls"));
     let so = keda::scaled_objects(&docs).remove(0);

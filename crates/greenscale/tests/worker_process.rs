@@ -31,9 +31,9 @@ fn succeeded_lines(log: &str) -> Vec<String> {
     log.lines()
         .filter(|l| l.contains("job succeeded"))
         .filter_map(|l| {
-            let start = l.find("job_id=\"")? + 8;
-            let end = l[start..].find('"')? + start;
-            Some(l[start..end].to_string())
+            let start = l.find("job_id=")? + "job_id=".len();
+            let value = l[start..].split_whitespace().next()?;
+            Some(value.trim_matches('"').to_string())
         })
         .collect()
 }
