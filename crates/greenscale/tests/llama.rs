@@ -331,6 +331,9 @@ async fn llama_server_killed_mid_stream_is_replaced_the_job_retried_and_nothing_
         })
         .collect();
     assert_eq!(servers.len(), 1, "one llama-server in group {group}");
+    // Tokens are flowing, so the job is in flight when the server dies. (Right after the kill
+    // it may already be handed back and queued again: that is the point of the test.)
+    assert_eq!(up.job(&id).await["status"], "running");
     assert!(
         Command::new("kill")
             .args(["-KILL", &servers[0].to_string()])
@@ -338,7 +341,6 @@ async fn llama_server_killed_mid_stream_is_replaced_the_job_retried_and_nothing_
             .unwrap()
             .success()
     );
-    assert_eq!(up.job(&id).await["status"], "running");
     up.wait_for(
         "the job succeeds on a new replica",
         Duration::from_secs(120),
