@@ -270,8 +270,13 @@ pub trait Queue: Send + Sync {
         wait: Duration,
     ) -> Result<Vec<LeasedJob>, QueueError>;
 
-    /// Keeps `worker`'s leases alive.
-    async fn heartbeat(&self, worker: &str) -> Result<(), QueueError>;
+    /// Keeps `worker`'s leases alive and records that it serves `models` now (what
+    /// [`Queue::served_models`] lists).
+    async fn heartbeat(&self, worker: &str, models: &[String]) -> Result<(), QueueError>;
+
+    /// The models workers announced in their heartbeats within the retention period, the
+    /// most recently seen first. A model stays listed while its workers are scaled to zero.
+    async fn served_models(&self) -> Result<Vec<String>, QueueError>;
 
     /// Records the outcome of a leased job and releases its lease.
     async fn finish(

@@ -44,7 +44,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Prompt limits.
     pub limits: Limits,
-    /// Models listed by `/v1/models` (the first is the default for requests naming none).
+    /// Models listed by `/v1/models` before those workers announce (the first is the
+    /// default for requests naming none; with none, the worker's own default applies).
     pub models: Vec<String>,
 }
 
@@ -56,7 +57,7 @@ impl Default for GatewayConfig {
             max_pending: 10_000,
             max_body_bytes: 1024 * 1024,
             limits: Limits::default(),
-            models: vec!["meta-llama/Llama-3.3-70B-Instruct".into()],
+            models: Vec::new(),
         }
     }
 }

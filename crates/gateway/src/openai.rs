@@ -159,25 +159,32 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The models this gateway serves.
+/// The models this gateway serves: those it was configured with, then those its workers
+/// announced (served within the queue's retention, so a pool scaled to zero still lists its
+/// model).
 #[utoipa::path(get, path = "/v1/models",
-    responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = ModelList), (status = 401, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn list_models(State(g): State<Gateway>) -> axum::Json<ModelList> {
-    axum::Json(ModelList {
+pub async fn list_models(State(g): State<Gateway>) -> Result<axum::Json<ModelList>, ApiError> {
+    let mut models = g.config.models.clone();
+    for m in g.routes.served_models().await? {
+        if !models.contains(&m) {
+            models.push(m);
+        }
+    }
+    Ok(axum::Json(ModelList {
         object: "list".into(),
-        data: g
-            .config
-            .models
-            .iter()
-            .map(|m| ModelCard {
-                id: m.clone(),
+        data: models
+            .into_iter()
+            .map(|id| ModelCard {
+                id,
                 object: "model".into(),
                 created: 0,
                 owned_by: "greenscale".into(),
             })
             .collect(),
-    })
+    }))
 }
 
 fn to_spec(g: &Gateway, req: ChatRequest) -> Result<JobSpec, ApiError> {
@@ -260,8 +267,13 @@ pub async fn chat_completions(
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let spec = to_spec(&g, req)?;
+    let mut spec = to_spec(&g, req)?;
     admit(&g).await?;
+    if spec.model.is_none() {
+        // No model named and none configured: the one workers announced last, so the
+        // response names the model that answers.
+        spec.model = g.routes.served_models().await?.into_iter().next();
+    }
     let id = spec.job_id.clone();
     let model = spec.model.clone().unwrap_or_default();
     let sub = g.hub.subscribe(&id);

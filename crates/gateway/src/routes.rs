@@ -77,6 +77,15 @@ impl Routes {
         })
     }
 
+    /// What workers announced they serve: on the one queue of a standalone gateway (with
+    /// pools, the pool names are the models and nothing more is announced).
+    pub async fn served_models(&self) -> Result<Vec<String>, ApiError> {
+        if !self.any_model {
+            return Ok(Vec::new());
+        }
+        Ok(self.routes[0].queue.served_models().await?)
+    }
+
     /// Checks that some pool serves `model`.
     pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
         self.route(model).map(|_| ())

@@ -175,13 +175,10 @@ pub struct GatewayArgs {
     pub queue: QueueArgs,
     #[command(flatten)]
     pub http: HttpArgs,
-    /// Model names listed by /v1/models; the first is used when a request names none.
-    #[arg(
-        long = "model",
-        env = "GREENSCALE_MODEL",
-        value_delimiter = ',',
-        default_value = "meta-llama/Llama-3.3-70B-Instruct"
-    )]
+    /// Model names listed by /v1/models besides those the workers announce (the models
+    /// they serve, within the retention); the first is used when a request names none
+    /// (without it, the worker's own --model).
+    #[arg(long = "model", env = "GREENSCALE_MODEL", value_delimiter = ',')]
     pub models: Vec<String>,
     /// On SIGTERM/SIGINT: how long requests waiting on running jobs may still get their
     /// answers (new work gets 503 meanwhile) before the gateway stops.

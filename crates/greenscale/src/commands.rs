@@ -116,6 +116,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let mut config = WorkerConfig::new(id, args.queue.tuning.lease);
     config.concurrency = args.concurrency as usize;
     config.grace = args.grace;
+    config.models = vec![args.model.clone()];
     run_worker(
         Arc::new(queue),
         Arc::new(backend),

@@ -33,8 +33,6 @@ fn start_gateway(dir: &Path, redis: &RedisServer, extra: &[&str]) -> (Process, S
         &listen,
         "--api-key",
         KEY,
-        "--model",
-        "greenscale-demo",
     ];
     args.extend_from_slice(extra);
     let gateway = Process::spawn(dir, "gateway", &args);
@@ -55,7 +53,8 @@ fn stack(extra: &[&str]) -> Stack {
     let redis = RedisServer::start();
     let model = demo_model(200.0);
     let dir = tempfile::tempdir().unwrap();
-    let (gateway, base) = start_gateway(dir.path(), &redis, extra);
+    let args = [&["--model", "greenscale-demo"], extra].concat();
+    let (gateway, base) = start_gateway(dir.path(), &redis, &args);
     Stack {
         redis,
         model_url: model.url,
@@ -419,6 +418,54 @@ async fn a_client_that_disconnects_cancels_its_unstarted_job() {
         assert!(Instant::now() < deadline, "the job was not cancelled");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn model_ids(base: &str) -> Vec<String> {
+    let list: Value = get(base, "/v1/models").await.json().await.unwrap();
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_models_lists_what_the_workers_serve_and_keeps_it_while_they_are_at_zero() {
+    let redis = RedisServer::start();
+    let model = demo_model(200.0);
+    let dir = tempfile::tempdir().unwrap();
+    // No --model: the gateway lists only what workers announce, never an invented default.
+    let (gateway, base) = start_gateway(dir.path(), &redis, &[]);
+    assert!(model_ids(&base).await.is_empty());
+    let mut worker = Process::worker(
+        dir.path(),
+        "w1",
+        &redis.url(),
+        &model.url,
+        &["--model", "tiny-llama"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while model_ids(&base).await.is_empty() {
+        assert!(Instant::now() < deadline, "{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(model_ids(&base).await, ["tiny-llama"]);
+    // A request naming no model is answered as that model.
+    let r = post(
+        &base,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "which model?"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", gateway.log());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["model"], "tiny-llama", "{body}");
+    // Scaled to zero, the model is still listed: a client that lists models before its
+    // first request must find it, or it would never wake the pool.
+    worker.signal("TERM");
+    assert!(worker.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(model_ids(&base).await, ["tiny-llama"]);
 }
 
 fn run_python(script: &str, base: &str) -> std::process::Output {

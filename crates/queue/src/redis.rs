@@ -4,6 +4,7 @@
 //! - `L`: pending entries; producers `LPUSH`, the oldest entry is at the right end.
 //! - `greenscale:L:inflight:{worker}`: entries a worker holds (moved there atomically).
 //! - `greenscale:L:workers`: sorted set of workers by lease deadline (heartbeats).
+//! - `greenscale:L:models`: the models workers serve, with when one last announced each.
 //! - `greenscale:L:delayed`: retries by due time.
 //! - `greenscale:L:dead`: the dead-letter list (JSON items, newest first).
 //! - `greenscale:L:index`: job ids by enqueue time (for listing), trimmed after retention.
@@ -69,6 +70,7 @@ impl Scripts {
 struct Keys {
     pending: String,
     workers: String,
+    models: String,
     delayed: String,
     dead: String,
     index: String,
@@ -82,6 +84,7 @@ impl Keys {
         Keys {
             pending: list.to_string(),
             workers: format!("greenscale:{list}:workers"),
+            models: format!("greenscale:{list}:models"),
             delayed: format!("greenscale:{list}:delayed"),
             dead: format!("greenscale:{list}:dead"),
             index: format!("greenscale:{list}:index"),
@@ -638,17 +641,30 @@ impl Queue for RedisQueue {
         self.start_all(worker, raw).await
     }
 
-    async fn heartbeat(&self, worker: &str) -> Result<(), QueueError> {
+    async fn heartbeat(&self, worker: &str, models: &[String]) -> Result<(), QueueError> {
         let mut c = self.conn.clone();
         self.scripts
             .heartbeat
             .key(&self.keys.workers)
+            .key(&self.keys.models)
             .arg(worker)
             .arg(self.config.lease.as_millis() as u64)
+            .arg(models)
             .invoke_async::<i64>(&mut c)
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    async fn served_models(&self) -> Result<Vec<String>, QueueError> {
+        let mut c = self.conn.clone();
+        let mut seen: Vec<(String, u64)> =
+            c.hgetall(&self.keys.models).await.map_err(unavailable)?;
+        let since = now_ms().saturating_sub(self.config.retention.as_millis() as u64);
+        seen.retain(|(_, at)| *at >= since);
+        // The most recently seen first; ties by name, as the SQLite backend orders them.
+        seen.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(seen.into_iter().map(|(model, _)| model).collect())
     }
 
     async fn finish(

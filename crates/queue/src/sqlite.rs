@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS workers (
     deadline_ms INTEGER NOT NULL,
     PRIMARY KEY (list, id)
 );
+CREATE TABLE IF NOT EXISTS models (
+    list TEXT NOT NULL,
+    name TEXT NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (list, name)
+);
 CREATE TABLE IF NOT EXISTS dead (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     list TEXT NOT NULL,
@@ -509,20 +515,43 @@ impl Queue for SqliteQueue {
         }
     }
 
-    async fn heartbeat(&self, worker: &str) -> Result<(), QueueError> {
+    async fn heartbeat(&self, worker: &str, models: &[String]) -> Result<(), QueueError> {
         let worker = worker.to_string();
+        let models = models.to_vec();
         self.tx(move |tx, ctx| {
+            let now = now_ms();
             tx.execute(
                 "INSERT INTO workers (list, id, deadline_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT(list, id) DO UPDATE SET deadline_ms = excluded.deadline_ms",
-                params![
-                    ctx.list,
-                    worker,
-                    now_ms() + ctx.config.lease.as_millis() as i64
-                ],
+                params![ctx.list, worker, now + ctx.config.lease.as_millis() as i64],
             )
             .map_err(db_error)?;
+            for model in &models {
+                tx.execute(
+                    "INSERT INTO models (list, name, seen_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(list, name) DO UPDATE SET seen_ms = excluded.seen_ms",
+                    params![ctx.list, model, now],
+                )
+                .map_err(db_error)?;
+            }
             Ok(())
+        })
+        .await
+    }
+
+    async fn served_models(&self) -> Result<Vec<String>, QueueError> {
+        self.tx(move |tx, ctx| {
+            let since = now_ms() - ctx.config.retention.as_millis() as i64;
+            let mut stmt = tx
+                .prepare(
+                    "SELECT name FROM models WHERE list = ?1 AND seen_ms >= ?2
+                     ORDER BY seen_ms DESC, name",
+                )
+                .map_err(db_error)?;
+            stmt.query_map(params![ctx.list, since], |row| row.get(0))
+                .map_err(db_error)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(db_error)
         })
         .await
     }

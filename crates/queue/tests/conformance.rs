@@ -336,11 +336,38 @@ async fn a_heartbeating_worker_keeps_its_jobs(open: Open) {
     let _jobs = q.lease("w1", 1, Duration::ZERO).await.unwrap();
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        q.heartbeat("w1").await.unwrap();
+        q.heartbeat("w1", &[]).await.unwrap();
         assert_eq!(q.maintain().await.unwrap().reclaimed, 0);
     }
     assert_eq!(q.stats().await.unwrap().in_flight, 1);
     assert_eq!(q.stats().await.unwrap().live_workers, 1);
+}
+
+async fn models_announced_in_heartbeats_are_listed_until_the_retention_passes(open: Open) {
+    let config = QueueConfig {
+        retention: Duration::from_millis(800),
+        ..fast_config()
+    };
+    let f = open(config).await;
+    let q = f.q();
+    assert!(q.served_models().await.unwrap().is_empty());
+    q.heartbeat("w1", &["llama".into()]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    q.heartbeat("w2", &["qwen".into(), "llama".into()])
+        .await
+        .unwrap();
+    // Both models were announced just now; "llama" by w2 too, ties go by name.
+    let listed = q.served_models().await.unwrap();
+    assert_eq!(listed, ["llama", "qwen"], "{listed:?}");
+    // A worker that stops (scaled to zero) leaves its model listed...
+    q.deregister("w1").await.unwrap();
+    q.deregister("w2").await.unwrap();
+    assert_eq!(q.served_models().await.unwrap(), ["llama", "qwen"]);
+    // ...until nothing has announced it for the retention period.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    q.heartbeat("w3", &["qwen".into()]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(q.served_models().await.unwrap(), ["qwen"]);
 }
 
 async fn workers_that_keep_dying_send_the_job_to_the_dead_letter_list(open: Open) {
@@ -581,6 +608,7 @@ conformance!(
     permanent_failure_fails_once_with_the_message,
     expired_lease_returns_the_job_and_the_late_result_is_not_duplicated,
     a_heartbeating_worker_keeps_its_jobs,
+    models_announced_in_heartbeats_are_listed_until_the_retention_passes,
     workers_that_keep_dying_send_the_job_to_the_dead_letter_list,
     released_job_goes_back_to_the_front_without_costing_an_attempt,
     cancelled_queued_job_never_runs,

@@ -145,7 +145,7 @@ async fn a_running_job_keeps_a_replica_until_it_ends_then_the_pool_goes_to_zero(
     assert_eq!(queue.stats().await.unwrap().pending, 0, "the list is empty");
     // Long past any keep-alive, the running job still holds a replica.
     for _ in 0..8 {
-        queue.heartbeat("w1").await.unwrap();
+        queue.heartbeat("w1", &[]).await.unwrap();
         assert!(metric(&mut client, &o).await >= 1.0);
         assert!(active(&mut client, &o).await);
         tokio::time::sleep(Duration::from_millis(500)).await;

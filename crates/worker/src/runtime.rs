@@ -29,6 +29,9 @@ pub struct WorkerConfig {
     /// Shared with the other workers of a pool in this process: they then lease one job at
     /// a time, the least loaded first (see [`LeaseTurns`]).
     pub turns: Option<Arc<LeaseTurns>>,
+    /// The models this worker serves, announced with every heartbeat (a gateway lists them
+    /// in `/v1/models`).
+    pub models: Vec<String>,
 }
 
 /// How long a worker waits for a job while holding a pool's lease turn, before it lets a
@@ -45,6 +48,7 @@ impl WorkerConfig {
             heartbeat_every: (lease / 3).max(Duration::from_millis(50)),
             maintain_every: Duration::from_secs(1),
             turns: None,
+            models: Vec::new(),
         }
     }
 }
@@ -102,6 +106,7 @@ pub async fn run_worker<B: ModelBackend>(
         tokio::spawn(heartbeat_loop(
             queue.clone(),
             config.id.clone(),
+            config.models.clone(),
             config.heartbeat_every,
         )),
         tokio::spawn(maintain_loop(queue.clone(), config.maintain_every)),
@@ -445,11 +450,16 @@ where
     Err(last.expect("at least one try"))
 }
 
-async fn heartbeat_loop(queue: Arc<dyn Queue>, worker: String, every: Duration) {
+/// Heartbeats from the start, so the worker and its models are seen before its first lease.
+async fn heartbeat_loop(
+    queue: Arc<dyn Queue>,
+    worker: String,
+    models: Vec<String>,
+    every: Duration,
+) {
     let mut failing = false;
     loop {
-        tokio::time::sleep(every).await;
-        match queue.heartbeat(&worker).await {
+        match queue.heartbeat(&worker, &models).await {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("heartbeat recovered");
@@ -461,6 +471,7 @@ async fn heartbeat_loop(queue: Arc<dyn Queue>, worker: String, every: Duration) 
             }
             Err(_) => {}
         }
+        tokio::time::sleep(every).await;
     }
 }
 
