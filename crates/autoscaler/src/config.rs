@@ -249,7 +249,8 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<PoolConfig>, ConfigError> {
                 }
                 let span = url.span();
                 let url = url.into_inner();
-                greenscale_worker::chat_completions_url(&url).map_err(|e| field(span, "url", e))?;
+                greenscale_worker::chat_completions_url(&url)
+                    .map_err(|e| field(span, "url", e.to_string()))?;
                 let api_key = match (p.api_key, p.api_key_env) {
                     (Some(key), None) => Some(key),
                     (None, Some(var)) => {
@@ -329,7 +330,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<PoolConfig>, ConfigError> {
             (p.drain_grace, "drain_grace", &mut pool.drain_grace),
         ] {
             if let Some(v) = value {
-                *slot = parse_duration(v.get_ref()).map_err(|m| field(v.span(), name, m))?;
+                *slot = parse_duration(v.get_ref()).map_err(|m| field(v.span(), name, m.0))?;
             }
         }
         pools.push(pool);

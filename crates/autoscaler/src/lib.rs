@@ -15,5 +15,5 @@ pub mod process;
 
 pub use config::{ConfigError, PoolBackend, PoolConfig};
 pub use metrics::AutoscalerMetrics;
-pub use pool::{Pool, PoolStatus, ReplicaState};
+pub use pool::Pool;
 pub use process::{GuardProgram, model_output_as_is, run_guard};

@@ -8,12 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use greenscale_core::policy::{Decision, Observation, Reason};
+use greenscale_core::status::{
+    ColdStarts, DecisionRecord, PoolKind, PoolStatus, ReplicaState, ReplicaView,
+};
 use greenscale_core::{Queue, QueueError};
 use greenscale_worker::{
     LeaseTurns, OpenAiBackend, OpenAiConfig, WorkerConfig, WorkerReport, default_worker_id,
     run_worker,
 };
-use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{PoolBackend, PoolConfig};
@@ -28,114 +30,6 @@ const DECISIONS_KEPT: usize = 200;
 const COLD_STARTS_KEPT: usize = 1000;
 /// Longest wait before another start after failed starts or crashes.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// Where a replica is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplicaState {
-    /// Started; the model is loading (health check not passed yet).
-    Starting,
-    /// Serving: its worker leases the pool's jobs.
-    Ready,
-    /// Told to stop: takes no new jobs; in-flight jobs finish, then the process stops.
-    Draining,
-}
-
-/// One replica, as shown in the pool status.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReplicaView {
-    /// Replica name (`pool-N`).
-    pub name: String,
-    /// Life stage.
-    pub state: ReplicaState,
-    /// When it was started, Unix milliseconds.
-    pub started_at_ms: u64,
-    /// Measured cold start (start → health check passed), seconds, once ready.
-    pub cold_start_s: Option<f64>,
-    /// Port of its model server (local pools).
-    pub port: Option<u16>,
-    /// Process group id of its model server (local pools).
-    pub pgid: Option<u32>,
-    /// Jobs running on it now.
-    pub in_flight: u64,
-}
-
-/// One recorded scaling decision.
-#[derive(Debug, Clone, Serialize)]
-pub struct DecisionRecord {
-    /// When, Unix milliseconds.
-    pub at_ms: u64,
-    /// Replicas (starting + ready) before the decision.
-    pub current: u32,
-    /// Replicas asked for, after the pool's limits.
-    pub desired: u32,
-    /// Why, in words.
-    pub reason: String,
-    /// Jobs waiting (including retries waiting for their delay).
-    pub pending: u64,
-    /// Jobs running.
-    pub in_flight: u64,
-    /// Whether a job arrival (rather than the tick) triggered it.
-    pub on_arrival: bool,
-}
-
-/// Measured cold starts of a pool.
-#[derive(Debug, Clone, Serialize)]
-pub struct ColdStarts {
-    /// How many.
-    pub count: u64,
-    /// The latest, seconds.
-    pub last_s: Option<f64>,
-    /// Median of the kept ones, seconds.
-    pub p50_s: Option<f64>,
-    /// Mean of the kept ones, seconds.
-    pub mean_s: Option<f64>,
-}
-
-/// A pool's state, as served at `/v1/pools` and printed by `greenscale status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct PoolStatus {
-    /// Pool (model) name.
-    pub name: String,
-    /// Whether this is the built-in demo pool (a fake model).
-    pub demo: bool,
-    /// `command` (local model servers) or `remote` (an API).
-    pub kind: &'static str,
-    /// Scaling policy spec.
-    pub policy: String,
-    /// Jobs per replica.
-    pub concurrency: u32,
-    /// Replica limits.
-    pub min_replicas: u32,
-    /// Replica limits.
-    pub max_replicas: u32,
-    /// Configured cost of one replica-hour, if any.
-    pub cost_per_hour: Option<f64>,
-    /// Its currency, if given.
-    pub currency: Option<String>,
-    /// Replicas now.
-    pub replicas: Vec<ReplicaView>,
-    /// Jobs waiting at the last observation (including delayed retries).
-    pub pending: u64,
-    /// Jobs running at the last observation.
-    pub in_flight: u64,
-    /// The latest decision.
-    pub last_decision: Option<DecisionRecord>,
-    /// Recent decisions that changed the desired count or its reason, oldest first.
-    pub decisions: Vec<DecisionRecord>,
-    /// Measured cold starts.
-    pub cold_starts: ColdStarts,
-    /// Replica-seconds used so far (every replica from its start to its stop).
-    pub replica_seconds: f64,
-    /// When the pool started (the period `replica_seconds` covers), Unix milliseconds.
-    pub since_ms: u64,
-    /// Most replicas the pool had at once so far.
-    pub peak_replicas: u32,
-    /// Failed starts or crashes in a row.
-    pub failures_in_a_row: u32,
-    /// The latest failure.
-    pub last_failure: Option<String>,
-}
 
 struct ReplicaEntry {
     view: ReplicaView,
@@ -644,8 +538,8 @@ impl Pool {
             name: self.config.name.clone(),
             demo: self.config.demo,
             kind: match self.config.backend {
-                PoolBackend::Command { .. } => "command",
-                PoolBackend::Remote { .. } => "remote",
+                PoolBackend::Command { .. } => PoolKind::Command,
+                PoolBackend::Remote { .. } => PoolKind::Remote,
             },
             policy: self.config.policy.clone(),
             concurrency: self.config.concurrency,

@@ -2,16 +2,20 @@
 
 use std::time::Duration;
 
+use crate::InvalidInput;
+
 /// Parses `250ms`, `30s`, `10m`, `2h`, `1d`, `1.5s`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, InvalidInput> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (try 500ms, 30s, 10m, 24h)"))?;
+    let value: f64 = number.parse().map_err(|_| {
+        InvalidInput(format!(
+            "{text:?} is not a duration (try 500ms, 30s, 10m, 24h)"
+        ))
+    })?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "" | "s" | "sec" | "secs" => 1.0,
@@ -19,14 +23,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         "d" => 86400.0,
         other => {
-            return Err(format!(
+            return Err(InvalidInput(format!(
                 "{text:?} has an unknown unit {other:?} (use ms, s, m, h or d)"
-            ));
+            )));
         }
     };
     let secs = value * scale;
     if !secs.is_finite() || secs > 1e12 {
-        return Err(format!("{text:?} is too long"));
+        return Err(InvalidInput(format!("{text:?} is too long")));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -44,6 +48,6 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("5y").unwrap_err().0.contains("unknown unit"));
     }
 }

@@ -1,5 +1,6 @@
 //! The job model: what producers put on the queue and what the queue records about it.
 
+use crate::InvalidInput;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -81,21 +82,21 @@ impl JobSpec {
     }
 
     /// Validates the job and returns its queue entry, refusing one over the size limit.
-    pub fn checked_entry(&self, limits: &Limits) -> Result<String, String> {
+    pub fn checked_entry(&self, limits: &Limits) -> Result<String, InvalidInput> {
         self.validate(limits)?;
         let entry = self.to_entry();
         if entry.len() > limits.max_entry_bytes {
-            return Err(format!(
+            return Err(InvalidInput(format!(
                 "the job is {} bytes, over the limit of {} bytes",
                 entry.len(),
                 limits.max_entry_bytes
-            ));
+            )));
         }
         Ok(entry)
     }
 
     /// Checks what a producer sent; `Err` says what is wrong in words a user can act on.
-    pub fn validate(&self, limits: &Limits) -> Result<(), String> {
+    pub fn validate(&self, limits: &Limits) -> Result<(), InvalidInput> {
         if self.job_id.is_empty() || self.job_id.len() > 200 {
             return Err("job_id must be 1 to 200 characters".into());
         }
@@ -115,15 +116,15 @@ impl JobSpec {
         }
         let chars: usize = messages.iter().map(|m| m.content.chars().count()).sum();
         if chars > limits.max_prompt_chars {
-            return Err(format!(
+            return Err(InvalidInput(format!(
                 "the prompt has {chars} characters, more than the limit of {}",
                 limits.max_prompt_chars
-            ));
+            )));
         }
         if let Some(t) = self.temperature
             && !(0.0..=2.0).contains(&t)
         {
-            return Err(format!("temperature {t} is outside 0..=2"));
+            return Err(InvalidInput(format!("temperature {t} is outside 0..=2")));
         }
         if self.max_tokens == Some(0) {
             return Err("max_tokens must be at least 1".into());
@@ -199,7 +200,7 @@ pub fn parse_entry(raw: &str, limits: &Limits) -> Result<JobSpec, Malformed> {
             format!("entry has a wrong field: {e}"),
         )
     })?;
-    spec.validate(limits).map_err(|r| bad(Some(job_id), r))?;
+    spec.validate(limits).map_err(|r| bad(Some(job_id), r.0))?;
     Ok(spec)
 }
 
@@ -288,8 +289,8 @@ pub struct JobRecord {
     pub finished_at_ms: Option<u64>,
     /// The worker of the latest run.
     pub worker_id: Option<String>,
-    /// Kind of the latest error (see [`ErrorKind`]).
-    pub error_kind: Option<String>,
+    /// Kind of the latest error.
+    pub error_kind: Option<ErrorKind>,
     /// Message of the latest error.
     pub error_message: Option<String>,
     /// Token usage of the successful run.
@@ -361,6 +362,28 @@ impl ErrorKind {
             ErrorKind::LeaseExpired => "lease_expired",
             ErrorKind::RetriesExhausted => "retries_exhausted",
         }
+    }
+
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::UpstreamTransient,
+        ErrorKind::UpstreamRejected,
+        ErrorKind::Connection,
+        ErrorKind::Timeout,
+        ErrorKind::Malformed,
+        ErrorKind::LeaseExpired,
+        ErrorKind::RetriesExhausted,
+    ];
+
+    /// Parses the snake_case name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -1,13 +1,17 @@
 //! GreenScale's core: the job model, the queue contract and the rules every backend shares,
-//! the scaling policies and the trace simulator. Nothing here does I/O.
+//! the scaling policies, the trace simulator and the pool status every reader shares.
+//! Nothing here does I/O.
 
 pub mod duration;
+pub mod error;
 pub mod job;
 pub mod policy;
 pub mod queue;
 pub mod sim;
+pub mod status;
 
 pub use duration::parse_duration;
+pub use error::InvalidInput;
 pub use job::{
     ChatMessage, ErrorKind, JobEvent, JobRecord, JobSpec, JobStatus, Limits, Malformed, Usage,
     new_job_id, parse_entry,

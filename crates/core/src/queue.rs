@@ -211,6 +211,12 @@ pub enum QueueError {
     Duplicate(String),
 }
 
+impl From<crate::InvalidInput> for QueueError {
+    fn from(e: crate::InvalidInput) -> Self {
+        QueueError::Invalid(e.0)
+    }
+}
+
 /// The durable job queue (DESIGN §4): FIFO, at-least-once, leases with heartbeats,
 /// retries with backoff, dead-letter list, idempotent results.
 #[async_trait]

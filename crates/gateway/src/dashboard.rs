@@ -12,19 +12,18 @@ use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use greenscale_core::{JobRecord, JobStatus};
+use greenscale_core::status::PoolStatus;
+use greenscale_core::{JobRecord, JobStatus, QueueStats};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::Gateway;
 use crate::error::ApiError;
 
-/// Live state of the pools behind a gateway, as a JSON array (supplied by `greenscale up`;
-/// each element has at least `name`).
+/// Live state of the pools behind a gateway (supplied by `greenscale up`).
 pub trait PoolsStatus: Send + Sync {
     /// The pools now.
-    fn pools(&self) -> Value;
+    fn pools(&self) -> Vec<PoolStatus>;
 }
 
 /// How often the overview is rebuilt while someone watches it.
@@ -59,19 +58,72 @@ impl Sample {
     }
 }
 
-/// The dashboard's shared state: the latest overview and the sampled timeline.
-pub(crate) struct DashboardState {
-    overview: watch::Sender<Arc<Value>>,
-    history: Mutex<HashMap<String, VecDeque<Sample>>>,
+/// Percentiles of one timing, seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Spread {
+    p50_s: Option<f64>,
+    p95_s: Option<f64>,
+    n: usize,
 }
 
-impl Default for DashboardState {
-    fn default() -> Self {
-        DashboardState {
-            overview: watch::channel(Arc::new(Value::Null)).0,
-            history: Mutex::default(),
+/// Wait, run and first-token percentiles of a pool's jobs finished in the window.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Timings {
+    jobs: usize,
+    wait: Spread,
+    run: Spread,
+    ttft: Spread,
+}
+
+/// Who a pool is: under `greenscale up`, its whole status; for a standalone gateway, the
+/// queue its workers lease from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum PoolIdentity {
+    Managed(Box<PoolStatus>),
+    Workers { name: String, kind: &'static str },
+}
+
+impl PoolIdentity {
+    fn name(&self) -> &str {
+        match self {
+            PoolIdentity::Managed(p) => &p.name,
+            PoolIdentity::Workers { name, .. } => name,
         }
     }
+
+    /// Replicas under `up`; live workers otherwise.
+    fn replicas(&self, queue: &QueueStats) -> u64 {
+        match self {
+            PoolIdentity::Managed(p) => p.replicas.len() as u64,
+            PoolIdentity::Workers { .. } => queue.live_workers,
+        }
+    }
+}
+
+/// One pool card of the overview.
+#[derive(Debug, Clone, Serialize)]
+struct PoolOverview {
+    #[serde(flatten)]
+    identity: PoolIdentity,
+    queue: QueueStats,
+    timings: Timings,
+}
+
+/// Everything the overview shows.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Overview {
+    now_ms: u64,
+    managed: bool,
+    timings_window_s: u64,
+    pools: Vec<PoolOverview>,
+}
+
+/// The dashboard's shared state: the latest overview and the sampled timeline.
+#[derive(Default)]
+pub(crate) struct DashboardState {
+    overview: watch::Sender<Arc<Overview>>,
+    history: Mutex<HashMap<String, VecDeque<Sample>>>,
 }
 
 fn unix_ms() -> u64 {
@@ -87,13 +139,14 @@ pub(crate) fn start(g: Gateway) {
     tokio::spawn(async move {
         let mut shutdown = g.shutdown.clone();
         let mut last_push: Option<std::time::Instant> = None;
-        let mut timings = (std::time::Instant::now(), Value::Null);
+        let mut timings: Option<(std::time::Instant, HashMap<String, Timings>)> = None;
         loop {
             let watched = g.dashboard.overview.receiver_count() > 0;
-            if watched && (timings.1.is_null() || timings.0.elapsed() >= POINT_SPAN) {
-                timings = (std::time::Instant::now(), recent_timings(&g).await);
+            if watched && timings.as_ref().is_none_or(|t| t.0.elapsed() >= POINT_SPAN) {
+                timings = Some((std::time::Instant::now(), recent_timings(&g).await));
             }
-            if let Ok(overview) = build_overview(&g, &timings.1).await {
+            let timings_now = timings.as_ref().map(|t| &t.1);
+            if let Ok(overview) = build_overview(&g, timings_now).await {
                 record_sample(&g, &overview);
                 // Watchers get it once a second; unwatched, it is kept fresh for the next.
                 if !watched || last_push.is_none_or(|t| t.elapsed() >= OVERVIEW_EVERY) {
@@ -122,48 +175,54 @@ fn display_name(g: &Gateway, name: &str) -> String {
 }
 
 /// Everything the overview shows, per pool.
-async fn build_overview(g: &Gateway, timings: &Value) -> Result<Value, ApiError> {
+async fn build_overview(
+    g: &Gateway,
+    timings: Option<&HashMap<String, Timings>>,
+) -> Result<Overview, ApiError> {
     let stats = g.routes.stats_by_pool().await?;
-    let managed = g.pools.as_ref().map(|p| p.pools());
+    let mut managed = g.pools.as_ref().map(|p| p.pools());
     let mut pools = Vec::new();
-    for (name, s) in stats {
+    for (name, queue) in stats {
         let name = display_name(g, &name);
-        let mut pool = managed
-            .as_ref()
-            .and_then(|m| m.as_array())
-            .and_then(|a| a.iter().find(|p| p["name"] == name.as_str()).cloned())
-            .unwrap_or_else(|| json!({"name": name, "kind": "workers"}));
-        pool["queue"] = json!(s);
-        pool["timings"] = timings.get(&name).cloned().unwrap_or(json!({"jobs": 0}));
-        pools.push(pool);
+        let status = managed.as_mut().and_then(|m| {
+            let at = m.iter().position(|p| p.name == name)?;
+            Some(m.swap_remove(at))
+        });
+        let identity = match status {
+            Some(p) => PoolIdentity::Managed(Box::new(p)),
+            None => PoolIdentity::Workers {
+                name,
+                kind: "workers",
+            },
+        };
+        let timings = timings
+            .and_then(|t| t.get(identity.name()).cloned())
+            .unwrap_or_default();
+        pools.push(PoolOverview {
+            identity,
+            queue,
+            timings,
+        });
     }
-    Ok(json!({
-        "now_ms": unix_ms(),
-        "managed": managed.is_some(),
-        "timings_window_s": TIMINGS_WINDOW.as_secs(),
-        "pools": pools,
-    }))
+    Ok(Overview {
+        now_ms: unix_ms(),
+        managed: managed.is_some(),
+        timings_window_s: TIMINGS_WINDOW.as_secs(),
+        pools,
+    })
 }
 
-fn replicas_of(pool: &Value) -> u64 {
-    match pool["replicas"].as_array() {
-        Some(r) => r.len() as u64,
-        None => pool["queue"]["live_workers"].as_u64().unwrap_or(0),
-    }
-}
-
-fn record_sample(g: &Gateway, overview: &Value) {
+fn record_sample(g: &Gateway, overview: &Overview) {
     let now = unix_ms();
     let mut history = g.dashboard.history.lock().expect("history lock");
-    for pool in overview["pools"].as_array().into_iter().flatten() {
-        let name = pool["name"].as_str().unwrap_or_default().to_string();
-        let q = &pool["queue"];
-        let samples = history.entry(name).or_default();
+    for pool in &overview.pools {
+        let q = &pool.queue;
+        let samples = history.entry(pool.identity.name().to_string()).or_default();
         let sample = Sample {
             t_ms: now,
-            replicas: replicas_of(pool),
-            pending: q["pending"].as_u64().unwrap_or(0) + q["delayed"].as_u64().unwrap_or(0),
-            in_flight: q["in_flight"].as_u64().unwrap_or(0),
+            replicas: pool.identity.replicas(q),
+            pending: q.pending + q.delayed,
+            in_flight: q.in_flight,
         };
         let span = POINT_SPAN.as_millis() as u64;
         match samples.back_mut() {
@@ -188,17 +247,21 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[rank - 1])
 }
 
-fn spread(mut values: Vec<f64>) -> Value {
+fn spread(mut values: Vec<f64>) -> Spread {
     values.sort_by(f64::total_cmp);
-    json!({"p50_s": quantile(&values, 0.5), "p95_s": quantile(&values, 0.95), "n": values.len()})
+    Spread {
+        p50_s: quantile(&values, 0.5),
+        p95_s: quantile(&values, 0.95),
+        n: values.len(),
+    }
 }
 
 /// Wait, run and first-token percentiles of the jobs finished in the window, per model.
-async fn recent_timings(g: &Gateway) -> Value {
+async fn recent_timings(g: &Gateway) -> HashMap<String, Timings> {
     let since = unix_ms().saturating_sub(TIMINGS_WINDOW.as_millis() as u64);
     let mut by_pool: HashMap<String, Vec<JobRecord>> = HashMap::new();
     let Ok(page) = g.routes.list_jobs(None, 1000, None).await else {
-        return Value::Null;
+        return HashMap::new();
     };
     // A job whose model names no pool ran in the first (the default) one.
     let names = g.routes.names();
@@ -222,7 +285,7 @@ async fn recent_timings(g: &Gateway) -> Value {
         (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1000.0),
         _ => None,
     };
-    let mut out = serde_json::Map::new();
+    let mut out = HashMap::new();
     for (name, recs) in by_pool {
         let wait = recs
             .iter()
@@ -238,10 +301,15 @@ async fn recent_timings(g: &Gateway) -> Value {
             .collect();
         out.insert(
             name,
-            json!({"jobs": recs.len(), "wait": spread(wait), "run": spread(run), "ttft": spread(ttft)}),
+            Timings {
+                jobs: recs.len(),
+                wait: spread(wait),
+                run: spread(run),
+                ttft: spread(ttft),
+            },
         );
     }
-    Value::Object(out)
+    out
 }
 
 /// The live overview as server-sent events: an `overview` event at once and on every
@@ -250,8 +318,14 @@ pub async fn events(
     State(g): State<Gateway>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = g.dashboard.overview.subscribe();
-    let first = build_overview(&g, &recent_timings(&g).await).await.ok();
-    let event = |v: &Value| Ok(Event::default().event("overview").data(v.to_string()));
+    let first = build_overview(&g, Some(&recent_timings(&g).await))
+        .await
+        .ok()
+        .map(Arc::new);
+    let event = |v: &Overview| {
+        let json = serde_json::to_string(v).expect("the overview serializes");
+        Ok(Event::default().event("overview").data(json))
+    };
     let stream = futures::stream::unfold(
         (rx, g.shutdown.clone(), first),
         move |(mut rx, mut shutdown, first)| async move {
@@ -272,6 +346,27 @@ pub async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
+/// A change of a pool's replica count, as the timeline marks it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleEvent {
+    t_ms: u64,
+    from: u32,
+    to: u32,
+    reason: String,
+}
+
+/// The timeline: samples and scale events per pool over a window.
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    window_s: u64,
+    from_ms: u64,
+    now_ms: u64,
+    sample_every_s: f64,
+    point_span_s: u64,
+    series: HashMap<String, Vec<Sample>>,
+    events: HashMap<String, Vec<ScaleEvent>>,
+}
+
 /// Timeline query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -289,7 +384,7 @@ pub struct HistoryQuery {
 pub async fn history(
     State(g): State<Gateway>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<History>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("bad query: {e}")))?;
     let window = match q.window.as_deref().unwrap_or("15m") {
         "15m" => Duration::from_secs(15 * 60),
@@ -305,7 +400,7 @@ pub async fn history(
     let from = now.saturating_sub(window.as_millis() as u64);
     let slice = (window.as_millis() as u64 / MAX_POINTS as u64).max(1);
     let history = g.dashboard.history.lock().expect("history lock").clone();
-    let mut series = serde_json::Map::new();
+    let mut series = HashMap::new();
     for (name, samples) in history {
         let mut points: Vec<Sample> = Vec::new();
         for s in samples.iter().filter(|s| s.t_ms >= from) {
@@ -315,33 +410,32 @@ pub async fn history(
                 _ => points.push(*s),
             }
         }
-        series.insert(name, json!(points));
+        series.insert(name, points);
     }
-    let mut events = serde_json::Map::new();
-    if let Some(pools) = g.pools.as_ref().map(|p| p.pools()) {
-        for p in pools.as_array().into_iter().flatten() {
-            let list: Vec<Value> = p["decisions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|d| d["desired"] != d["current"] && d["at_ms"].as_u64() >= Some(from))
-                .map(|d| json!({"t_ms": d["at_ms"], "from": d["current"], "to": d["desired"], "reason": d["reason"]}))
-                .collect();
-            events.insert(
-                p["name"].as_str().unwrap_or_default().to_string(),
-                json!(list),
-            );
-        }
+    let mut events = HashMap::new();
+    for p in g.pools.as_ref().map(|p| p.pools()).unwrap_or_default() {
+        let list = p
+            .decisions
+            .into_iter()
+            .filter(|d| d.desired != d.current && d.at_ms >= from)
+            .map(|d| ScaleEvent {
+                t_ms: d.at_ms,
+                from: d.current,
+                to: d.desired,
+                reason: d.reason,
+            })
+            .collect();
+        events.insert(p.name, list);
     }
-    Ok(axum::Json(json!({
-        "window_s": window.as_secs(),
-        "from_ms": from,
-        "now_ms": now,
-        "sample_every_s": SAMPLE_EVERY.as_secs_f64(),
-        "point_span_s": POINT_SPAN.as_secs(),
-        "series": series,
-        "events": events,
-    })))
+    Ok(axum::Json(History {
+        window_s: window.as_secs(),
+        from_ms: from,
+        now_ms: now,
+        sample_every_s: SAMPLE_EVERY.as_secs_f64(),
+        point_span_s: POINT_SPAN.as_secs(),
+        series,
+        events,
+    }))
 }
 
 /// The pools' live state under `greenscale up`: replicas, cold starts, recorded scaling
@@ -350,8 +444,8 @@ pub async fn history(
     responses((status = 200, description = "one object per pool", body = Vec<Object>),
         (status = 401, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn pools(State(g): State<Gateway>) -> axum::Json<Value> {
-    axum::Json(g.pools.as_ref().map(|p| p.pools()).unwrap_or(json!([])))
+pub async fn pools(State(g): State<Gateway>) -> axum::Json<Vec<PoolStatus>> {
+    axum::Json(g.pools.as_ref().map(|p| p.pools()).unwrap_or_default())
 }
 
 const INDEX: &str = include_str!("../dashboard/index.html");

@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use greenscale_core::{ChatMessage, JobRecord, JobSpec, JobStatus, QueueStats, new_job_id};
+use greenscale_core::{
+    ChatMessage, ErrorKind, JobRecord, JobSpec, JobStatus, QueueStats, new_job_id,
+};
 use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
@@ -67,8 +69,8 @@ pub struct JobView {
     /// Job id.
     pub id: String,
     /// queued, running, succeeded, failed, dead or cancelled.
-    #[schema(example = "queued")]
-    pub status: String,
+    #[schema(value_type = String, example = "queued")]
+    pub status: JobStatus,
     /// Runs started.
     pub attempts: u32,
     /// Enqueue time, Unix milliseconds.
@@ -80,7 +82,8 @@ pub struct JobView {
     /// The latest run's worker.
     pub worker_id: Option<String>,
     /// Kind of the latest error.
-    pub error_kind: Option<String>,
+    #[schema(value_type = Option<String>, example = "upstream_transient")]
+    pub error_kind: Option<ErrorKind>,
     /// Message of the latest error.
     pub error_message: Option<String>,
     /// Token usage.
@@ -99,7 +102,7 @@ impl From<JobRecord> for JobView {
     fn from(r: JobRecord) -> Self {
         JobView {
             id: r.id,
-            status: r.status.as_str().to_string(),
+            status: r.status,
             attempts: r.attempts,
             enqueued_at_ms: r.enqueued_at_ms,
             started_at_ms: r.started_at_ms,
@@ -290,7 +293,8 @@ pub async fn create_job(
         metadata: req.metadata,
         stream: req.stream,
     };
-    spec.validate(&g.config.limits).map_err(ApiError::invalid)?;
+    spec.validate(&g.config.limits)
+        .map_err(|e| ApiError::invalid(e.0))?;
     admit(&g).await?;
     let id = match key {
         Some(k) => g.routes.enqueue_idempotent(spec, &k).await?.0,

@@ -62,14 +62,18 @@ impl Default for GatewayConfig {
     }
 }
 
+/// A listen address that would expose an unauthenticated API to the network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refusing to listen on {0} without API keys: anyone who can reach it could submit jobs. \
+     Set --api-key (or GREENSCALE_API_KEYS=key1,key2), or listen on 127.0.0.1"
+)]
+pub struct ExposedWithoutKeys(pub SocketAddr);
+
 /// Refuses a configuration that would expose an unauthenticated API to the network.
-pub fn check_exposure(listen: &SocketAddr, keys: &ApiKeys) -> Result<(), String> {
+pub fn check_exposure(listen: &SocketAddr, keys: &ApiKeys) -> Result<(), ExposedWithoutKeys> {
     if !listen.ip().is_loopback() && keys.is_empty() {
-        return Err(format!(
-            "refusing to listen on {listen} without API keys: anyone who can reach it could \
-             submit jobs. Set --api-key (or GREENSCALE_API_KEYS=key1,key2), or listen on \
-             127.0.0.1"
-        ));
+        return Err(ExposedWithoutKeys(*listen));
     }
     Ok(())
 }

@@ -214,7 +214,8 @@ fn to_spec(g: &Gateway, req: ChatRequest) -> Result<JobSpec, ApiError> {
         metadata: None,
         stream: Some(true),
     };
-    spec.validate(&g.config.limits).map_err(ApiError::invalid)?;
+    spec.validate(&g.config.limits)
+        .map_err(|e| ApiError::invalid(e.0))?;
     Ok(spec)
 }
 

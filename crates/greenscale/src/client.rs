@@ -2,6 +2,7 @@
 //! gateway or `greenscale up` over HTTP.
 
 use anyhow::{Context, bail};
+use greenscale_core::status::PoolStatus;
 use greenscale_core::{JobRecord, JobSpec, Queue, QueueStats};
 use greenscale_queue::RedisQueue;
 use serde_json::{Value, json};
@@ -144,13 +145,13 @@ impl JobsClient {
     }
 
     /// The pools of a `greenscale up` (none for Redis or a standalone gateway).
-    pub async fn pools(&self) -> anyhow::Result<Vec<Value>> {
+    pub async fn pools(&self) -> anyhow::Result<Vec<PoolStatus>> {
         match self {
             JobsClient::Queue(_) => Ok(Vec::new()),
             JobsClient::Http { .. } => {
                 match self.call(reqwest::Method::GET, "/v1/pools", None).await? {
-                    Some(Value::Array(pools)) => Ok(pools),
-                    _ => Ok(Vec::new()),
+                    Some(v) => Ok(serde_json::from_value(v).context("unexpected pool status")?),
+                    None => Ok(Vec::new()),
                 }
             }
         }

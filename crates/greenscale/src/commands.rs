@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use greenscale_core::status::{PoolStatus, ReplicaState};
 use greenscale_core::{JobRecord, JobSpec, JobStatus, Queue};
 use greenscale_demo_model::DemoConfig;
 use greenscale_queue::RedisQueue;
@@ -137,7 +138,7 @@ pub(crate) fn build_gateway(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<greenscale_gateway::Gateway> {
     let keys = greenscale_gateway::ApiKeys::new(http.api_keys.clone());
-    greenscale_gateway::check_exposure(&http.listen, &keys).map_err(anyhow::Error::msg)?;
+    greenscale_gateway::check_exposure(&http.listen, &keys)?;
     let config = greenscale_gateway::GatewayConfig {
         api_keys: keys,
         wait_deadline: http.wait_deadline,
@@ -387,19 +388,19 @@ fn read_prompt(args: &SubmitArgs) -> anyhow::Result<String> {
 
 /// For the pool serving `model` (or the only pool), its failed starts in a row and a line
 /// saying so, when there are any.
-fn failing_pool(pools: &[serde_json::Value], model: Option<&str>) -> Option<(u64, String)> {
+fn failing_pool(pools: &[PoolStatus], model: Option<&str>) -> Option<(u32, String)> {
     let pool = match model {
-        Some(m) => pools.iter().find(|p| p["name"] == m),
+        Some(m) => pools.iter().find(|p| p.name == m),
         None if pools.len() == 1 => pools.first(),
         None => None,
     }?;
-    let failures = pool["failures_in_a_row"].as_u64().filter(|n| *n > 0)?;
+    let failures = Some(pool.failures_in_a_row).filter(|n| *n > 0)?;
     Some((
         failures,
         format!(
             "pool {}: {failures} failed starts in a row, last: {}",
-            pool["name"].as_str().unwrap_or("?"),
-            pool["last_failure"].as_str().unwrap_or("unknown")
+            pool.name,
+            pool.last_failure.as_deref().unwrap_or("unknown")
         ),
     ))
 }
@@ -525,56 +526,51 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints one pool of `greenscale up` (as served at /v1/pools).
-fn print_pool(p: &serde_json::Value) {
-    let replicas = p["replicas"].as_array().cloned().unwrap_or_default();
-    let count = |state: &str| replicas.iter().filter(|r| r["state"] == state).count();
+fn print_pool(p: &PoolStatus) {
+    let count = |state: ReplicaState| p.replicas.iter().filter(|r| r.state == state).count();
     say!();
     say!(
         "pool {}{}  ({}, policy {}, {}..{} replicas × {})",
-        p["name"].as_str().unwrap_or("?"),
-        if p["demo"] == true {
-            " [demo model]"
-        } else {
-            ""
-        },
-        p["kind"].as_str().unwrap_or("?"),
-        p["policy"].as_str().unwrap_or("?"),
-        p["min_replicas"],
-        p["max_replicas"],
-        p["concurrency"],
+        p.name,
+        if p.demo { " [demo model]" } else { "" },
+        p.kind.as_str(),
+        p.policy,
+        p.min_replicas,
+        p.max_replicas,
+        p.concurrency,
     );
     say!(
         "  replicas     {} starting, {} ready, {} draining",
-        count("starting"),
-        count("ready"),
-        count("draining")
+        count(ReplicaState::Starting),
+        count(ReplicaState::Ready),
+        count(ReplicaState::Draining)
     );
-    let cold = &p["cold_starts"];
-    match cold["p50_s"].as_f64() {
+    let cold = &p.cold_starts;
+    match cold.p50_s {
         Some(p50) => say!(
             "  cold starts  {} (p50 {:.2} s, last {:.2} s)",
-            cold["count"],
+            cold.count,
             p50,
-            cold["last_s"].as_f64().unwrap_or(0.0)
+            cold.last_s.unwrap_or(0.0)
         ),
         None => say!("  cold starts  none yet"),
     }
     say!(
         "  used         {:.1} replica-hours",
-        p["replica_seconds"].as_f64().unwrap_or(0.0) / 3600.0
+        p.replica_seconds / 3600.0
     );
-    if let Some(d) = p["last_decision"].as_object() {
+    if let Some(d) = &p.last_decision {
         say!(
             "  decision     {} → {} replicas, {}: {}",
-            d["current"],
-            d["desired"],
-            ago(d["at_ms"].as_u64(), now_ms()),
-            d["reason"].as_str().unwrap_or("")
+            d.current,
+            d.desired,
+            ago(Some(d.at_ms), now_ms()),
+            d.reason
         );
     }
     if let Some((_, line)) = failing_pool(std::slice::from_ref(p), None) {
         say!("  failing      {line}");
-    } else if let Some(f) = p["last_failure"].as_str() {
+    } else if let Some(f) = &p.last_failure {
         say!("  last failure {f} (since recovered)");
     }
 }

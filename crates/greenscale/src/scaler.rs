@@ -45,7 +45,7 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
             ("maxReplicas".to_string(), args.max_replicas.to_string()),
         ]
         .into();
-        let settings = TargetSettings::from_metadata(&meta).map_err(anyhow::Error::msg)?;
+        let settings = TargetSettings::from_metadata(&meta)?;
         let client = kube::Client::try_default().await.context(
             "cannot reach Kubernetes (no in-cluster service account and no usable kubeconfig)",
         )?;

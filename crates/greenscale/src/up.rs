@@ -164,9 +164,8 @@ fn describe(pool: &PoolConfig) -> String {
 struct PoolsView(Vec<Arc<Pool>>);
 
 impl greenscale_gateway::PoolsStatus for PoolsView {
-    fn pools(&self) -> serde_json::Value {
-        serde_json::to_value(self.0.iter().map(|p| p.status()).collect::<Vec<_>>())
-            .unwrap_or_default()
+    fn pools(&self) -> Vec<greenscale_core::status::PoolStatus> {
+        self.0.iter().map(|p| p.status()).collect()
     }
 }
 

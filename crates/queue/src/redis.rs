@@ -414,7 +414,7 @@ impl RedisQueue {
     ) -> Result<(String, bool), QueueError> {
         let entry = spec
             .checked_entry(&self.config.limits)
-            .map_err(QueueError::Invalid)?;
+            .map_err(QueueError::from)?;
         let mut c = self.conn.clone();
         let (code, id): (i64, String) = self
             .scripts
@@ -483,7 +483,7 @@ fn parse_record(id: &str, map: std::collections::HashMap<String, String>) -> Job
         started_at_ms: num("started_at_ms"),
         finished_at_ms: num("finished_at_ms"),
         worker_id: text("worker_id"),
-        error_kind: text("error_kind"),
+        error_kind: text("error_kind").and_then(|k| ErrorKind::parse(&k)),
         error_message: text("error_message"),
         usage,
         ttft_ms: num("ttft_ms"),

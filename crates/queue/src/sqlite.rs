@@ -236,7 +236,9 @@ fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<JobRecord> {
         started_at_ms: u(4)?,
         finished_at_ms: u(5)?,
         worker_id: row.get(6)?,
-        error_kind: row.get(7)?,
+        error_kind: row
+            .get::<_, Option<String>>(7)?
+            .and_then(|k| ErrorKind::parse(&k)),
         error_message: row.get(8)?,
         usage: match (prompt, completion) {
             (None, None) => None,
@@ -824,7 +826,7 @@ impl SqliteQueue {
     ) -> Result<(String, bool), QueueError> {
         let entry = spec
             .checked_entry(&self.config.limits)
-            .map_err(QueueError::Invalid)?;
+            .map_err(QueueError::from)?;
         let out = self
             .tx(move |tx, ctx| {
                 let now = now_ms();

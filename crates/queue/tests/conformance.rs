@@ -216,7 +216,7 @@ async fn malformed_entries_are_dead_lettered_with_a_reason(open: Open) {
     assert!(dead.iter().all(|d| d.kind == "malformed"));
     let rec = q.job("no-prompt").await.unwrap().unwrap();
     assert_eq!(rec.status, JobStatus::Dead);
-    assert_eq!(rec.error_kind.as_deref(), Some("malformed"));
+    assert_eq!(rec.error_kind, Some(ErrorKind::Malformed));
     let stats = q.stats().await.unwrap();
     assert_eq!(
         (stats.pending, stats.in_flight, stats.dead_letter),
@@ -242,7 +242,7 @@ async fn transient_failures_retry_then_dead_letter_after_the_budget(open: Open) 
             assert_eq!(r, Finished::RetryScheduled);
             let rec = q.job(&id).await.unwrap().unwrap();
             assert_eq!(rec.status, JobStatus::Queued);
-            assert_eq!(rec.error_kind.as_deref(), Some("upstream_transient"));
+            assert_eq!(rec.error_kind, Some(ErrorKind::UpstreamTransient));
             assert_eq!(q.stats().await.unwrap().delayed, 1);
         } else {
             assert_eq!(r, Finished::Dead);
@@ -385,7 +385,7 @@ async fn workers_that_keep_dying_send_the_job_to_the_dead_letter_list(open: Open
     assert!(q.lease("c", 1, Duration::ZERO).await.unwrap().is_empty());
     let rec = q.job(&id).await.unwrap().unwrap();
     assert_eq!(rec.status, JobStatus::Dead);
-    assert_eq!(rec.error_kind.as_deref(), Some("lease_expired"));
+    assert_eq!(rec.error_kind, Some(ErrorKind::LeaseExpired));
     assert_eq!(rec.attempts, 2);
 }
 

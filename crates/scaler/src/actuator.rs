@@ -17,6 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 
+use crate::error::ScalerError;
 use crate::external::TargetSettings;
 use crate::metrics::ScalerMetrics;
 
@@ -72,9 +73,9 @@ impl Actuator {
         queue: Arc<dyn Queue>,
         config: ActuatorConfig,
         metrics: Arc<ScalerMetrics>,
-    ) -> Result<Self, String> {
-        let spec = Spec::parse(&config.settings.policy).map_err(|e| e.to_string())?;
-        let policy = build(&spec).map_err(|e| e.to_string())?;
+    ) -> Result<Self, ScalerError> {
+        let spec = Spec::parse(&config.settings.policy)?;
+        let policy = build(&spec)?;
         Ok(Actuator {
             client,
             queue,
@@ -175,8 +176,11 @@ impl Actuator {
     }
 
     /// One round: Lease, observation, decision, and the scale patch when needed.
-    pub async fn step(&mut self) -> Result<Step, String> {
-        let leader = self.hold_lease().await.map_err(|e| format!("Lease: {e}"))?;
+    pub async fn step(&mut self) -> Result<Step, ScalerError> {
+        let leader = self
+            .hold_lease()
+            .await
+            .map_err(ScalerError::kubernetes("Lease"))?;
         if leader != self.leader {
             self.leader = leader;
             self.metrics.leader.set(leader as i64);
@@ -198,7 +202,10 @@ impl Actuator {
         let scale = deployments
             .get_scale(&self.config.deployment)
             .await
-            .map_err(|e| format!("scale of deployment {}: {e}", self.config.deployment))?;
+            .map_err(ScalerError::kubernetes(format!(
+                "scale of deployment {}",
+                self.config.deployment
+            )))?;
         let current = scale
             .spec
             .as_ref()
@@ -215,18 +222,14 @@ impl Actuator {
         } else {
             self.ready_pods(&selector)
                 .await
-                .map_err(|e| format!("pods: {e}"))?
+                .map_err(ScalerError::kubernetes("pods"))?
         };
         self.metrics.set_replicas(
             &self.config.settings.list,
             current.saturating_sub(ready),
             ready,
         );
-        let stats = self
-            .queue
-            .stats()
-            .await
-            .map_err(|e| format!("queue: {e}"))?;
+        let stats = self.queue.stats().await?;
         let s = &self.config.settings;
         let measured = (!self.cold_starts.is_empty())
             .then(|| self.cold_starts.iter().sum::<f64>() / self.cold_starts.len() as f64);
@@ -251,7 +254,10 @@ impl Actuator {
                 &Patch::Merge(&patch),
             )
             .await
-            .map_err(|e| format!("patching the scale of {}: {e}", self.config.deployment))?;
+            .map_err(ScalerError::kubernetes(format!(
+                "patching the scale of {}",
+                self.config.deployment
+            )))?;
         self.metrics.scale_patches.inc();
         tracing::info!(deployment = %self.config.deployment, from = current, to = desired, reason = %decision.reason, "scaled");
         Ok(Step::Scaled(current, desired))

@@ -21,6 +21,7 @@ use greenscale_queue::RedisQueue;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
+use crate::error::ScalerError;
 use crate::metrics::ScalerMetrics;
 use crate::proto::external_scaler_server::ExternalScaler;
 use crate::proto::{
@@ -48,7 +49,7 @@ pub const KEDA_KEYS: [&str; 7] = [
 ];
 
 /// The refusal of an unknown metadata key, naming the nearest known one.
-fn unknown_key(key: &str) -> String {
+fn unknown_key(key: &str) -> ScalerError {
     let candidates = METADATA_KEYS
         .iter()
         .flat_map(|k| [k.to_string(), format!("{k}FromEnv")])
@@ -65,11 +66,11 @@ fn unknown_key(key: &str) -> String {
         Some((d, k)) if d <= 3 => format!("did you mean {k:?}? "),
         _ => String::new(),
     };
-    format!(
+    ScalerError::Metadata(format!(
         "unknown scalerMetadata key {key:?} ({hint}GreenScale reads {}, each also as <key>FromEnv; KEDA's own keys {} are passed over)",
         METADATA_KEYS.join(", "),
         KEDA_KEYS.join(", ")
-    )
+    ))
 }
 
 /// What a ScaledObject's `scalerMetadata` selects.
@@ -93,7 +94,7 @@ impl TargetSettings {
     /// `<key>FromEnv` key carrying the value KEDA resolved from the target's environment
     /// (it stands for `<key>`; the plain key wins when both are given, as in KEDA).
     /// An unknown key or a bad value is refused, naming the key and the nearest known one.
-    pub fn from_metadata(raw: &HashMap<String, String>) -> Result<Self, String> {
+    pub fn from_metadata(raw: &HashMap<String, String>) -> Result<Self, ScalerError> {
         let mut meta: HashMap<&str, &String> = HashMap::new();
         for (key, value) in raw {
             if KEDA_KEYS.contains(&key.as_str()) {
@@ -110,7 +111,10 @@ impl TargetSettings {
                 meta.insert(name, value);
             }
         }
-        let number = |key: &str, default: u32| -> Result<u32, String> {
+        let bad = |key: &str, message: String| {
+            ScalerError::Metadata(format!("scalerMetadata {key}: {message}"))
+        };
+        let number = |key: &str, default: u32| -> Result<u32, ScalerError> {
             match meta.get(key) {
                 None => Ok(default),
                 Some(v) => v
@@ -118,30 +122,25 @@ impl TargetSettings {
                     .parse::<u32>()
                     .ok()
                     .filter(|n| *n >= 1)
-                    .ok_or_else(|| {
-                        format!("scalerMetadata {key}: {v:?} is not a whole number ≥ 1")
-                    }),
+                    .ok_or_else(|| bad(key, format!("{v:?} is not a whole number ≥ 1"))),
             }
         };
         let policy = meta
             .get("policy")
             .map(|p| p.to_string())
             .unwrap_or_else(|| "greenscale".into());
-        let spec =
-            Spec::parse(&policy).map_err(|e| format!("scalerMetadata policy: {}", e.message))?;
-        build(&spec).map_err(|e| format!("scalerMetadata policy: {}", e.message))?;
+        let spec = Spec::parse(&policy).map_err(|e| bad("policy", e.message))?;
+        build(&spec).map_err(|e| bad("policy", e.message))?;
         let cold_start = match meta.get("coldStart") {
             None => None,
-            Some(v) => {
-                Some(parse_duration(v).map_err(|e| format!("scalerMetadata coldStart: {e}"))?)
-            }
+            Some(v) => Some(parse_duration(v).map_err(|e| bad("coldStart", e.0))?),
         };
         let list = meta
             .get("list")
             .map(|l| l.to_string())
             .unwrap_or_else(|| "jobs".into());
         if list.is_empty() {
-            return Err("scalerMetadata list: must not be empty".into());
+            return Err(bad("list", "must not be empty".into()));
         }
         Ok(TargetSettings {
             list,
@@ -482,13 +481,22 @@ mod tests {
         .unwrap();
         assert_eq!((s.list.as_str(), s.concurrency), ("from-env", 3));
         let e = TargetSettings::from_metadata(&meta(&[("lsit", "x")])).unwrap_err();
-        assert!(e.contains("did you mean \"list\"?"), "{e}");
+        assert!(e.to_string().contains("did you mean \"list\"?"), "{e}");
         let e = TargetSettings::from_metadata(&meta(&[("maxReplica", "3")])).unwrap_err();
-        assert!(e.contains("did you mean \"maxReplicas\"?"), "{e}");
+        assert!(
+            e.to_string().contains("did you mean \"maxReplicas\"?"),
+            "{e}"
+        );
         let e = TargetSettings::from_metadata(&meta(&[("scalerAdress", "x:1")])).unwrap_err();
-        assert!(e.contains("did you mean \"scalerAddress\"?"), "{e}");
+        assert!(
+            e.to_string().contains("did you mean \"scalerAddress\"?"),
+            "{e}"
+        );
         let e = TargetSettings::from_metadata(&meta(&[("polcyFromEnv", "x")])).unwrap_err();
-        assert!(e.contains("did you mean \"policyFromEnv\"?"), "{e}");
+        assert!(
+            e.to_string().contains("did you mean \"policyFromEnv\"?"),
+            "{e}"
+        );
         for bad in [
             meta(&[("lsit", "x")]),
             meta(&[("scalerAdress", "x:1")]),

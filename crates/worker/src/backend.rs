@@ -68,15 +68,33 @@ impl Default for OpenAiConfig {
     }
 }
 
+/// Why a backend could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The model URL is not an http(s) URL.
+    #[error("model URL {url:?} {problem}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
 /// The chat-completions URL for a base URL: `.../chat/completions` is kept as it is, a URL
 /// with no path gets `/v1/chat/completions`, any other path gets `/chat/completions`.
-pub fn chat_completions_url(url: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(url.trim())
-        .map_err(|e| format!("model URL {url:?} is not a valid URL: {e}"))?;
+pub fn chat_completions_url(url: &str) -> Result<String, BackendError> {
+    let bad = |problem: String| BackendError::BadUrl {
+        url: url.to_string(),
+        problem,
+    };
+    let parsed =
+        reqwest::Url::parse(url.trim()).map_err(|e| bad(format!("is not a valid URL: {e}")))?;
     if parsed.scheme() != "http" && parsed.scheme() != "https" {
-        return Err(format!(
-            "model URL {url:?} must start with http:// or https://"
-        ));
+        return Err(bad("must start with http:// or https://".into()));
     }
     let trimmed = url.trim().trim_end_matches('/');
     Ok(if trimmed.ends_with("/chat/completions") {
@@ -100,13 +118,12 @@ pub struct OpenAiBackend {
 
 impl OpenAiBackend {
     /// Builds the backend; fails on a malformed URL.
-    pub fn new(config: OpenAiConfig) -> Result<Self, String> {
+    pub fn new(config: OpenAiConfig) -> Result<Self, BackendError> {
         let url = chat_completions_url(&config.url)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(1024)
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+            .build()?;
         Ok(OpenAiBackend {
             client,
             url,

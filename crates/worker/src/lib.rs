@@ -5,7 +5,9 @@ pub mod runtime;
 pub mod sse;
 pub mod turns;
 
-pub use backend::{ModelBackend, OpenAiBackend, OpenAiConfig, TokenSink, chat_completions_url};
+pub use backend::{
+    BackendError, ModelBackend, OpenAiBackend, OpenAiConfig, TokenSink, chat_completions_url,
+};
 pub use runtime::{WorkerConfig, WorkerReport, run_worker};
 pub use turns::LeaseTurns;
 

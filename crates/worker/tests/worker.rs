@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenscale_core::{JobSpec, JobStatus, Queue, QueueConfig};
+use greenscale_core::{ErrorKind, JobSpec, JobStatus, Queue, QueueConfig};
 use greenscale_queue::RedisQueue;
 use greenscale_testkit::{FakeUpstream, RedisServer, Reply};
 use greenscale_worker::{OpenAiBackend, OpenAiConfig, WorkerConfig, run_worker};
@@ -114,7 +114,7 @@ async fn a_rejected_request_fails_once_with_the_upstream_message() {
     let rec = wait_final(&q, &id).await;
     assert_eq!(rec.status, JobStatus::Failed);
     assert_eq!(rec.attempts, 1);
-    assert_eq!(rec.error_kind.as_deref(), Some("upstream_rejected"));
+    assert_eq!(rec.error_kind, Some(ErrorKind::UpstreamRejected));
     assert!(
         rec.error_message
             .as_deref()

@@ -412,7 +412,7 @@ impl Spec {
 
 /// Parses a duration parameter into seconds.
 pub(crate) fn secs(v: &str) -> Result<f64, String> {
-    parse_duration(v).map(|d| d.as_secs_f64())
+    parse_duration(v).map(|d| d.as_secs_f64()).map_err(|e| e.0)
 }
 
 /// Parses a number parameter.

@@ -59,8 +59,8 @@ pub enum Format {
 }
 
 impl std::str::FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::InvalidInput;
+    fn from_str(s: &str) -> Result<Self, crate::InvalidInput> {
         Ok(match s {
             "auto" => Format::Auto,
             "azure-llm" => Format::AzureLlm,
@@ -68,9 +68,9 @@ impl std::str::FromStr for Format {
             "jsonl" => Format::Jsonl,
             "plain" => Format::Plain,
             other => {
-                return Err(format!(
+                return Err(crate::InvalidInput(format!(
                     "unknown trace format {other:?} (auto, azure-llm, azure-functions, jsonl, plain)"
-                ));
+                )));
             }
         })
     }
