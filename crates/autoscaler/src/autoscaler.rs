@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use greenscale_core::policy::{Spec, build};
 use tokio::sync::watch;
 
 use crate::pool::Pool;
@@ -17,8 +16,7 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// Runs the loop for `pool` until `shutdown` turns true. Does not stop the replicas.
 pub async fn run_pool(pool: Arc<Pool>, mut shutdown: watch::Receiver<bool>) {
     let name = pool.config().name.clone();
-    let spec = Spec::parse(&pool.config().policy).expect("policy checked when the config was read");
-    let mut policy = build(&spec).expect("policy checked when the config was read");
+    let mut policy = pool.config().policy.build();
     let mut queue_down = false;
     let mut last_maintain = std::time::Instant::now();
     loop {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use greenscale_core::policy::{Decision, Observation, Reason};
+use greenscale_core::policy::{Decision, Observation, PoolShape, Reason, ReplicaCounts, mean};
 use greenscale_core::status::{
     ColdStarts, DecisionRecord, PoolKind, PoolStatus, ReplicaState, ReplicaView,
 };
@@ -130,8 +130,7 @@ impl Pool {
     pub async fn observe(&self) -> Result<Observation, QueueError> {
         let stats = self.queue.stats().await?;
         let mut st = self.lock();
-        let pending = stats.pending + stats.delayed;
-        st.last_pending = pending;
+        st.last_pending = stats.pending + stats.delayed;
         st.last_in_flight = stats.in_flight;
         let count =
             |s: ReplicaState| st.replicas.iter().filter(|r| r.view.state == s).count() as u32;
@@ -149,20 +148,21 @@ impl Pool {
             runs += r.report.runs.load(Ordering::Relaxed);
             run_us += r.report.run_time_us.load(Ordering::Relaxed);
         }
-        let cold_start = (!st.cold_starts.is_empty())
-            .then(|| st.cold_starts.iter().sum::<f64>() / st.cold_starts.len() as f64);
-        Ok(Observation {
-            now: self.epoch.elapsed().as_secs_f64(),
-            pending,
-            in_flight: stats.in_flight,
-            ready,
-            starting,
-            busy,
-            concurrency: self.config.concurrency,
-            cold_start,
-            service_time: (runs > 0).then(|| run_us as f64 / 1e6 / runs as f64),
-            max_replicas: self.config.max_replicas,
-        })
+        Ok(Observation::from_queue(
+            self.epoch.elapsed().as_secs_f64(),
+            &stats,
+            ReplicaCounts {
+                ready,
+                starting,
+                busy,
+            },
+            PoolShape {
+                concurrency: self.config.concurrency,
+                max_replicas: self.config.max_replicas,
+            },
+            mean(st.cold_starts.iter().copied()),
+            (runs > 0).then(|| run_us as f64 / 1e6 / runs as f64),
+        ))
     }
 
     /// Applies a decision: starts or drains replicas to reach `desired` within the pool's
@@ -541,7 +541,7 @@ impl Pool {
                 PoolBackend::Command { .. } => PoolKind::Command,
                 PoolBackend::Remote { .. } => PoolKind::Remote,
             },
-            policy: self.config.policy.clone(),
+            policy: self.config.policy.to_string(),
             concurrency: self.config.concurrency,
             min_replicas: self.config.min_replicas,
             max_replicas: self.config.max_replicas,

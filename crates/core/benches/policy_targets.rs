@@ -61,11 +61,7 @@ fn main() {
     let mut summary = Vec::new();
     for (name, trace) in &traces {
         let oracle = sim::oracle(trace, &cfg);
-        let run = |spec: &str| {
-            sim::simulate(trace, &Spec::parse(spec).unwrap(), &cfg, oracle)
-                .unwrap()
-                .0
-        };
+        let run = |spec: &str| sim::simulate(trace, &Spec::parse(spec).unwrap(), &cfg, oracle).0;
         let gs = run("greenscale");
         let baselines: Vec<Report> = [
             "keda-seed",

@@ -58,7 +58,7 @@ fn main() {
     let started = Instant::now();
     let oracle = sim::oracle(&trace, &cfg);
     for name in POLICY_NAMES {
-        sim::simulate(&trace, &Spec::parse(name).unwrap(), &cfg, oracle).unwrap();
+        sim::simulate(&trace, &Spec::parse(name).unwrap(), &cfg, oracle);
     }
     let conv_s = started.elapsed().as_secs_f64();
     println!("simulator speed");
@@ -85,7 +85,7 @@ fn main() {
     );
     for name in POLICY_NAMES {
         let started = Instant::now();
-        let (r, _) = sim::simulate(&day, &Spec::parse(name).unwrap(), &cfg, oracle).unwrap();
+        let (r, _) = sim::simulate(&day, &Spec::parse(name).unwrap(), &cfg, oracle);
         let s = started.elapsed().as_secs_f64();
         println!(
             "  {name:<13} {s:>6.1} s  (target < 60 s: {})  GPU-s {:.0} = {:.2}x oracle, cold-start waits {:.2} %, p95 wait {:.2} s",

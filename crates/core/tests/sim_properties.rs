@@ -1,6 +1,6 @@
 //! Properties of the policies and the simulator on random, synthetic and real traces.
 
-use greenscale_core::policy::{self, Decision, Observation, POLICY_NAMES, Policy, Spec};
+use greenscale_core::policy::{Decision, Observation, POLICY_NAMES, Policy, Spec};
 use greenscale_core::sim::{self, Job, Pool, ServiceModel, SimConfig, Trace, synthetic};
 use proptest::prelude::*;
 
@@ -85,8 +85,8 @@ proptest! {
         let cfg = SimConfig { cold_start, concurrency, max_replicas, ..SimConfig::default() };
         let parsed = Spec::parse(&spec).unwrap();
         let mut checked = Checked {
-            inner: policy::build(&parsed).unwrap(),
-            greenscale: parsed.name == "greenscale",
+            inner: parsed.build(),
+            greenscale: parsed.name() == "greenscale",
         };
         let out = sim::simulate_pool(&jobs, &mut checked, &cfg, false);
         prop_assert_eq!(out.jobs as usize, jobs.len());
@@ -94,7 +94,7 @@ proptest! {
         prop_assert!(out.peak_replicas <= max_replicas);
         prop_assert!(out.waits.iter().all(|w| *w >= 0.0));
         prop_assert!(out.gpu_seconds > 0.0);
-        if parsed.name == "greenscale" {
+        if parsed.name() == "greenscale" {
             prop_assert_eq!(out.interrupted, 0);
         }
     }
@@ -113,8 +113,8 @@ fn same_seed_same_report() {
         let oracle = sim::oracle(&trace, &cfg);
         for name in POLICY_NAMES {
             let spec = Spec::parse(name).unwrap();
-            let a = sim::simulate(&trace, &spec, &cfg, oracle).unwrap();
-            let b = sim::simulate(&trace, &spec, &cfg, oracle).unwrap();
+            let a = sim::simulate(&trace, &spec, &cfg, oracle);
+            let b = sim::simulate(&trace, &spec, &cfg, oracle);
             assert_eq!(a, b, "{shape} {name}");
             assert_eq!(
                 a.0.jobs as usize,
@@ -134,11 +134,11 @@ fn multi_pool_traces_sum_per_pool_results() {
     let cfg = SimConfig::default();
     let oracle = sim::oracle(&trace, &cfg);
     let spec = Spec::parse("greenscale").unwrap();
-    let (report, _) = sim::simulate(&trace, &spec, &cfg, oracle).unwrap();
+    let (report, _) = sim::simulate(&trace, &spec, &cfg, oracle);
     assert_eq!(report.jobs, 18);
     let mut total = 0.0;
     for pool in &trace.pools {
-        let mut p = policy::build(&spec).unwrap();
+        let mut p = spec.build();
         total += sim::simulate_pool(&pool.jobs, p.as_mut(), &cfg, false).gpu_seconds;
     }
     assert!((report.gpu_seconds - total).abs() < 1e-6);
@@ -165,8 +165,7 @@ fn real_traces_every_policy_serves_every_job() {
         let oracle = sim::oracle(&trace, &cfg);
         assert!(oracle > 0.0);
         for policy in POLICY_NAMES {
-            let (r, timeline) =
-                sim::simulate(&trace, &Spec::parse(policy).unwrap(), &cfg, oracle).unwrap();
+            let (r, timeline) = sim::simulate(&trace, &Spec::parse(policy).unwrap(), &cfg, oracle);
             assert_eq!(r.jobs as usize, trace.jobs(), "{name} {policy}");
             assert!(r.peak_replicas <= cfg.max_replicas);
             assert!(!timeline.is_empty());

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use greenscale_core::policy::Spec;
 use greenscale_core::{QueueConfig, parse_duration};
 
 /// GreenScale: GPU inference that costs nothing while idle. Jobs go into a durable queue,
@@ -249,8 +250,8 @@ pub struct UpArgs {
     #[arg(long, env = "GREENSCALE_HEALTH_PATH", default_value = "/health")]
     pub health_path: String,
     /// Scaling policy of the single pool (see `greenscale sim --help` for the names).
-    #[arg(long, env = "GREENSCALE_POLICY", default_value = "greenscale")]
-    pub policy: String,
+    #[arg(long, env = "GREENSCALE_POLICY", default_value = "greenscale", value_parser = Spec::parse)]
+    pub policy: Spec,
     /// Jobs one replica of the single pool runs at once.
     #[arg(long, env = "GREENSCALE_CONCURRENCY", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -63,8 +63,7 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
             lease_duration: Duration::from_secs(15),
             settings,
         };
-        let actuator = Actuator::new(client, Arc::new(queue), config, metrics.clone())
-            .map_err(anyhow::Error::msg)?;
+        let actuator = Actuator::new(client, Arc::new(queue), config, metrics.clone());
         tracing::info!(%namespace, %deployment, %identity, list = %args.list, policy = %args.policy, "direct actuator on");
         actuator_task = Some(tokio::spawn(
             actuator.run(Duration::from_secs(1), stopped(stop_rx.clone())),

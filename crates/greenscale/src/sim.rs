@@ -57,9 +57,6 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         bail!("--tick must be positive");
     }
     let specs = Spec::parse_list(&args.policy)?;
-    for spec in &specs {
-        greenscale_core::policy::build(spec)?;
-    }
     let (name, trace) = load(&args)?;
     let cfg = SimConfig {
         cold_start: args.cold_start.as_secs_f64(),
@@ -73,8 +70,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     let mut rows: Vec<Report> = Vec::new();
     let mut series = Vec::new();
     for spec in &specs {
-        let (report, timeline) = sim::simulate(&trace, spec, &cfg, oracle)?;
-        series.push((spec.text.clone(), timeline));
+        let (report, timeline) = sim::simulate(&trace, spec, &cfg, oracle);
+        series.push((spec.text().to_string(), timeline));
         rows.push(report);
     }
     let elapsed = started.elapsed().as_secs_f64();

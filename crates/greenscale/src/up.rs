@@ -23,7 +23,6 @@ fn pools(args: &UpArgs) -> anyhow::Result<Vec<PoolConfig>> {
         return Ok(config::load(path)?);
     }
     let single = |backend: PoolBackend, name: String| -> anyhow::Result<PoolConfig> {
-        config::check_policy(&args.policy).map_err(|m| anyhow::anyhow!("--policy: {m}"))?;
         let mut pool = PoolConfig::new(name, backend);
         pool.policy = args.policy.clone();
         pool.concurrency = args.concurrency;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use greenscale_core::Queue;
-use greenscale_core::policy::{Policy, Spec, build};
+use greenscale_core::policy::{Policy, mean};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
@@ -73,10 +73,9 @@ impl Actuator {
         queue: Arc<dyn Queue>,
         config: ActuatorConfig,
         metrics: Arc<ScalerMetrics>,
-    ) -> Result<Self, ScalerError> {
-        let spec = Spec::parse(&config.settings.policy)?;
-        let policy = build(&spec)?;
-        Ok(Actuator {
+    ) -> Self {
+        let policy = config.settings.policy.build();
+        Actuator {
             client,
             queue,
             config,
@@ -86,7 +85,7 @@ impl Actuator {
             measured: HashSet::new(),
             cold_starts: Vec::new(),
             leader: false,
-        })
+        }
     }
 
     /// Holds, takes or renews the Lease; true when this scaler may act.
@@ -231,8 +230,7 @@ impl Actuator {
         );
         let stats = self.queue.stats().await?;
         let s = &self.config.settings;
-        let measured = (!self.cold_starts.is_empty())
-            .then(|| self.cold_starts.iter().sum::<f64>() / self.cold_starts.len() as f64);
+        let measured = mean(self.cold_starts.iter().copied());
         let obs = s.observation(
             self.epoch.elapsed().as_secs_f64(),
             &stats,

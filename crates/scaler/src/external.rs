@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use greenscale_core::policy::{Observation, Policy, Spec, build};
+use greenscale_core::policy::{Observation, Policy, PoolShape, ReplicaCounts, Spec};
 use greenscale_core::{Queue, QueueConfig, QueueStats, parse_duration};
 use greenscale_queue::RedisQueue;
 use tokio::sync::Mutex;
@@ -79,7 +79,7 @@ pub struct TargetSettings {
     /// The pending list (`list`, default `jobs`).
     pub list: String,
     /// The policy spec (`policy`, default `greenscale`).
-    pub policy: String,
+    pub policy: Spec,
     /// Jobs one worker replica runs at once (`concurrency`, default 4).
     pub concurrency: u32,
     /// Replica limit the policy plans within (`maxReplicas`, default 100).
@@ -129,8 +129,7 @@ impl TargetSettings {
             .get("policy")
             .map(|p| p.to_string())
             .unwrap_or_else(|| "greenscale".into());
-        let spec = Spec::parse(&policy).map_err(|e| bad("policy", e.message))?;
-        build(&spec).map_err(|e| bad("policy", e.message))?;
+        let policy = Spec::parse(&policy).map_err(|e| bad("policy", e.message))?;
         let cold_start = match meta.get("coldStart") {
             None => None,
             Some(v) => Some(parse_duration(v).map_err(|e| bad("coldStart", e.0))?),
@@ -160,9 +159,9 @@ impl TargetSettings {
             .min(u32::MAX as u64) as u32
     }
 
-    /// What the policy sees of this target at `now`: the queue's counts (retries waiting for
-    /// their delay count as pending), the replicas known to be ready and starting, and the
-    /// measured cold start if there is one (else the configured one).
+    /// What the policy sees of this target at `now`: the queue's counts, the replicas known
+    /// to be ready and starting, and the measured cold start if there is one (else the
+    /// configured one).
     pub fn observation(
         &self,
         now: f64,
@@ -171,18 +170,21 @@ impl TargetSettings {
         starting: u32,
         measured_cold_start: Option<f64>,
     ) -> Observation {
-        Observation {
+        Observation::from_queue(
             now,
-            pending: stats.pending + stats.delayed,
-            in_flight: stats.in_flight,
-            ready,
-            starting,
-            busy: self.floor(stats).min(ready),
-            concurrency: self.concurrency,
-            cold_start: measured_cold_start.or(self.cold_start.map(|d| d.as_secs_f64())),
-            service_time: None,
-            max_replicas: self.max_replicas,
-        }
+            stats,
+            ReplicaCounts {
+                ready,
+                starting,
+                busy: self.floor(stats).min(ready),
+            },
+            PoolShape {
+                concurrency: self.concurrency,
+                max_replicas: self.max_replicas,
+            },
+            measured_cold_start.or(self.cold_start.map(|d| d.as_secs_f64())),
+            None,
+        )
     }
 
     /// The replicas to ask for when the policy wants `desired`: at least the floor, at most
@@ -259,7 +261,7 @@ impl Scaler {
         }
         let queue = RedisQueue::connect(&self.redis_url, &settings.list, self.queue_config.clone())
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let policy = build(&Spec::parse(&settings.policy).expect("checked")).expect("checked");
+        let policy = settings.policy.build();
         tracing::info!(
             scaled_object = %format!("{}/{}", r.namespace, r.name),
             list = %settings.list,
@@ -453,7 +455,7 @@ mod tests {
     fn metadata_is_read_and_checked() {
         let s = TargetSettings::from_metadata(&meta(&[])).unwrap();
         assert_eq!(
-            (s.list.as_str(), s.policy.as_str(), s.concurrency),
+            (s.list.as_str(), s.policy.text(), s.concurrency),
             ("jobs", "greenscale", 4)
         );
         let s = TargetSettings::from_metadata(&meta(&[

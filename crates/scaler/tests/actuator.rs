@@ -74,8 +74,7 @@ async fn the_leader_patches_the_scale_and_a_lost_lease_stops_it() {
         Arc::new(queue),
         config,
         Arc::new(ScalerMetrics::default()),
-    )
-    .unwrap();
+    );
 
     let server = tokio::spawn(async move {
         // Round 1: no Lease yet → create it; read the scale and pods; patch.

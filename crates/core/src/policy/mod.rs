@@ -19,6 +19,7 @@ pub use keda::{Keda, KedaParams};
 pub use keepalive::KeepAlive;
 pub use knative::{Knative, KnativeParams};
 
+use crate::QueueStats;
 use crate::duration::parse_duration;
 
 /// What a policy sees of one pool at one moment. Times are seconds on the caller's clock
@@ -47,7 +48,60 @@ pub struct Observation {
     pub max_replicas: u32,
 }
 
+/// A pool's replicas as the caller counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaCounts {
+    /// Ready to serve.
+    pub ready: u32,
+    /// Started, not ready yet.
+    pub starting: u32,
+    /// Ready and holding at least one in-flight job.
+    pub busy: u32,
+}
+
+/// What a pool is made of, fixed by its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolShape {
+    /// Jobs one replica serves at once.
+    pub concurrency: u32,
+    /// The replica limit.
+    pub max_replicas: u32,
+}
+
+/// The mean of `values`; `None` when there are none.
+pub fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let (n, sum) = values
+        .into_iter()
+        .fold((0usize, 0.0), |(n, sum), v| (n + 1, sum + v));
+    (n > 0).then(|| sum / n as f64)
+}
+
 impl Observation {
+    /// What a policy sees of a pool at `now` whose queue counts are `stats`: retries waiting
+    /// for their delay count as pending (they are work that will need a replica).
+    /// `cold_start` and `service_time` are the measured means, if any.
+    pub fn from_queue(
+        now: f64,
+        stats: &QueueStats,
+        replicas: ReplicaCounts,
+        shape: PoolShape,
+        cold_start: Option<f64>,
+        service_time: Option<f64>,
+    ) -> Self {
+        Observation {
+            now,
+            pending: stats.pending + stats.delayed,
+            in_flight: stats.in_flight,
+            ready: replicas.ready,
+            starting: replicas.starting,
+            busy: replicas.busy,
+            concurrency: shape.concurrency,
+            cold_start,
+            service_time,
+            max_replicas: shape.max_replicas,
+        }
+    }
+
     /// Replicas that exist (ready or starting).
     pub fn replicas(&self) -> u32 {
         self.ready + self.starting
@@ -309,62 +363,212 @@ pub const POLICY_NAMES: &[&str] = &[
     "histogram",
 ];
 
-/// A parsed `name:key=value,...` spec.
+/// A checked policy spec, `name:key=value,...` (for example `keda:poll=5s,cooldown=30s`):
+/// every parameter was read and checked when it was parsed, so [`Spec::build`] cannot fail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
-    /// The whole spec text.
-    pub text: String,
-    /// The policy name.
-    pub name: String,
-    /// A lone value after the colon (as in `keepalive:10m`).
-    pub value: Option<String>,
-    /// `key=value` parameters, in order.
-    pub params: Vec<(String, String)>,
+    text: String,
+    params: Params,
 }
 
-impl Spec {
-    /// Parses one spec.
-    pub fn parse(text: &str) -> Result<Spec, SpecError> {
-        let err = |m: String| SpecError {
-            spec: text.to_string(),
-            message: m,
-        };
+/// A policy's parameters, checked.
+#[derive(Debug, Clone, PartialEq)]
+enum Params {
+    Keda(KedaParams),
+    Knative(KnativeParams),
+    KeepAlive { window: f64 },
+    Histogram(HistogramParams),
+    GreenScale(GreenScaleParams),
+}
+
+/// The words of a spec: its name, a lone value after the colon (as in `keepalive:10m`) and
+/// its `key=value` parameters, in order. Not checked yet.
+struct Syntax<'a> {
+    text: &'a str,
+    name: &'a str,
+    value: Option<&'a str>,
+    params: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Syntax<'a> {
+    fn parse(text: &'a str) -> Result<Self, SpecError> {
         let (name, rest) = match text.split_once(':') {
-            Some((n, r)) => (n.trim(), Some(r)),
-            None => (text.trim(), None),
+            Some((n, r)) => (n.trim(), r),
+            None => (text.trim(), ""),
+        };
+        let mut syntax = Syntax {
+            text,
+            name,
+            value: None,
+            params: Vec::new(),
         };
         if !POLICY_NAMES.contains(&name) {
-            return Err(err(format!(
+            return Err(syntax.error(format!(
                 "unknown policy {name:?} (known: {})",
                 POLICY_NAMES.join(", ")
             )));
         }
-        let mut spec = Spec {
-            text: text.to_string(),
-            name: name.to_string(),
-            value: None,
-            params: Vec::new(),
-        };
-        for part in rest
-            .unwrap_or("")
-            .split(',')
-            .filter(|p| !p.trim().is_empty())
-        {
+        for part in rest.split(',').filter(|p| !p.trim().is_empty()) {
             match part.split_once('=') {
-                Some((k, v)) => spec
-                    .params
-                    .push((k.trim().to_string(), v.trim().to_string())),
-                None if spec.value.is_none() && spec.params.is_empty() => {
-                    spec.value = Some(part.trim().to_string())
+                Some((k, v)) => syntax.params.push((k.trim(), v.trim())),
+                None if syntax.value.is_none() && syntax.params.is_empty() => {
+                    syntax.value = Some(part.trim())
                 }
-                None => return Err(err(format!("{part:?} is not key=value"))),
+                None => return Err(syntax.error(format!("{part:?} is not key=value"))),
             }
         }
-        Ok(spec)
+        Ok(syntax)
     }
 
-    /// Splits a comma-separated list of specs, keeping each spec's own `key=value` parts:
-    /// `keda:poll=5s,cooldown=30s,greenscale` is two specs.
+    fn error(&self, message: String) -> SpecError {
+        SpecError {
+            spec: self.text.to_string(),
+            message,
+        }
+    }
+
+    /// Reads the parameters through `read`, refusing unknown keys.
+    fn read_params(
+        &self,
+        known: &[&str],
+        mut read: impl FnMut(&str, &str) -> Result<(), String>,
+    ) -> Result<(), SpecError> {
+        for (k, v) in &self.params {
+            if !known.contains(k) {
+                return Err(self.error(format!(
+                    "unknown parameter {k:?} (known: {})",
+                    known.join(", ")
+                )));
+            }
+            read(k, v).map_err(|m| self.error(format!("{k}: {m}")))?;
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the parameters of the named policy.
+    fn check(&self) -> Result<Params, SpecError> {
+        Ok(match self.name {
+            "keda" | "keda-seed" | "keda-default" => {
+                let mut p = match self.name {
+                    "keda-seed" => KedaParams::seed(),
+                    _ => KedaParams::default(),
+                };
+                self.read_params(
+                    &["poll", "cooldown", "list_length", "activation", "max"],
+                    |k, v| {
+                        match k {
+                            "poll" => p.poll = secs(v)?,
+                            "cooldown" => p.cooldown = secs(v)?,
+                            "list_length" => p.list_length = num(v)?,
+                            "activation" => p.activation = num(v)?,
+                            _ => p.max = Some(num(v)?),
+                        }
+                        Ok(())
+                    },
+                )?;
+                if p.list_length == 0 || p.poll <= 0.0 {
+                    return Err(self.error("list_length and poll must be positive".into()));
+                }
+                Params::Keda(p)
+            }
+            "knative" => {
+                let mut p = KnativeParams::default();
+                self.read_params(
+                    &["target", "stable", "panic", "panic_threshold", "grace"],
+                    |k, v| {
+                        match k {
+                            "target" => p.target_utilization = num(v)?,
+                            "stable" => p.stable_window = secs(v)?,
+                            "panic" => p.panic_window = secs(v)?,
+                            "panic_threshold" => p.panic_threshold = num(v)?,
+                            _ => p.grace = secs(v)?,
+                        }
+                        Ok(())
+                    },
+                )?;
+                if !(p.target_utilization > 0.0 && p.target_utilization <= 1.0) {
+                    return Err(self.error("target must be in (0, 1]".into()));
+                }
+                Params::Knative(p)
+            }
+            "keepalive" => {
+                let mut window = self
+                    .value
+                    .map(secs)
+                    .transpose()
+                    .map_err(|m| self.error(m))?
+                    .unwrap_or(600.0);
+                self.read_params(&["window"], |_, v| {
+                    window = secs(v)?;
+                    Ok(())
+                })?;
+                Params::KeepAlive { window }
+            }
+            "histogram" => {
+                let mut p = HistogramParams::default();
+                self.read_params(
+                    &[
+                        "head",
+                        "tail",
+                        "margin",
+                        "range",
+                        "bin",
+                        "fallback",
+                        "min_samples",
+                        "cv",
+                    ],
+                    |k, v| {
+                        match k {
+                            "head" => p.head_percentile = num(v)?,
+                            "tail" => p.tail_percentile = num(v)?,
+                            "margin" => p.margin = num(v)?,
+                            "range" => p.range = secs(v)?,
+                            "bin" => p.bin = secs(v)?,
+                            "fallback" => p.fallback_keepalive = secs(v)?,
+                            "min_samples" => p.min_samples = num(v)?,
+                            _ => p.min_cv = num(v)?,
+                        }
+                        Ok(())
+                    },
+                )?;
+                if p.bin <= 0.0 || p.range < p.bin {
+                    return Err(
+                        self.error("bin must be positive and range at least one bin".into())
+                    );
+                }
+                Params::Histogram(p)
+            }
+            _ => {
+                let mut p = GreenScaleParams::default();
+                self.read_params(&["cold_cost", "max", "cold_start"], |k, v| {
+                    match k {
+                        "cold_cost" => p.cold_cost = num(v)?,
+                        "cold_start" => p.cold_start_prior = secs(v)?,
+                        _ => p.max = Some(num(v)?),
+                    }
+                    Ok(())
+                })?;
+                if p.cold_cost < 0.0 || !p.cold_cost.is_finite() {
+                    return Err(self.error("cold_cost must be a non-negative number".into()));
+                }
+                Params::GreenScale(p)
+            }
+        })
+    }
+}
+
+impl Spec {
+    /// Parses and checks one spec; the error says what is wrong with which parameter.
+    pub fn parse(text: &str) -> Result<Spec, SpecError> {
+        let params = Syntax::parse(text)?.check()?;
+        Ok(Spec {
+            text: text.to_string(),
+            params,
+        })
+    }
+
+    /// Splits a comma-separated list of specs, keeping each spec's own `key=value` parts
+    /// (`keda:poll=5s,cooldown=30s,greenscale` is two specs), and parses each.
     pub fn parse_list(text: &str) -> Result<Vec<Spec>, SpecError> {
         let mut specs: Vec<String> = Vec::new();
         for part in text.split(',') {
@@ -384,158 +588,51 @@ impl Spec {
         specs.iter().map(|s| Spec::parse(s)).collect()
     }
 
-    fn error(&self, message: String) -> SpecError {
-        SpecError {
-            spec: self.text.clone(),
-            message,
-        }
+    /// The spec as it was written.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
-    /// Reads the parameters through `read`, refusing unknown keys.
-    fn read_params(
-        &self,
-        known: &[&str],
-        mut read: impl FnMut(&str, &str) -> Result<(), String>,
-    ) -> Result<(), SpecError> {
-        for (k, v) in &self.params {
-            if !known.contains(&k.as_str()) {
-                return Err(self.error(format!(
-                    "unknown parameter {k:?} (known: {})",
-                    known.join(", ")
-                )));
-            }
-            read(k, v).map_err(|m| self.error(format!("{k}: {m}")))?;
+    /// The policy's name (one of [`POLICY_NAMES`]).
+    pub fn name(&self) -> &str {
+        self.text.split(':').next().unwrap_or_default().trim()
+    }
+
+    /// A new policy of this spec, with no history.
+    pub fn build(&self) -> Box<dyn Policy> {
+        let name = self.text.clone();
+        match &self.params {
+            Params::Keda(p) => Box::new(Keda::new(name, p.clone())),
+            Params::Knative(p) => Box::new(Knative::new(name, p.clone())),
+            Params::KeepAlive { window } => Box::new(KeepAlive::new(name, *window)),
+            Params::Histogram(p) => Box::new(Histogram::new(name, p.clone())),
+            Params::GreenScale(p) => Box::new(GreenScale::new(name, p.clone())),
         }
-        Ok(())
+    }
+}
+
+impl fmt::Display for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::str::FromStr for Spec {
+    type Err = SpecError;
+    fn from_str(text: &str) -> Result<Spec, SpecError> {
+        Spec::parse(text)
     }
 }
 
 /// Parses a duration parameter into seconds.
-pub(crate) fn secs(v: &str) -> Result<f64, String> {
+fn secs(v: &str) -> Result<f64, String> {
     parse_duration(v).map(|d| d.as_secs_f64()).map_err(|e| e.0)
 }
 
 /// Parses a number parameter.
-pub(crate) fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
     v.parse()
         .map_err(|_| format!("{v:?} is not a valid number"))
-}
-
-/// Builds a policy from its spec.
-pub fn build(spec: &Spec) -> Result<Box<dyn Policy>, SpecError> {
-    let name = spec.text.clone();
-    Ok(match spec.name.as_str() {
-        "keda" | "keda-seed" | "keda-default" => {
-            let mut p = match spec.name.as_str() {
-                "keda-seed" => KedaParams::seed(),
-                "keda-default" => KedaParams::default(),
-                _ => KedaParams::default(),
-            };
-            spec.read_params(
-                &["poll", "cooldown", "list_length", "activation", "max"],
-                |k, v| {
-                    match k {
-                        "poll" => p.poll = secs(v)?,
-                        "cooldown" => p.cooldown = secs(v)?,
-                        "list_length" => p.list_length = num(v)?,
-                        "activation" => p.activation = num(v)?,
-                        _ => p.max = Some(num(v)?),
-                    }
-                    Ok(())
-                },
-            )?;
-            if p.list_length == 0 || p.poll <= 0.0 {
-                return Err(spec.error("list_length and poll must be positive".into()));
-            }
-            Box::new(Keda::new(name, p))
-        }
-        "knative" => {
-            let mut p = KnativeParams::default();
-            spec.read_params(
-                &["target", "stable", "panic", "panic_threshold", "grace"],
-                |k, v| {
-                    match k {
-                        "target" => p.target_utilization = num(v)?,
-                        "stable" => p.stable_window = secs(v)?,
-                        "panic" => p.panic_window = secs(v)?,
-                        "panic_threshold" => p.panic_threshold = num(v)?,
-                        _ => p.grace = secs(v)?,
-                    }
-                    Ok(())
-                },
-            )?;
-            if !(p.target_utilization > 0.0 && p.target_utilization <= 1.0) {
-                return Err(spec.error("target must be in (0, 1]".into()));
-            }
-            Box::new(Knative::new(name, p))
-        }
-        "keepalive" => {
-            let mut window = spec
-                .value
-                .as_deref()
-                .map(secs)
-                .transpose()
-                .map_err(|m| spec.error(m))?
-                .unwrap_or(600.0);
-            spec.read_params(&["window"], |_, v| {
-                window = secs(v)?;
-                Ok(())
-            })?;
-            Box::new(KeepAlive::new(name, window))
-        }
-        "histogram" => {
-            let mut p = HistogramParams::default();
-            spec.read_params(
-                &[
-                    "head",
-                    "tail",
-                    "margin",
-                    "range",
-                    "bin",
-                    "fallback",
-                    "min_samples",
-                    "cv",
-                ],
-                |k, v| {
-                    match k {
-                        "head" => p.head_percentile = num(v)?,
-                        "tail" => p.tail_percentile = num(v)?,
-                        "margin" => p.margin = num(v)?,
-                        "range" => p.range = secs(v)?,
-                        "bin" => p.bin = secs(v)?,
-                        "fallback" => p.fallback_keepalive = secs(v)?,
-                        "min_samples" => p.min_samples = num(v)?,
-                        _ => p.min_cv = num(v)?,
-                    }
-                    Ok(())
-                },
-            )?;
-            if p.bin <= 0.0 || p.range < p.bin {
-                return Err(spec.error("bin must be positive and range at least one bin".into()));
-            }
-            Box::new(Histogram::new(name, p))
-        }
-        _ => {
-            let mut p = GreenScaleParams::default();
-            spec.read_params(&["cold_cost", "max", "cold_start"], |k, v| {
-                match k {
-                    "cold_cost" => p.cold_cost = num(v)?,
-                    "cold_start" => p.cold_start_prior = secs(v)?,
-                    _ => p.max = Some(num(v)?),
-                }
-                Ok(())
-            })?;
-            if p.cold_cost < 0.0 || !p.cold_cost.is_finite() {
-                return Err(spec.error("cold_cost must be a non-negative number".into()));
-            }
-            Box::new(GreenScale::new(name, p))
-        }
-    })
-}
-
-/// Parses and builds a comma-separated list of policies.
-pub fn build_list(text: &str) -> Result<Vec<Box<dyn Policy>>, SpecError> {
-    Spec::parse_list(text)?.iter().map(build).collect()
 }
 
 #[cfg(test)]
@@ -594,25 +691,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(list.len(), 3);
-        assert_eq!(list[0].params.len(), 4);
-        assert_eq!(list[2].value.as_deref(), Some("10m"));
-        assert!(build(&list[0]).is_ok());
-        assert!(build(&list[2]).is_ok());
+        let Params::Keda(keda) = &list[0].params else {
+            panic!("{:?}", list[0])
+        };
+        assert_eq!(
+            (keda.poll, keda.cooldown, keda.list_length, keda.max),
+            (5.0, 30.0, 1, Some(5))
+        );
+        assert_eq!(list[2].params, Params::KeepAlive { window: 600.0 });
+        assert_eq!(list[0].build().name(), list[0].text());
+        assert_eq!(list[2].build().name(), "keepalive:10m");
     }
 
     #[test]
     fn bad_specs_say_what_is_wrong() {
         let e = Spec::parse("nope").unwrap_err();
         assert!(e.message.contains("unknown policy"));
-        let e = build(&Spec::parse("keda:pol=5s").unwrap()).err().unwrap();
+        let e = Spec::parse("keda:pol=5s").unwrap_err();
         assert!(e.message.contains("unknown parameter"), "{e}");
-        let e = build(&Spec::parse("keda:poll=soon").unwrap())
-            .err()
-            .unwrap();
+        let e = Spec::parse("keda:poll=soon").unwrap_err();
         assert!(e.message.contains("poll"), "{e}");
-        let e = build(&Spec::parse("greenscale:cold_cost=-1").unwrap())
-            .err()
-            .unwrap();
+        let e = Spec::parse("greenscale:cold_cost=-1").unwrap_err();
         assert!(e.message.contains("cold_cost"), "{e}");
     }
 }

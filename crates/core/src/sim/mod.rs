@@ -16,7 +16,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use serde::Serialize;
 
-use crate::policy::{self, Observation, Policy, Spec};
+use crate::policy::{Observation, Policy, Spec};
 pub use trace::{Format, Job, Pool, ServiceModel, Trace, TraceError};
 
 /// Settings of one simulation (shared by every policy in a run).
@@ -448,8 +448,7 @@ pub fn simulate(
     spec: &Spec,
     cfg: &SimConfig,
     oracle_gpu_seconds: f64,
-) -> Result<(Report, Vec<Sample>), policy::SpecError> {
-    policy::build(spec)?; // report a bad spec before starting threads
+) -> (Report, Vec<Sample>) {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(trace.pools.len().max(1));
@@ -464,7 +463,7 @@ pub fn simulate(
                     pools
                         .iter()
                         .map(|p| {
-                            let mut policy = policy::build(spec).expect("validated above");
+                            let mut policy = spec.build();
                             simulate_pool(&p.jobs, policy.as_mut(), cfg, record)
                         })
                         .collect::<Vec<_>>()
@@ -479,7 +478,7 @@ pub fn simulate(
     let mut waits: Vec<f32> = Vec::with_capacity(trace.jobs());
     let mut changes: Vec<(f64, i8)> = Vec::new();
     let mut report = Report {
-        policy: spec.text.clone(),
+        policy: spec.text().to_string(),
         jobs: 0,
         unserved: 0,
         gpu_seconds: 0.0,
@@ -533,16 +532,15 @@ pub fn simulate(
     report.wait_p50 = quantile(&mut waits, 0.50);
     report.wait_p95 = quantile(&mut waits, 0.95);
     report.wait_p99 = quantile(&mut waits, 0.99);
-    Ok((report, timeline))
+    (report, timeline)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::build;
 
     fn run(jobs: &[Job], spec: &str, cfg: SimConfig) -> PoolOutcome {
-        let mut p = build(&Spec::parse(spec).unwrap()).unwrap();
+        let mut p = Spec::parse(spec).unwrap().build();
         simulate_pool(jobs, p.as_mut(), &cfg, false)
     }
 
