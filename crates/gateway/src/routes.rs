@@ -86,11 +86,6 @@ impl Routes {
         Ok(self.routes[0].queue.served_models().await?)
     }
 
-    /// Checks that some pool serves `model`.
-    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
-        self.route(model).map(|_| ())
-    }
-
     fn arrived(route: &Route) {
         if let Some(hook) = &route.on_arrival {
             hook();

@@ -73,14 +73,6 @@ pub struct WorkerReport {
     pub run_time_us: AtomicU64,
 }
 
-impl WorkerReport {
-    /// Mean run time of finished runs, seconds; `None` before the first.
-    pub fn mean_run_time(&self) -> Option<f64> {
-        let runs = self.runs.load(Ordering::Relaxed);
-        (runs > 0).then(|| self.run_time_us.load(Ordering::Relaxed) as f64 / 1e6 / runs as f64)
-    }
-}
-
 /// A job this worker runs, and the signal that stops it when it is cancelled.
 struct HeldJob {
     job: LeasedJob,
