@@ -1,68 +1,39 @@
 //! Prometheus metrics of the pools: replicas by state, cold-start durations, starts,
 //! failures, replica-seconds and desired replicas, each labelled with the pool.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use greenscale_core::metrics::{PoolFamilies, PoolLabel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolLabel {
-    pool: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolStateLabel {
-    pool: String,
-    state: &'static str,
-}
 
 /// The metric families, registered once; [`AutoscalerMetrics::pool`] hands out one pool's
 /// share.
 #[derive(Clone)]
 pub struct AutoscalerMetrics {
-    replicas: Family<PoolStateLabel, Gauge>,
+    pools: PoolFamilies,
     desired: Family<PoolLabel, Gauge>,
-    cold_start: Family<PoolLabel, Histogram, fn() -> Histogram>,
     starts: Family<PoolLabel, Counter>,
     failures: Family<PoolLabel, Counter>,
     decisions: Family<PoolLabel, Counter>,
     replica_seconds: Family<PoolLabel, Counter<f64>>,
 }
 
-fn cold_start_histogram() -> Histogram {
-    // 50 ms … ~14 min.
-    Histogram::new(exponential_buckets(0.05, 2.0, 15))
-}
-
 impl AutoscalerMetrics {
     /// Registers the families in `registry` (which adds the `greenscale_` prefix).
     pub fn register(registry: &mut Registry) -> Self {
         let m = AutoscalerMetrics {
-            replicas: Family::default(),
+            pools: PoolFamilies::register(registry),
             desired: Family::default(),
-            cold_start: Family::new_with_constructor(cold_start_histogram),
             starts: Family::default(),
             failures: Family::default(),
             decisions: Family::default(),
             replica_seconds: Family::default(),
         };
         registry.register(
-            "replicas",
-            "Replicas by state (starting, ready, draining)",
-            m.replicas.clone(),
-        );
-        registry.register(
             "desired_replicas",
             "Replicas the scaling policy last asked for",
             m.desired.clone(),
-        );
-        registry.register(
-            "cold_start_seconds",
-            "Time from starting a replica to its first passed health check",
-            m.cold_start.clone(),
         );
         registry.register("replica_starts", "Replicas started", m.starts.clone());
         registry.register(
@@ -107,20 +78,15 @@ impl PoolMetrics {
     }
 
     /// Sets the replica counts by state.
-    pub fn set_replicas(&self, starting: i64, ready: i64, draining: i64) {
-        for (state, n) in [
-            ("starting", starting),
-            ("ready", ready),
-            ("draining", draining),
-        ] {
-            self.families
-                .replicas
-                .get_or_create(&PoolStateLabel {
-                    pool: self.pool.clone(),
-                    state,
-                })
-                .set(n);
-        }
+    pub fn set_replicas(&self, starting: u32, ready: u32, draining: u32) {
+        self.families.pools.set_replicas(
+            &self.pool,
+            &[
+                ("starting", starting),
+                ("ready", ready),
+                ("draining", draining),
+            ],
+        );
     }
 
     /// Records a decision asking for `desired` replicas.
@@ -134,10 +100,7 @@ impl PoolMetrics {
 
     /// Records a measured cold start.
     pub fn cold_start(&self, seconds: f64) {
-        self.families
-            .cold_start
-            .get_or_create(&self.label())
-            .observe(seconds);
+        self.families.pools.cold_start(&self.pool, seconds);
     }
 
     /// Counts a started replica.

@@ -274,7 +274,7 @@ impl Pool {
 
     fn update_gauges(&self, st: &PoolState) {
         let count =
-            |s: ReplicaState| st.replicas.iter().filter(|r| r.view.state == s).count() as i64;
+            |s: ReplicaState| st.replicas.iter().filter(|r| r.view.state == s).count() as u32;
         self.metrics.set_replicas(
             count(ReplicaState::Starting),
             count(ReplicaState::Ready),

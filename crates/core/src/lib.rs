@@ -5,6 +5,7 @@
 pub mod duration;
 pub mod error;
 pub mod job;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod sim;

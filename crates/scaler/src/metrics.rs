@@ -10,27 +10,13 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use greenscale_core::metrics::PoolFamilies;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListLabel {
     list: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolLabel {
-    pool: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolStateLabel {
-    pool: String,
-    state: &'static str,
-}
-
-fn cold_start_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.5, 2.0, 14))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,8 +30,7 @@ pub struct ScalerMetrics {
     desired: Family<ListLabel, Gauge>,
     calls: Family<MethodLabel, Counter>,
     pushes: Counter,
-    replicas: Family<PoolStateLabel, Gauge>,
-    cold_start: Family<PoolLabel, Histogram, fn() -> Histogram>,
+    pools: PoolFamilies,
     /// Scale changes sent (actuator).
     pub scale_patches: Counter,
     /// 1 while this scaler holds the Lease (actuator).
@@ -60,8 +45,7 @@ impl Default for ScalerMetrics {
             desired: Family::default(),
             calls: Family::default(),
             pushes: Counter::default(),
-            replicas: Family::default(),
-            cold_start: Family::new_with_constructor(cold_start_histogram),
+            pools: PoolFamilies::register(&mut r),
             scale_patches: Counter::default(),
             leader: Gauge::default(),
         };
@@ -79,16 +63,6 @@ impl Default for ScalerMetrics {
             "scaler_pushes",
             "`true` pushed on StreamIsActive (wake-ups without waiting for a poll)",
             m.pushes.clone(),
-        );
-        r.register(
-            "replicas",
-            "Replicas of the scaled Deployment (direct actuator)",
-            m.replicas.clone(),
-        );
-        r.register(
-            "cold_start_seconds",
-            "Pod created to worker ready (direct actuator)",
-            m.cold_start.clone(),
         );
         r.register(
             "scale_patches",
@@ -117,23 +91,13 @@ impl ScalerMetrics {
 
     /// Records the worker replicas of `pool` (its list) by state.
     pub fn set_replicas(&self, pool: &str, starting: u32, ready: u32) {
-        for (state, n) in [("starting", starting), ("ready", ready)] {
-            self.replicas
-                .get_or_create(&PoolStateLabel {
-                    pool: pool.to_string(),
-                    state,
-                })
-                .set(n as i64);
-        }
+        self.pools
+            .set_replicas(pool, &[("starting", starting), ("ready", ready)]);
     }
 
     /// Records a measured cold start of a `pool` replica.
     pub fn cold_start(&self, pool: &str, seconds: f64) {
-        self.cold_start
-            .get_or_create(&PoolLabel {
-                pool: pool.to_string(),
-            })
-            .observe(seconds);
+        self.pools.cold_start(pool, seconds);
     }
 
     /// Counts a call of `method`.
