@@ -18,6 +18,7 @@ pub use job::{
     new_job_id, parse_entry,
 };
 pub use queue::{
-    Cancelled, Completion, DeadLetter, EventStream, Finished, JobError, JobPage, LeasedJob,
-    Maintenance, Outcome, Queue, QueueConfig, QueueError, QueueStats, cursor_after, parse_cursor,
+    Admin, Cancelled, Completion, Consumer, DeadLetter, EventBus, EventStream, Finished, JobError,
+    JobPage, LeasedJob, Maintenance, Outcome, Producer, Queue, QueueConfig, QueueError, QueueStats,
+    Reader, WorkerQueue, cursor_after, parse_cursor,
 };

@@ -218,9 +218,22 @@ impl From<crate::InvalidInput> for QueueError {
 }
 
 /// The durable job queue (DESIGN §4): FIFO, at-least-once, leases with heartbeats,
-/// retries with backoff, dead-letter list, idempotent results.
+/// retries with backoff, dead-letter list, idempotent results. Every backend implements each
+/// role below; a caller takes only the role it needs ([`Reader`] for a scaler,
+/// [`WorkerQueue`] for a worker) or the whole queue.
+pub trait Queue: Producer + Admin + WorkerQueue {}
+
+impl<T: Producer + Admin + WorkerQueue + ?Sized> Queue for T {}
+
+/// What a worker needs: its leases, the events that tell it of cancellations, and the
+/// records it reads back when a job finished elsewhere.
+pub trait WorkerQueue: Consumer + EventBus + Reader {}
+
+impl<T: Consumer + EventBus + Reader + ?Sized> WorkerQueue for T {}
+
+/// Submitting jobs: what the gateway and `submit` do.
 #[async_trait]
-pub trait Queue: Send + Sync {
+pub trait Producer: Send + Sync {
     /// Validates and stores a job; with `idempotency_key`, a repeated key (within the
     /// retention period) returns the job first stored with it. Returns the id and whether
     /// the job is new. Once this returns `Ok` the job is never lost.
@@ -246,6 +259,13 @@ pub trait Queue: Send + Sync {
     ) -> Result<(String, bool), QueueError> {
         self.store(spec, Some(key)).await
     }
+}
+
+/// Reading what happened: job records, listings, counts and the models served.
+#[async_trait]
+pub trait Reader: Send + Sync {
+    /// The record of one job.
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError>;
 
     /// Job records, newest first, optionally only those with `status`.
     async fn list_jobs(
@@ -260,12 +280,34 @@ pub trait Queue: Send + Sync {
     /// process using the queue.
     async fn counters(&self) -> Result<Vec<(String, u64)>, QueueError>;
 
+    /// Counts for dashboards and autoscalers.
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// The models workers announced in their heartbeats within the retention period, the
+    /// most recently seen first. A model stays listed while its workers are scaled to zero.
+    async fn served_models(&self) -> Result<Vec<String>, QueueError>;
+
+    /// A stream that yields whenever something is pushed onto the pending list, by any
+    /// producer the backend can see. Fails when the backend cannot watch the list (callers
+    /// then poll).
+    async fn arrivals(&self) -> Result<futures::stream::BoxStream<'static, ()>, QueueError>;
+}
+
+/// The live events of running jobs (tokens, cancellations): workers publish; the gateway
+/// and workers listen.
+#[async_trait]
+pub trait EventBus: Send + Sync {
     /// Publishes an event of a running job.
     async fn publish(&self, job_id: &str, event: &JobEvent) -> Result<(), QueueError>;
 
     /// Every event published from now on, for all jobs.
     async fn events(&self) -> Result<EventStream, QueueError>;
+}
 
+/// Running jobs: what a worker does with its leases, and the housekeeping any process may
+/// run.
+#[async_trait]
+pub trait Consumer: Send + Sync {
     /// Leases up to `max` jobs for `worker`, oldest first, waiting up to `wait` for the first.
     /// Malformed entries are dead-lettered and jobs that already finished are dropped here,
     /// so everything returned is to be run.
@@ -277,12 +319,8 @@ pub trait Queue: Send + Sync {
     ) -> Result<Vec<LeasedJob>, QueueError>;
 
     /// Keeps `worker`'s leases alive and records that it serves `models` now (what
-    /// [`Queue::served_models`] lists).
+    /// [`Reader::served_models`] lists).
     async fn heartbeat(&self, worker: &str, models: &[String]) -> Result<(), QueueError>;
-
-    /// The models workers announced in their heartbeats within the retention period, the
-    /// most recently seen first. A model stays listed while its workers are scaled to zero.
-    async fn served_models(&self) -> Result<Vec<String>, QueueError>;
 
     /// Records the outcome of a leased job and releases its lease.
     async fn finish(
@@ -307,15 +345,13 @@ pub trait Queue: Send + Sync {
     /// Returns the jobs of workers whose lease expired and promotes due retries.
     /// Safe to call from many processes at once.
     async fn maintain(&self) -> Result<Maintenance, QueueError>;
+}
 
-    /// The record of one job.
-    async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError>;
-
+/// An operator's actions: cancelling jobs and handling dead letters.
+#[async_trait]
+pub trait Admin: Send + Sync {
     /// Cancels a queued job, or also a running one when `running_too`.
     async fn cancel(&self, id: &str, running_too: bool) -> Result<Cancelled, QueueError>;
-
-    /// Counts for dashboards and autoscalers.
-    async fn stats(&self) -> Result<QueueStats, QueueError>;
 
     /// The newest `limit` dead letters.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;

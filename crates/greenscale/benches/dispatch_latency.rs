@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
-use greenscale_core::{JobSpec, Queue, QueueConfig};
+use greenscale_core::{JobSpec, Producer, QueueConfig};
 use greenscale_queue::RedisQueue;
 use greenscale_testkit::RedisServer;
 use tokio::sync::mpsc;

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use greenscale_core::status::PoolStatus;
-use greenscale_core::{JobRecord, JobSpec, Queue, QueueStats};
+use greenscale_core::{JobRecord, JobSpec, Producer, QueueStats, Reader};
 use greenscale_queue::RedisQueue;
 use serde_json::{Value, json};
 

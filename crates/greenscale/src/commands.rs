@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use greenscale_core::status::{PoolStatus, ReplicaState};
-use greenscale_core::{JobRecord, JobSpec, JobStatus, Queue};
+use greenscale_core::{Admin, JobRecord, JobSpec, JobStatus};
 use greenscale_demo_model::DemoConfig;
 use greenscale_queue::RedisQueue;
 use greenscale_worker::{OpenAiBackend, OpenAiConfig, WorkerConfig, default_worker_id, run_worker};

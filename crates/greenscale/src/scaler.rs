@@ -87,7 +87,12 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => anyhow::bail!("--redis-url {}: {e}", redacted(&url)),
     }
-    let scaler = Scaler::new(&url, QueueConfig::default(), metrics);
+    let redis_url = url.clone();
+    let open: greenscale_scaler::external::OpenQueue = Arc::new(move |list: &str| {
+        let queue = RedisQueue::connect(&redis_url, list, QueueConfig::default())?;
+        Ok(Arc::new(queue) as Arc<dyn greenscale_core::Reader>)
+    });
+    let scaler = Scaler::new(open, metrics);
     let mut server = tonic::transport::Server::builder();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {

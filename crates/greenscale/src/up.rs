@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use greenscale_autoscaler::{
     AutoscalerMetrics, GuardProgram, Pool, PoolBackend, PoolConfig, autoscaler, config,
 };
-use greenscale_core::Queue;
+use greenscale_core::{Consumer, Queue};
 use greenscale_gateway::{Route, Routes};
 use greenscale_queue::{RedisQueue, SqliteQueue};
 

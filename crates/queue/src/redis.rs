@@ -22,9 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures::StreamExt;
 use greenscale_core::{
-    Cancelled, DeadLetter, ErrorKind, EventStream, Finished, JobError, JobEvent, JobPage,
-    JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance, Outcome, Queue, QueueConfig, QueueError,
-    QueueStats, Usage, parse_cursor, parse_entry,
+    Admin, Cancelled, Consumer, DeadLetter, ErrorKind, EventBus, EventStream, Finished, JobError,
+    JobEvent, JobPage, JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance, Outcome, Producer,
+    QueueConfig, QueueError, QueueStats, Reader, Usage, parse_cursor, parse_entry,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
@@ -178,64 +178,6 @@ impl RedisQueue {
             .await
             .map(|_| ())
             .map_err(unavailable)
-    }
-
-    /// A stream that yields whenever something is pushed onto the pending list, by anyone
-    /// (GreenScale's enqueue, the prototype's `LPUSH`), from Redis keyspace notifications.
-    /// Turns list notifications on when the server's `notify-keyspace-events` lacks them;
-    /// fails when the server refuses (callers then fall back to polling).
-    pub async fn arrivals(&self) -> Result<futures::stream::BoxStream<'static, ()>, QueueError> {
-        let mut c = self.conn.clone();
-        let (_, flags): (String, String) = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("notify-keyspace-events")
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        let has_list_events = (flags.contains('K') && (flags.contains('l') || flags.contains('A')))
-            || flags.contains("KA");
-        if !has_list_events {
-            let mut wanted = flags.clone();
-            for f in ['K', 'l'] {
-                if !wanted.contains(f) {
-                    wanted.push(f);
-                }
-            }
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg(&wanted)
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(|e| {
-                    QueueError::Unavailable(format!(
-                        "cannot turn on keyspace notifications (notify-keyspace-events {wanted:?}): {e}"
-                    ))
-                })?;
-        }
-        let escaped: String = self
-            .keys
-            .pending
-            .chars()
-            .flat_map(|ch| match ch {
-                '*' | '?' | '[' | ']' | '\\' => vec!['\\', ch],
-                _ => vec![ch],
-            })
-            .collect();
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
-        pubsub
-            .psubscribe(format!("__keyspace@*__:{escaped}"))
-            .await
-            .map_err(unavailable)?;
-        let stream = pubsub.into_on_message().filter_map(|msg| async move {
-            let event: String = msg.get_payload().ok()?;
-            matches!(
-                event.as_str(),
-                "lpush" | "rpush" | "linsert" | "lmove" | "rpoplpush"
-            )
-            .then_some(())
-        });
-        Ok(Box::pin(stream))
     }
 
     async fn move_one_blocking(
@@ -493,13 +435,82 @@ fn parse_record(id: &str, map: std::collections::HashMap<String, String>) -> Job
 }
 
 #[async_trait]
-impl Queue for RedisQueue {
+impl Producer for RedisQueue {
     async fn store(
         &self,
         spec: JobSpec,
         idempotency_key: Option<&str>,
     ) -> Result<(String, bool), QueueError> {
         self.store_job(spec, idempotency_key).await
+    }
+}
+
+#[async_trait]
+impl Reader for RedisQueue {
+    // Redis keyspace notifications; turns list notifications on when the server's
+    // `notify-keyspace-events` lacks them, and fails when the server refuses.
+    async fn arrivals(&self) -> Result<futures::stream::BoxStream<'static, ()>, QueueError> {
+        let mut c = self.conn.clone();
+        let (_, flags): (String, String) = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let has_list_events = (flags.contains('K') && (flags.contains('l') || flags.contains('A')))
+            || flags.contains("KA");
+        if !has_list_events {
+            let mut wanted = flags.clone();
+            for f in ['K', 'l'] {
+                if !wanted.contains(f) {
+                    wanted.push(f);
+                }
+            }
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("notify-keyspace-events")
+                .arg(&wanted)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(|e| {
+                    QueueError::Unavailable(format!(
+                        "cannot turn on keyspace notifications (notify-keyspace-events {wanted:?}): {e}"
+                    ))
+                })?;
+        }
+        let escaped: String = self
+            .keys
+            .pending
+            .chars()
+            .flat_map(|ch| match ch {
+                '*' | '?' | '[' | ']' | '\\' => vec!['\\', ch],
+                _ => vec![ch],
+            })
+            .collect();
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+        pubsub
+            .psubscribe(format!("__keyspace@*__:{escaped}"))
+            .await
+            .map_err(unavailable)?;
+        let stream = pubsub.into_on_message().filter_map(|msg| async move {
+            let event: String = msg.get_payload().ok()?;
+            matches!(
+                event.as_str(),
+                "lpush" | "rpush" | "linsert" | "lmove" | "rpoplpush"
+            )
+            .then_some(())
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let mut c = self.conn.clone();
+        let map: std::collections::HashMap<String, String> =
+            c.hgetall(record_key(id)).await.map_err(unavailable)?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(parse_record(id, map)))
     }
 
     async fn list_jobs(
@@ -588,6 +599,44 @@ impl Queue for RedisQueue {
         Ok(out)
     }
 
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = self.server_now_ms().await?;
+        let mut c = self.conn.clone();
+        let workers: Vec<(String, f64)> = c
+            .zrange_withscores(&self.keys.workers, 0, -1)
+            .await
+            .map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.llen(&self.keys.pending)
+            .zcard(&self.keys.delayed)
+            .llen(&self.keys.dead);
+        for (w, _) in &workers {
+            pipe.llen(self.keys.inflight(w));
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+        Ok(QueueStats {
+            pending: counts[0],
+            delayed: counts[1],
+            dead_letter: counts[2],
+            in_flight: counts[3..].iter().sum(),
+            live_workers: workers.iter().filter(|(_, d)| *d as u64 > now).count() as u64,
+        })
+    }
+
+    async fn served_models(&self) -> Result<Vec<String>, QueueError> {
+        let mut c = self.conn.clone();
+        let mut seen: Vec<(String, u64)> =
+            c.hgetall(&self.keys.models).await.map_err(unavailable)?;
+        let since = now_ms().saturating_sub(self.config.retention.as_millis() as u64);
+        seen.retain(|(_, at)| *at >= since);
+        // The most recently seen first; ties by name, as the SQLite backend orders them.
+        seen.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(seen.into_iter().map(|(model, _)| model).collect())
+    }
+}
+
+#[async_trait]
+impl EventBus for RedisQueue {
     async fn publish(&self, job_id: &str, event: &JobEvent) -> Result<(), QueueError> {
         let payload = serde_json::json!({"job_id": job_id, "event": event}).to_string();
         let mut c = self.conn.clone();
@@ -612,7 +661,10 @@ impl Queue for RedisQueue {
         });
         Ok(Box::pin(stream))
     }
+}
 
+#[async_trait]
+impl Consumer for RedisQueue {
     async fn lease(
         &self,
         worker: &str,
@@ -654,17 +706,6 @@ impl Queue for RedisQueue {
             .await
             .map(|_| ())
             .map_err(unavailable)
-    }
-
-    async fn served_models(&self) -> Result<Vec<String>, QueueError> {
-        let mut c = self.conn.clone();
-        let mut seen: Vec<(String, u64)> =
-            c.hgetall(&self.keys.models).await.map_err(unavailable)?;
-        let since = now_ms().saturating_sub(self.config.retention.as_millis() as u64);
-        seen.retain(|(_, at)| *at >= since);
-        // The most recently seen first; ties by name, as the SQLite backend orders them.
-        seen.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        Ok(seen.into_iter().map(|(model, _)| model).collect())
     }
 
     async fn finish(
@@ -823,17 +864,10 @@ impl Queue for RedisQueue {
             .map_err(unavailable)?;
         Ok(report)
     }
+}
 
-    async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
-        let mut c = self.conn.clone();
-        let map: std::collections::HashMap<String, String> =
-            c.hgetall(record_key(id)).await.map_err(unavailable)?;
-        if map.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(parse_record(id, map)))
-    }
-
+#[async_trait]
+impl Admin for RedisQueue {
     async fn cancel(&self, id: &str, running_too: bool) -> Result<Cancelled, QueueError> {
         let mut c = self.conn.clone();
         let r: String = self
@@ -851,30 +885,6 @@ impl Queue for RedisQueue {
             "running" => Cancelled::Running,
             "final" => Cancelled::AlreadyFinal,
             _ => Cancelled::NotFound,
-        })
-    }
-
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let now = self.server_now_ms().await?;
-        let mut c = self.conn.clone();
-        let workers: Vec<(String, f64)> = c
-            .zrange_withscores(&self.keys.workers, 0, -1)
-            .await
-            .map_err(unavailable)?;
-        let mut pipe = redis::pipe();
-        pipe.llen(&self.keys.pending)
-            .zcard(&self.keys.delayed)
-            .llen(&self.keys.dead);
-        for (w, _) in &workers {
-            pipe.llen(self.keys.inflight(w));
-        }
-        let counts: Vec<u64> = pipe.query_async(&mut c).await.map_err(unavailable)?;
-        Ok(QueueStats {
-            pending: counts[0],
-            delayed: counts[1],
-            dead_letter: counts[2],
-            in_flight: counts[3..].iter().sum(),
-            live_workers: workers.iter().filter(|(_, d)| *d as u64 > now).count() as u64,
         })
     }
 

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use greenscale_core::{
-    Cancelled, DeadLetter, ErrorKind, EventStream, Finished, JobError, JobEvent, JobPage,
-    JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance, Outcome, Queue, QueueConfig, QueueError,
-    QueueStats, Usage, cursor_after, parse_cursor, parse_entry,
+    Admin, Cancelled, Consumer, DeadLetter, ErrorKind, EventBus, EventStream, Finished, JobError,
+    JobEvent, JobPage, JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance, Outcome, Producer,
+    QueueConfig, QueueError, QueueStats, Reader, Usage, cursor_after, parse_cursor, parse_entry,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{Notify, broadcast};
@@ -410,7 +410,7 @@ fn holds(tx: &Transaction, worker: &str, seq: i64) -> Result<bool, QueueError> {
 }
 
 #[async_trait]
-impl Queue for SqliteQueue {
+impl Producer for SqliteQueue {
     async fn store(
         &self,
         spec: JobSpec,
@@ -418,6 +418,36 @@ impl Queue for SqliteQueue {
     ) -> Result<(String, bool), QueueError> {
         self.store_job(spec, idempotency_key.map(str::to_string))
             .await
+    }
+}
+
+#[async_trait]
+impl Reader for SqliteQueue {
+    // Stores through this queue (and its clones) notify it: an SQLite queue belongs to
+    // one process.
+    async fn arrivals(&self) -> Result<futures::stream::BoxStream<'static, ()>, QueueError> {
+        let arrivals = self.arrivals.clone();
+        Ok(Box::pin(futures::stream::unfold(
+            arrivals,
+            |a| async move {
+                a.notified().await;
+                Some(((), a))
+            },
+        )))
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let id = id.to_string();
+        self.tx(move |tx, _| {
+            tx.query_row(
+                &format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1"),
+                [&id],
+                record_from_row,
+            )
+            .optional()
+            .map_err(db_error)
+        })
+        .await
     }
 
     async fn list_jobs(
@@ -472,6 +502,57 @@ impl Queue for SqliteQueue {
         .await
     }
 
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.tx(|tx, ctx| {
+            let count = |sql: &str| -> Result<u64, QueueError> {
+                tx.query_row(sql, params![ctx.list], |r| r.get::<_, i64>(0))
+                    .map(|n| n.max(0) as u64)
+                    .map_err(db_error)
+            };
+            Ok(QueueStats {
+                pending: count(
+                    "SELECT COUNT(*) FROM entries WHERE list = ?1 AND state = 'pending'",
+                )?,
+                in_flight: count(
+                    "SELECT COUNT(*) FROM entries WHERE list = ?1 AND state = 'inflight'",
+                )?,
+                delayed: count(
+                    "SELECT COUNT(*) FROM entries WHERE list = ?1 AND state = 'delayed'",
+                )?,
+                dead_letter: count("SELECT COUNT(*) FROM dead WHERE list = ?1")?,
+                live_workers: tx
+                    .query_row(
+                        "SELECT COUNT(*) FROM workers WHERE list = ?1 AND deadline_ms > ?2",
+                        params![ctx.list, now_ms()],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(db_error)?
+                    .max(0) as u64,
+            })
+        })
+        .await
+    }
+
+    async fn served_models(&self) -> Result<Vec<String>, QueueError> {
+        self.tx(move |tx, ctx| {
+            let since = now_ms() - ctx.config.retention.as_millis() as i64;
+            let mut stmt = tx
+                .prepare(
+                    "SELECT name FROM models WHERE list = ?1 AND seen_ms >= ?2
+                     ORDER BY seen_ms DESC, name",
+                )
+                .map_err(db_error)?;
+            stmt.query_map(params![ctx.list, since], |row| row.get(0))
+                .map_err(db_error)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(db_error)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EventBus for SqliteQueue {
     async fn publish(&self, job_id: &str, event: &JobEvent) -> Result<(), QueueError> {
         let _ = self.events.send((job_id.to_string(), event.clone()));
         Ok(())
@@ -490,7 +571,10 @@ impl Queue for SqliteQueue {
         });
         Ok(Box::pin(stream))
     }
+}
 
+#[async_trait]
+impl Consumer for SqliteQueue {
     async fn lease(
         &self,
         worker: &str,
@@ -537,23 +621,6 @@ impl Queue for SqliteQueue {
                 .map_err(db_error)?;
             }
             Ok(())
-        })
-        .await
-    }
-
-    async fn served_models(&self) -> Result<Vec<String>, QueueError> {
-        self.tx(move |tx, ctx| {
-            let since = now_ms() - ctx.config.retention.as_millis() as i64;
-            let mut stmt = tx
-                .prepare(
-                    "SELECT name FROM models WHERE list = ?1 AND seen_ms >= ?2
-                     ORDER BY seen_ms DESC, name",
-                )
-                .map_err(db_error)?;
-            stmt.query_map(params![ctx.list, since], |row| row.get(0))
-                .map_err(db_error)?
-                .collect::<Result<Vec<String>, _>>()
-                .map_err(db_error)
         })
         .await
     }
@@ -673,21 +740,10 @@ impl Queue for SqliteQueue {
         }
         Ok(report)
     }
+}
 
-    async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
-        let id = id.to_string();
-        self.tx(move |tx, _| {
-            tx.query_row(
-                &format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1"),
-                [&id],
-                record_from_row,
-            )
-            .optional()
-            .map_err(db_error)
-        })
-        .await
-    }
-
+#[async_trait]
+impl Admin for SqliteQueue {
     async fn cancel(&self, id: &str, running_too: bool) -> Result<Cancelled, QueueError> {
         let id = id.to_string();
         self.tx(move |tx, ctx| {
@@ -706,37 +762,6 @@ impl Queue for SqliteQueue {
                     Cancelled::Cancelled
                 }
                 Some(_) => Cancelled::AlreadyFinal,
-            })
-        })
-        .await
-    }
-
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
-        self.tx(|tx, ctx| {
-            let count = |sql: &str| -> Result<u64, QueueError> {
-                tx.query_row(sql, params![ctx.list], |r| r.get::<_, i64>(0))
-                    .map(|n| n.max(0) as u64)
-                    .map_err(db_error)
-            };
-            Ok(QueueStats {
-                pending: count(
-                    "SELECT COUNT(*) FROM entries WHERE list = ?1 AND state = 'pending'",
-                )?,
-                in_flight: count(
-                    "SELECT COUNT(*) FROM entries WHERE list = ?1 AND state = 'inflight'",
-                )?,
-                delayed: count(
-                    "SELECT COUNT(*) FROM entries WHERE list = ?1 AND state = 'delayed'",
-                )?,
-                dead_letter: count("SELECT COUNT(*) FROM dead WHERE list = ?1")?,
-                live_workers: tx
-                    .query_row(
-                        "SELECT COUNT(*) FROM workers WHERE list = ?1 AND deadline_ms > ?2",
-                        params![ctx.list, now_ms()],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .map_err(db_error)?
-                    .max(0) as u64,
             })
         })
         .await

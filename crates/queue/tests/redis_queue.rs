@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use greenscale_core::{
-    Completion, Finished, JobSpec, JobStatus, Outcome, Queue, QueueConfig, Usage,
+    Completion, Consumer, Finished, JobSpec, JobStatus, Outcome, Producer, QueueConfig, Reader,
+    Usage,
 };
 use greenscale_queue::RedisQueue;
 use greenscale_testkit::RedisServer;

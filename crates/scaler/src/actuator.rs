@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenscale_core::Queue;
+use greenscale_core::Reader;
 use greenscale_core::policy::{Policy, mean};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -52,7 +52,7 @@ pub enum Step {
 /// The actuator's state across rounds.
 pub struct Actuator {
     client: kube::Client,
-    queue: Arc<dyn Queue>,
+    queue: Arc<dyn Reader>,
     config: ActuatorConfig,
     policy: Box<dyn Policy>,
     metrics: Arc<ScalerMetrics>,
@@ -70,7 +70,7 @@ impl Actuator {
     /// An actuator acting through `client` on the jobs of `queue`.
     pub fn new(
         client: kube::Client,
-        queue: Arc<dyn Queue>,
+        queue: Arc<dyn Reader>,
         config: ActuatorConfig,
         metrics: Arc<ScalerMetrics>,
     ) -> Self {

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use greenscale_core::policy::{Observation, Policy, PoolShape, ReplicaCounts, Spec};
-use greenscale_core::{Queue, QueueConfig, QueueStats, parse_duration};
-use greenscale_queue::RedisQueue;
+use greenscale_core::{QueueError, QueueStats, Reader, parse_duration};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
@@ -213,7 +212,7 @@ impl TargetSettings {
 /// One ScaledObject's state: its queue and its policy.
 struct Target {
     settings: TargetSettings,
-    queue: RedisQueue,
+    queue: Arc<dyn Reader>,
     state: Mutex<TargetState>,
 }
 
@@ -225,22 +224,24 @@ struct TargetState {
 /// ScaledObjects served, by namespace and name.
 type Targets = HashMap<(String, String), Arc<Target>>;
 
+/// Opens the queue of a pending list (a ScaledObject's `list`): on Kubernetes, the Redis
+/// list of that name.
+pub type OpenQueue = Arc<dyn Fn(&str) -> Result<Arc<dyn Reader>, QueueError> + Send + Sync>;
+
 /// The gRPC service.
 #[derive(Clone)]
 pub struct Scaler {
-    redis_url: String,
-    queue_config: QueueConfig,
+    open: OpenQueue,
     targets: Arc<std::sync::Mutex<Targets>>,
     epoch: Instant,
     metrics: Arc<ScalerMetrics>,
 }
 
 impl Scaler {
-    /// A scaler reading queues on the Redis at `redis_url`.
-    pub fn new(redis_url: &str, queue_config: QueueConfig, metrics: Arc<ScalerMetrics>) -> Self {
+    /// A scaler reading the queues that `open` opens.
+    pub fn new(open: OpenQueue, metrics: Arc<ScalerMetrics>) -> Self {
         Scaler {
-            redis_url: redis_url.to_string(),
-            queue_config,
+            open,
             targets: Arc::default(),
             epoch: Instant::now(),
             metrics,
@@ -259,8 +260,7 @@ impl Scaler {
         {
             return Ok(t.clone());
         }
-        let queue = RedisQueue::connect(&self.redis_url, &settings.list, self.queue_config.clone())
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let queue = (self.open)(&settings.list).map_err(|e| Status::unavailable(e.to_string()))?;
         let policy = settings.policy.build();
         tracing::info!(
             scaled_object = %format!("{}/{}", r.namespace, r.name),

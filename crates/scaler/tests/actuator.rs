@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use greenscale_core::{JobSpec, Queue, QueueConfig};
+use greenscale_core::{JobSpec, Producer, QueueConfig};
 use greenscale_queue::RedisQueue;
 use greenscale_scaler::actuator::{Actuator, ActuatorConfig, Step};
 use greenscale_scaler::{ScalerMetrics, TargetSettings};

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenscale_core::{Completion, JobSpec, Outcome, Queue, QueueConfig};
+use greenscale_core::{Completion, Consumer, JobSpec, Outcome, Producer, QueueConfig, Reader};
 use greenscale_queue::RedisQueue;
+use greenscale_scaler::external::OpenQueue;
 use greenscale_scaler::proto::external_scaler_client::ExternalScalerClient;
 use greenscale_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use greenscale_scaler::{ExternalScalerServer, Scaler, ScalerMetrics};
@@ -16,11 +17,12 @@ use tonic::transport::Channel;
 async fn start(redis: &RedisServer) -> ExternalScalerClient<Channel> {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let scaler = Scaler::new(
-        &redis.url(),
-        QueueConfig::default(),
-        Arc::new(ScalerMetrics::default()),
-    );
+    let url = redis.url();
+    let open: OpenQueue = Arc::new(move |list: &str| {
+        let queue = RedisQueue::connect(&url, list, QueueConfig::default())?;
+        Ok(Arc::new(queue) as Arc<dyn Reader>)
+    });
+    let scaler = Scaler::new(open, Arc::new(ScalerMetrics::default()));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(ExternalScalerServer::new(scaler))

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use greenscale_core::{Finished, JobEvent, JobStatus, LeasedJob, Outcome, Queue};
+use greenscale_core::{Finished, JobEvent, JobStatus, LeasedJob, Outcome, WorkerQueue};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
@@ -85,7 +85,7 @@ type Held = Arc<Mutex<HashMap<String, HeldJob>>>;
 /// within `grace`, hands back the rest and deregisters. Queue outages are waited out.
 /// What it does is counted in `report` as it happens.
 pub async fn run_worker<B: ModelBackend>(
-    queue: Arc<dyn Queue>,
+    queue: Arc<dyn WorkerQueue>,
     backend: Arc<B>,
     config: WorkerConfig,
     report: Arc<WorkerReport>,
@@ -258,7 +258,7 @@ pub async fn run_worker<B: ModelBackend>(
 }
 
 async fn run_one<B: ModelBackend>(
-    queue: &dyn Queue,
+    queue: &dyn WorkerQueue,
     backend: &B,
     worker: &str,
     job: &LeasedJob,
@@ -352,7 +352,7 @@ async fn run_one<B: ModelBackend>(
 }
 
 /// Once a second, stops the runs of held jobs whose records say they were cancelled.
-async fn cancel_loop(queue: Arc<dyn Queue>, held: Held) {
+async fn cancel_loop(queue: Arc<dyn WorkerQueue>, held: Held) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let ids: Vec<String> = held
@@ -378,7 +378,7 @@ async fn cancel_loop(queue: Arc<dyn Queue>, held: Held) {
 /// previous publish is still in flight) are the waiting pieces joined into one event, so the
 /// extra delay is bounded by one publish.
 async fn run_streaming<B: ModelBackend>(
-    queue: &dyn Queue,
+    queue: &dyn WorkerQueue,
     backend: &B,
     job: &LeasedJob,
 ) -> Outcome {
@@ -405,7 +405,7 @@ async fn run_streaming<B: ModelBackend>(
 
 /// Publishes `first` joined with whatever pieces are already waiting behind it.
 async fn publish_pieces(
-    queue: &dyn Queue,
+    queue: &dyn WorkerQueue,
     id: &str,
     mut text: String,
     waiting: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -420,7 +420,7 @@ async fn publish_pieces(
 
 /// Events are a convenience for live clients; the record is the truth, so a failed publish
 /// is logged and the job goes on.
-async fn publish_quietly(queue: &dyn Queue, id: &str, event: &JobEvent) {
+async fn publish_quietly(queue: &dyn WorkerQueue, id: &str, event: &JobEvent) {
     if let Err(e) = queue.publish(id, event).await {
         tracing::debug!(job_id = %id, error = %e, "could not publish a job event");
     }
@@ -444,7 +444,7 @@ where
 
 /// Heartbeats from the start, so the worker and its models are seen before its first lease.
 async fn heartbeat_loop(
-    queue: Arc<dyn Queue>,
+    queue: Arc<dyn WorkerQueue>,
     worker: String,
     models: Vec<String>,
     every: Duration,
@@ -467,7 +467,7 @@ async fn heartbeat_loop(
     }
 }
 
-async fn maintain_loop(queue: Arc<dyn Queue>, every: Duration) {
+async fn maintain_loop(queue: Arc<dyn WorkerQueue>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         if let Err(e) = queue.maintain().await {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use greenscale_core::{ErrorKind, JobSpec, JobStatus, Queue, QueueConfig};
+use greenscale_core::{Admin, ErrorKind, JobSpec, JobStatus, Producer, QueueConfig, Reader};
 use greenscale_queue::RedisQueue;
 use greenscale_testkit::{FakeUpstream, RedisServer, Reply};
 use greenscale_worker::{OpenAiBackend, OpenAiConfig, WorkerConfig, run_worker};
