@@ -3,7 +3,9 @@
 //!
 //! - [`config`]: the pools file and its checks;
 //! - [`process`]: model-server processes (guard, health check, stop);
-//! - [`pool`]: a pool at run time — replicas, measurements, recorded decisions;
+//! - [`pool`]: a pool at run time — its replicas' lives and what it shows;
+//! - `pool_state`: a pool's records (decisions, cold starts, start backoff, usage) and
+//!   the choice of replicas to stop;
 //! - [`autoscaler`]: the observe → decide → act loop;
 //! - [`metrics`]: Prometheus metrics of the pools.
 
@@ -11,6 +13,7 @@ pub mod autoscaler;
 pub mod config;
 pub mod metrics;
 pub mod pool;
+mod pool_state;
 pub mod process;
 
 pub use config::{ConfigError, PoolBackend, PoolConfig};

@@ -2,15 +2,12 @@
 //! an in-process worker leasing the pool's jobs), what was measured about them, and the
 //! record of scaling decisions.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use greenscale_core::policy::{Decision, Observation, PoolShape, Reason, ReplicaCounts, mean};
-use greenscale_core::status::{
-    ColdStarts, DecisionRecord, PoolKind, PoolStatus, ReplicaState, ReplicaView,
-};
+use greenscale_core::policy::{Decision, Observation, PoolShape, ReplicaCounts};
+use greenscale_core::status::{DecisionRecord, PoolKind, PoolStatus, ReplicaState, ReplicaView};
 use greenscale_core::{Queue, QueueError};
 use greenscale_worker::{
     LeaseTurns, OpenAiBackend, OpenAiConfig, WorkerConfig, WorkerReport, default_worker_id,
@@ -20,16 +17,43 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{PoolBackend, PoolConfig};
 use crate::metrics::PoolMetrics;
+use crate::pool_state::{
+    Candidate, ColdStartStats, DecisionLog, StartBackoff, Usage, scale_down_victims,
+};
 use crate::process::{
     GuardProgram, ModelProcess, StartError, StopOutcome, free_port, wait_healthy,
 };
 
-/// Decisions kept per pool for the dashboard and `greenscale status`.
-const DECISIONS_KEPT: usize = 200;
-/// Cold starts kept per pool for percentiles.
-const COLD_STARTS_KEPT: usize = 1000;
-/// Longest wait before another start after failed starts or crashes.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A replica's model server once it is ready: where its worker sends jobs, and its
+/// process (none for a remote API).
+struct Server {
+    url: String,
+    api_key: Option<String>,
+    process: Option<ModelProcess>,
+}
+
+/// How a replica's serving ended.
+enum Served {
+    /// Told to stop; its worker drained.
+    Stopped,
+    /// Its model server exited by itself (with this status) while serving.
+    ServerExited(String),
+    /// No worker could be set up (the reason).
+    NoWorker(String),
+}
+
+/// Retires a replica when dropped, so that every way out of its life retires it once.
+struct Retire<'a> {
+    pool: &'a Pool,
+    name: &'a str,
+    started: Instant,
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        self.pool.retire(self.name, self.started);
+    }
+}
 
 struct ReplicaEntry {
     view: ReplicaView,
@@ -38,25 +62,15 @@ struct ReplicaEntry {
     stop: watch::Sender<bool>,
 }
 
+/// Everything a pool keeps at run time, under one lock.
 #[derive(Default)]
 struct PoolState {
     replicas: Vec<ReplicaEntry>,
     next_replica: u64,
-    cold_starts: VecDeque<f64>,
-    cold_start_count: u64,
-    decisions: VecDeque<DecisionRecord>,
-    last_decision: Option<DecisionRecord>,
-    last_reason_kind: Option<std::mem::Discriminant<Reason>>,
-    failures: u32,
-    retry_at: Option<Instant>,
-    last_failure: Option<String>,
-    /// Runs and run time of replicas that are gone.
-    retired_runs: u64,
-    retired_run_time_us: u64,
-    retired_replica_seconds: f64,
-    last_pending: u64,
-    last_in_flight: u64,
-    peak_replicas: u32,
+    decisions: DecisionLog,
+    cold_starts: ColdStartStats,
+    backoff: StartBackoff,
+    usage: Usage,
 }
 
 /// A pool at run time. Shared by the autoscaler loop, the replica tasks and the status API.
@@ -130,8 +144,8 @@ impl Pool {
     pub async fn observe(&self) -> Result<Observation, QueueError> {
         let stats = self.queue.stats().await?;
         let mut st = self.lock();
-        st.last_pending = stats.pending + stats.delayed;
-        st.last_in_flight = stats.in_flight;
+        st.usage.last_pending = stats.pending + stats.delayed;
+        st.usage.last_in_flight = stats.in_flight;
         let count =
             |s: ReplicaState| st.replicas.iter().filter(|r| r.view.state == s).count() as u32;
         let (ready, starting) = (count(ReplicaState::Ready), count(ReplicaState::Starting));
@@ -143,7 +157,7 @@ impl Pool {
                     && r.report.in_flight.load(Ordering::Relaxed) > 0
             })
             .count() as u32;
-        let (mut runs, mut run_us) = (st.retired_runs, st.retired_run_time_us);
+        let (mut runs, mut run_us) = (st.usage.retired_runs, st.usage.retired_run_time_us);
         for r in &st.replicas {
             runs += r.report.runs.load(Ordering::Relaxed);
             run_us += r.report.run_time_us.load(Ordering::Relaxed);
@@ -160,7 +174,7 @@ impl Pool {
                 concurrency: self.config.concurrency,
                 max_replicas: self.config.max_replicas,
             },
-            mean(st.cold_starts.iter().copied()),
+            st.cold_starts.mean(),
             (runs > 0).then(|| run_us as f64 / 1e6 / runs as f64),
         ))
     }
@@ -185,59 +199,34 @@ impl Pool {
             in_flight: obs.in_flight,
             on_arrival,
         };
-        let kind = std::mem::discriminant(&decision.reason);
-        let same_as_last = st
-            .last_decision
-            .as_ref()
-            .is_some_and(|d| d.desired == record.desired)
-            && st.last_reason_kind == Some(kind);
-        st.last_reason_kind = Some(kind);
-        if !same_as_last {
+        let reason = record.reason.clone();
+        if st.decisions.record(record, &decision.reason) {
             if desired != current {
-                tracing::info!(pool = %self.config.name, current, desired, reason = %record.reason, "scaling");
+                tracing::info!(pool = %self.config.name, current, desired, %reason, "scaling");
             } else {
-                tracing::debug!(pool = %self.config.name, current, desired, reason = %record.reason, "decision");
-            }
-            st.decisions.push_back(record.clone());
-            if st.decisions.len() > DECISIONS_KEPT {
-                st.decisions.pop_front();
+                tracing::debug!(pool = %self.config.name, current, desired, %reason, "decision");
             }
             self.metrics.decision(desired);
         }
-        st.last_decision = Some(record);
 
         if desired > current {
-            if let Some(at) = st.retry_at
-                && Instant::now() < at
-            {
-                return;
-            }
-            // After failures, try one replica at a time until one works.
-            let starts = if st.failures > 0 {
-                1
-            } else {
-                desired - current
-            };
-            for _ in 0..starts {
+            for _ in 0..st.backoff.starts_allowed(desired - current, Instant::now()) {
                 self.start_replica(&mut st);
             }
         } else if desired < current {
-            let mut order = active;
-            // Stop replicas without work first (idle ready ones, newest first, then
-            // starting ones), and busy ones last — the policy never asks for fewer
-            // replicas than hold work, but the limits might.
-            order.sort_by_key(|&i| {
-                let r = &st.replicas[i];
-                let in_flight = r.report.in_flight.load(Ordering::Relaxed);
-                let rank = match (r.view.state, in_flight) {
-                    (ReplicaState::Ready, 0) => 0,
-                    (ReplicaState::Starting, _) => 1,
-                    _ => 2,
-                };
-                (rank, in_flight, std::cmp::Reverse(r.view.started_at_ms))
-            });
-            for &i in order.iter().take((current - desired) as usize) {
-                let r = &mut st.replicas[i];
+            let candidates: Vec<Candidate> = active
+                .iter()
+                .map(|&i| {
+                    let r = &st.replicas[i];
+                    Candidate {
+                        state: r.view.state,
+                        in_flight: r.report.in_flight.load(Ordering::Relaxed),
+                        started_at_ms: r.view.started_at_ms,
+                    }
+                })
+                .collect();
+            for v in scale_down_victims(&candidates, (current - desired) as usize) {
+                let r = &mut st.replicas[active[v]];
                 tracing::info!(pool = %self.config.name, replica = %r.view.name, "draining replica");
                 r.view.state = ReplicaState::Draining;
                 let _ = r.stop.send(true);
@@ -265,7 +254,7 @@ impl Pool {
             report: report.clone(),
             stop,
         });
-        st.peak_replicas = st.peak_replicas.max(st.replicas.len() as u32);
+        st.usage.peak_replicas = st.usage.peak_replicas.max(st.replicas.len() as u32);
         self.metrics.replica_started();
         self.update_gauges(st);
         tracing::info!(pool = %self.config.name, replica = %name, "starting replica");
@@ -294,106 +283,127 @@ impl Pool {
 
     fn failed(&self, replica: &str, why: String) {
         let mut st = self.lock();
-        st.failures += 1;
-        let backoff = Duration::from_secs(1)
-            .saturating_mul(1 << (st.failures - 1).min(6))
-            .min(MAX_BACKOFF);
-        st.retry_at = Some(Instant::now() + backoff);
+        let wait = st.backoff.failed(why.clone(), Instant::now());
         tracing::error!(
             pool = %self.config.name,
             replica,
-            failures_in_a_row = st.failures,
-            retry_in_s = backoff.as_secs_f64(),
+            failures_in_a_row = st.backoff.failures,
+            retry_in_s = wait.as_secs_f64(),
             "{why}; queued jobs stay queued until a replica starts"
         );
-        st.last_failure = Some(why);
         self.metrics.failure();
     }
 
-    /// The life of one replica: start its server, wait for health, run a worker until told
-    /// to stop (or the server dies), drain, stop the server.
+    /// The life of one replica: start (its server, until healthy), serve (a worker until
+    /// told to stop or the server dies), stop (the server). However it ends, it is retired
+    /// once, when `_retire` goes.
     async fn run_replica(
         self: Arc<Self>,
         name: String,
         mut stop: watch::Receiver<bool>,
         report: Arc<WorkerReport>,
     ) {
+        let _retire = Retire {
+            pool: &self,
+            name: &name,
+            started: Instant::now(),
+        };
+        let Some(mut server) = self.start(&name, &mut stop).await else {
+            return;
+        };
+        let served = self.serve(&name, &mut server, stop, report).await;
+        self.stop_server(&name, server.process, served).await;
+    }
+
+    /// Starts the replica's model server and waits until it is healthy (a remote API is
+    /// ready at once). `None` when it failed (recorded) or was told to stop meanwhile; no
+    /// process is left running then.
+    async fn start(&self, name: &str, stop: &mut watch::Receiver<bool>) -> Option<Server> {
         let started = Instant::now();
-        let (url, api_key, mut process) = match &self.config.backend {
-            PoolBackend::Remote { url, api_key } => (url.clone(), api_key.clone(), None),
+        let (command, health_path) = match &self.config.backend {
+            PoolBackend::Remote { url, api_key } => {
+                self.ready(name, None);
+                return Some(Server {
+                    url: url.clone(),
+                    api_key: api_key.clone(),
+                    process: None,
+                });
+            }
             PoolBackend::Command {
                 command,
                 health_path,
-            } => {
-                let spawned = free_port().and_then(|port| {
-                    ModelProcess::spawn(
-                        &self.guard,
-                        command,
-                        port,
-                        self.config.stop_timeout,
-                        &self.config.name,
-                        &name,
-                    )
-                });
-                let mut process = match spawned {
-                    Ok(p) => p,
-                    Err(e) => {
-                        self.failed(&name, StartError::Spawn(e.to_string()).to_string());
-                        self.retire(&name, started);
-                        return;
-                    }
-                };
-                let port = process.port;
-                let pgid = process.pid();
-                self.with_replica(&name, |r| {
-                    r.view.port = Some(port);
-                    r.view.pgid = Some(pgid);
-                });
-                let health = format!("http://127.0.0.1:{port}{health_path}");
-                let outcome = tokio::select! {
-                    r = wait_healthy(&mut process, &health, started, self.config.startup_timeout) => Some(r),
-                    _ = stop.wait_for(|s| *s) => None,
-                };
-                match outcome {
-                    Some(Ok(cold_start)) => {
-                        self.ready(&name, Some(cold_start));
-                    }
-                    Some(Err(e)) => {
-                        process.stop(self.config.stop_timeout).await;
-                        self.failed(&name, format!("replica {name}: {e}"));
-                        self.retire(&name, started);
-                        return;
-                    }
-                    None => {
-                        tracing::info!(pool = %self.config.name, replica = %name, "stopped while starting");
-                        process.stop(self.config.stop_timeout).await;
-                        self.retire(&name, started);
-                        return;
-                    }
-                }
-                (format!("http://127.0.0.1:{port}/v1"), None, Some(process))
+            } => (command, health_path),
+        };
+        let spawned = free_port().and_then(|port| {
+            ModelProcess::spawn(
+                &self.guard,
+                command,
+                port,
+                self.config.stop_timeout,
+                &self.config.name,
+                name,
+            )
+        });
+        let mut process = match spawned {
+            Ok(p) => p,
+            Err(e) => {
+                self.failed(name, StartError::Spawn(e.to_string()).to_string());
+                return None;
             }
         };
-        if process.is_none() {
-            self.ready(&name, None);
+        let port = process.port;
+        let pgid = process.pid();
+        self.with_replica(name, |r| {
+            r.view.port = Some(port);
+            r.view.pgid = Some(pgid);
+        });
+        let health = format!("http://127.0.0.1:{port}{health_path}");
+        let outcome = tokio::select! {
+            r = wait_healthy(&mut process, &health, started, self.config.startup_timeout) => Some(r),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        match outcome {
+            Some(Ok(cold_start)) => {
+                self.ready(name, Some(cold_start));
+                Some(Server {
+                    url: format!("http://127.0.0.1:{port}/v1"),
+                    api_key: None,
+                    process: Some(process),
+                })
+            }
+            Some(Err(e)) => {
+                process.stop(self.config.stop_timeout).await;
+                self.failed(name, format!("replica {name}: {e}"));
+                None
+            }
+            None => {
+                tracing::info!(pool = %self.config.name, replica = %name, "stopped while starting");
+                process.stop(self.config.stop_timeout).await;
+                None
+            }
         }
+    }
+
+    /// Runs the replica's worker against `server` until told to stop or the server exits;
+    /// the worker is gone when this returns (its connections too: a server's graceful
+    /// shutdown would wait on them).
+    async fn serve(
+        self: &Arc<Self>,
+        name: &str,
+        server: &mut Server,
+        mut stop: watch::Receiver<bool>,
+        report: Arc<WorkerReport>,
+    ) -> Served {
         let model = self.config.upstream_model().to_string();
         let backend = match OpenAiBackend::new(OpenAiConfig {
-            url,
-            api_key,
+            url: server.url.clone(),
+            api_key: server.api_key.clone(),
             model: model.clone(),
             fixed_model: Some(model),
             ..OpenAiConfig::default()
         }) {
             Ok(b) => Arc::new(b),
-            Err(e) => {
-                self.failed(&name, format!("replica {name}: {e}"));
-                if let Some(p) = process {
-                    p.stop(self.config.stop_timeout).await;
-                }
-                self.retire(&name, started);
-                return;
-            }
+            Err(e) => return Served::NoWorker(format!("replica {name}: {e}")),
         };
         let mut config = WorkerConfig::new(format!("{}-{name}", default_worker_id()), self.lease);
         config.concurrency = self.config.concurrency as usize;
@@ -401,7 +411,7 @@ impl Pool {
         config.turns = Some(self.turns.clone());
         let server_gone = Arc::new(Notify::new());
         let shutdown = {
-            let (pool, name, server_gone) = (self.clone(), name.clone(), server_gone.clone());
+            let (pool, name, server_gone) = (self.clone(), name.to_string(), server_gone.clone());
             async move {
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => {}
@@ -410,65 +420,61 @@ impl Pool {
                 pool.with_replica(&name, |r| r.view.state = ReplicaState::Draining);
             }
         };
-        let crashed = {
-            // The worker (and its connections to the server) must be gone before the server
-            // is stopped, or the server's graceful shutdown waits on them.
-            let worker = run_worker(self.queue.clone(), backend, config, report, shutdown);
-            tokio::pin!(worker);
-            match process.as_mut() {
-                Some(p) => tokio::select! {
-                    _ = &mut worker => None,
-                    status = p.exited() => {
-                        server_gone.notify_one();
-                        worker.await;
-                        Some(match status {
-                            Ok(s) => s.to_string(),
-                            Err(e) => e.to_string(),
-                        })
-                    }
-                },
-                None => {
+        let worker = run_worker(self.queue.clone(), backend, config, report, shutdown);
+        tokio::pin!(worker);
+        match server.process.as_mut() {
+            Some(p) => tokio::select! {
+                _ = &mut worker => Served::Stopped,
+                status = p.exited() => {
+                    server_gone.notify_one();
                     worker.await;
-                    None
+                    Served::ServerExited(match status {
+                        Ok(s) => s.to_string(),
+                        Err(e) => e.to_string(),
+                    })
                 }
+            },
+            None => {
+                worker.await;
+                Served::Stopped
             }
-        };
-        if let Some(p) = process {
-            let how = p.stop(self.config.stop_timeout).await;
-            match (&crashed, how) {
-                (Some(status), _) => self.failed(
-                    &name,
-                    format!("replica {name}: the model server exited unexpectedly ({status}); its jobs are retried and it is replaced"),
-                ),
-                (None, StopOutcome::Killed) => tracing::warn!(
-                    pool = %self.config.name, replica = %name,
-                    stop_timeout_s = self.config.stop_timeout.as_secs_f64(),
-                    "model server ignored SIGTERM; killed"
-                ),
-                (None, _) => tracing::info!(pool = %self.config.name, replica = %name, "replica stopped"),
-            }
-        } else {
-            tracing::info!(pool = %self.config.name, replica = %name, "replica stopped");
         }
-        self.retire(&name, started);
+    }
+
+    /// Stops the replica's model server (if any) and records how the replica ended.
+    async fn stop_server(&self, name: &str, process: Option<ModelProcess>, served: Served) {
+        let how = match process {
+            Some(p) => Some(p.stop(self.config.stop_timeout).await),
+            None => None,
+        };
+        match (served, how) {
+            (Served::NoWorker(why), _) => self.failed(name, why),
+            (Served::ServerExited(status), _) => self.failed(
+                name,
+                format!("replica {name}: the model server exited unexpectedly ({status}); its jobs are retried and it is replaced"),
+            ),
+            (Served::Stopped, Some(StopOutcome::Killed)) => tracing::warn!(
+                pool = %self.config.name, replica = %name,
+                stop_timeout_s = self.config.stop_timeout.as_secs_f64(),
+                "model server ignored SIGTERM; killed"
+            ),
+            (Served::Stopped, _) => {
+                tracing::info!(pool = %self.config.name, replica = %name, "replica stopped")
+            }
+        }
     }
 
     fn ready(&self, name: &str, cold_start: Option<Duration>) {
         let mut st = self.lock();
         if let Some(cs) = cold_start {
             let secs = cs.as_secs_f64();
-            st.cold_starts.push_back(secs);
-            if st.cold_starts.len() > COLD_STARTS_KEPT {
-                st.cold_starts.pop_front();
-            }
-            st.cold_start_count += 1;
+            st.cold_starts.add(secs);
             self.metrics.cold_start(secs);
             tracing::info!(pool = %self.config.name, replica = %name, cold_start_s = secs, "replica ready");
         } else {
             tracing::info!(pool = %self.config.name, replica = %name, "replica ready (remote API)");
         }
-        st.failures = 0;
-        st.retry_at = None;
+        st.backoff.succeeded();
         if let Some(r) = st.replicas.iter_mut().find(|r| r.view.name == name) {
             r.view.cold_start_s = cold_start.map(|d| d.as_secs_f64());
             if r.view.state == ReplicaState::Starting {
@@ -484,11 +490,11 @@ impl Pool {
         let mut st = self.lock();
         if let Some(i) = st.replicas.iter().position(|r| r.view.name == name) {
             let r = st.replicas.remove(i);
-            st.retired_runs += r.report.runs.load(Ordering::Relaxed);
-            st.retired_run_time_us += r.report.run_time_us.load(Ordering::Relaxed);
+            st.usage.retired_runs += r.report.runs.load(Ordering::Relaxed);
+            st.usage.retired_run_time_us += r.report.run_time_us.load(Ordering::Relaxed);
         }
         let lived = started.elapsed().as_secs_f64();
-        st.retired_replica_seconds += lived;
+        st.usage.retired_replica_seconds += lived;
         self.metrics.replica_seconds(lived);
         self.update_gauges(&st);
         drop(st);
@@ -527,8 +533,6 @@ impl Pool {
     /// The pool's state now.
     pub fn status(&self) -> PoolStatus {
         let st = self.lock();
-        let mut sorted: Vec<f64> = st.cold_starts.iter().copied().collect();
-        sorted.sort_by(f64::total_cmp);
         let live: f64 = st
             .replicas
             .iter()
@@ -555,22 +559,16 @@ impl Pool {
                     ..r.view.clone()
                 })
                 .collect(),
-            pending: st.last_pending,
-            in_flight: st.last_in_flight,
-            last_decision: st.last_decision.clone(),
-            decisions: st.decisions.iter().cloned().collect(),
-            cold_starts: ColdStarts {
-                count: st.cold_start_count,
-                last_s: st.cold_starts.back().copied(),
-                p50_s: (!sorted.is_empty()).then(|| sorted[(sorted.len() - 1) / 2]),
-                mean_s: (!sorted.is_empty())
-                    .then(|| sorted.iter().sum::<f64>() / sorted.len() as f64),
-            },
-            replica_seconds: st.retired_replica_seconds + live,
+            pending: st.usage.last_pending,
+            in_flight: st.usage.last_in_flight,
+            last_decision: st.decisions.last.clone(),
+            decisions: st.decisions.kept.iter().cloned().collect(),
+            cold_starts: st.cold_starts.view(),
+            replica_seconds: st.usage.retired_replica_seconds + live,
             since_ms: self.since_ms,
-            peak_replicas: st.peak_replicas,
-            failures_in_a_row: st.failures,
-            last_failure: st.last_failure.clone(),
+            peak_replicas: st.usage.peak_replicas,
+            failures_in_a_row: st.backoff.failures,
+            last_failure: st.backoff.last_failure.clone(),
         }
     }
 

@@ -2,12 +2,13 @@
 //! heartbeat, record outcomes, and drain on shutdown.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use greenscale_core::{Finished, JobEvent, JobStatus, LeasedJob, Outcome, WorkerQueue};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::backend::ModelBackend;
@@ -91,98 +92,153 @@ pub async fn run_worker<B: ModelBackend>(
     report: Arc<WorkerReport>,
     shutdown: impl Future<Output = ()>,
 ) -> Arc<WorkerReport> {
-    let held: Held = Arc::default();
-    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
-    let background = [
-        tokio::spawn(heartbeat_loop(
-            queue.clone(),
-            config.id.clone(),
-            config.models.clone(),
-            config.heartbeat_every,
-        )),
-        tokio::spawn(maintain_loop(queue.clone(), config.maintain_every)),
-        tokio::spawn(cancel_loop(queue.clone(), held.clone())),
-    ];
-    tracing::info!(worker = %config.id, concurrency = config.concurrency, "worker started");
+    let mut worker = Worker {
+        held: Arc::default(),
+        slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+        tasks: JoinSet::new(),
+        outage: None,
+        queue,
+        backend,
+        config,
+        report,
+    };
+    let background = worker.start_background();
+    tracing::info!(worker = %worker.config.id, concurrency = worker.config.concurrency, "worker started");
     tokio::pin!(shutdown);
-    let mut outage: Option<Instant> = None;
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-        };
-        while tasks.try_join_next().is_some() {}
-        // Alone, lease for every free slot; sharing a pool, one job per turn.
-        let (want, wait, _turn) = match &config.turns {
-            None => (1 + slots.available_permits(), Duration::from_secs(1), None),
-            Some(turns) => {
-                let turn = tokio::select! {
-                    biased;
-                    _ = &mut shutdown => break,
-                    t = turns.take(report.in_flight.load(Ordering::Relaxed)) => t,
-                };
-                (1, TURN_LEASE_WAIT, Some(turn))
-            }
-        };
-        let leased = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            r = queue.lease(&config.id, want, wait) => r,
-        };
-        let jobs = match leased {
-            Ok(jobs) => {
-                if let Some(since) = outage.take() {
-                    tracing::info!(
-                        after_ms = since.elapsed().as_millis() as u64,
-                        "queue reachable again"
-                    );
-                    // A lease whose reply was lost in the outage left entries this worker
-                    // does not know it holds: hand them back.
-                    let mut holding: Vec<String> = held
-                        .lock()
-                        .expect("held jobs lock")
-                        .values()
-                        .map(|h| h.job.token.clone())
-                        .collect();
-                    holding.extend(jobs.iter().map(|j| j.token.clone()));
-                    match queue.reclaim_unknown(&config.id, &holding).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::warn!(
-                            jobs = n,
-                            "handed back jobs leased while the queue was unreachable"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not check for leases lost in the outage; they return when the lease expires")
-                        }
+    while let Some((permit, jobs)) = worker.lease(shutdown.as_mut()).await {
+        worker.run(permit, jobs);
+    }
+    worker.drain(background).await
+}
+
+/// One worker's run-time state: what it holds, its free slots and its job tasks.
+struct Worker<B> {
+    queue: Arc<dyn WorkerQueue>,
+    backend: Arc<B>,
+    config: WorkerConfig,
+    report: Arc<WorkerReport>,
+    held: Held,
+    slots: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    /// Since when leasing fails (the queue is unreachable).
+    outage: Option<Instant>,
+}
+
+impl<B: ModelBackend> Worker<B> {
+    /// The heartbeat, maintenance and cancellation loops; aborted when the worker stops.
+    fn start_background(&self) -> [tokio::task::JoinHandle<()>; 3] {
+        [
+            tokio::spawn(heartbeat_loop(
+                self.queue.clone(),
+                self.config.id.clone(),
+                self.config.models.clone(),
+                self.config.heartbeat_every,
+            )),
+            tokio::spawn(maintain_loop(
+                self.queue.clone(),
+                self.config.maintain_every,
+            )),
+            tokio::spawn(cancel_loop(self.queue.clone(), self.held.clone())),
+        ]
+    }
+
+    /// Waits for a free slot and leases jobs for it (for every free slot when alone; one per
+    /// turn when sharing a pool), waiting out queue outages. `None` once `shutdown` is done.
+    async fn lease(
+        &mut self,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<(OwnedSemaphorePermit, Vec<LeasedJob>)> {
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => return None,
+                permit = self.slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            };
+            while self.tasks.try_join_next().is_some() {}
+            let (want, wait, _turn) = match &self.config.turns {
+                None => (
+                    1 + self.slots.available_permits(),
+                    Duration::from_secs(1),
+                    None,
+                ),
+                Some(turns) => {
+                    let turn = tokio::select! {
+                        biased;
+                        _ = shutdown.as_mut() => return None,
+                        t = turns.take(self.report.in_flight.load(Ordering::Relaxed)) => t,
+                    };
+                    (1, TURN_LEASE_WAIT, Some(turn))
+                }
+            };
+            let leased = tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => return None,
+                r = self.queue.lease(&self.config.id, want, wait) => r,
+            };
+            match leased {
+                Ok(jobs) => {
+                    if let Some(since) = self.outage.take() {
+                        self.recover(since, &jobs).await;
+                    }
+                    return Some((first, jobs));
+                }
+                Err(e) => {
+                    if self.outage.is_none() {
+                        tracing::warn!(error = %e, "cannot lease jobs; retrying until the queue is back");
+                        self.outage = Some(Instant::now());
+                    }
+                    drop(first);
+                    tokio::select! {
+                        _ = shutdown.as_mut() => return None,
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                     }
                 }
-                jobs
             }
+        }
+    }
+
+    /// After an outage: a lease whose reply was lost left entries this worker does not know
+    /// it holds (it holds what it runs and `leased`); hands them back.
+    async fn recover(&self, since: Instant, leased: &[LeasedJob]) {
+        tracing::info!(
+            after_ms = since.elapsed().as_millis() as u64,
+            "queue reachable again"
+        );
+        let mut holding: Vec<String> = self
+            .held
+            .lock()
+            .expect("held jobs lock")
+            .values()
+            .map(|h| h.job.token.clone())
+            .collect();
+        holding.extend(leased.iter().map(|j| j.token.clone()));
+        match self.queue.reclaim_unknown(&self.config.id, &holding).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                jobs = n,
+                "handed back jobs leased while the queue was unreachable"
+            ),
             Err(e) => {
-                if outage.is_none() {
-                    tracing::warn!(error = %e, "cannot lease jobs; retrying until the queue is back");
-                    outage = Some(Instant::now());
-                }
-                drop(first);
-                tokio::select! {
-                    _ = &mut shutdown => break,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
-                }
+                tracing::warn!(error = %e, "could not check for leases lost in the outage; they return when the lease expires")
             }
-        };
+        }
+    }
+
+    /// Runs each leased job in its own task, holding a slot: `first` for the first, one
+    /// free slot each for the others (never more jobs are leased than slots are free).
+    fn run(&mut self, first: OwnedSemaphorePermit, jobs: Vec<LeasedJob>) {
         let mut first = Some(first);
         for job in jobs {
             let permit = match first.take() {
                 Some(p) => p,
-                None => slots
+                None => self
+                    .slots
                     .clone()
                     .try_acquire_owned()
                     .expect("never leases more jobs than free slots"),
             };
             let stop = Arc::new(Notify::new());
-            held.lock().expect("held jobs lock").insert(
+            self.held.lock().expect("held jobs lock").insert(
                 job.spec.job_id.clone(),
                 HeldJob {
                     job: job.clone(),
@@ -190,14 +246,14 @@ pub async fn run_worker<B: ModelBackend>(
                 },
             );
             let (queue, backend, held, report, worker) = (
-                queue.clone(),
-                backend.clone(),
-                held.clone(),
-                report.clone(),
-                config.id.clone(),
+                self.queue.clone(),
+                self.backend.clone(),
+                self.held.clone(),
+                self.report.clone(),
+                self.config.id.clone(),
             );
             report.in_flight.fetch_add(1, Ordering::Relaxed);
-            tasks.spawn(async move {
+            self.tasks.spawn(async move {
                 run_one(&*queue, &*backend, &worker, &job, &stop, &report).await;
                 report.in_flight.fetch_sub(1, Ordering::Relaxed);
                 held.lock()
@@ -208,53 +264,60 @@ pub async fn run_worker<B: ModelBackend>(
         }
     }
 
-    let running = held.lock().expect("held jobs lock").len();
-    tracing::info!(
-        in_flight = running,
-        grace_s = config.grace.as_secs_f64(),
-        "stopping: no new jobs, letting in-flight jobs finish"
-    );
-    let drained = tokio::time::timeout(config.grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_ok();
-    if !drained {
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-        report.in_flight.store(0, Ordering::Relaxed);
-        let unfinished: Vec<LeasedJob> = held
-            .lock()
-            .expect("held jobs lock")
-            .drain()
-            .map(|(_, h)| h.job)
-            .collect();
-        for job in unfinished {
-            match retry_queue_op(|| queue.release(&config.id, &job), 10).await {
-                Ok(()) => {
-                    report.handed_back.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(job_id = %job.spec.job_id, "grace period over: job handed back to the queue");
-                }
-                Err(e) => {
-                    tracing::error!(job_id = %job.spec.job_id, error = %e, "could not hand the job back; it returns when this worker's lease expires")
+    /// Stops: lets in-flight jobs finish within the grace, hands back the rest, ends the
+    /// background loops and deregisters.
+    async fn drain(mut self, background: [tokio::task::JoinHandle<()>; 3]) -> Arc<WorkerReport> {
+        let (queue, config, report) = (self.queue.clone(), &self.config, &self.report);
+        let running = self.held.lock().expect("held jobs lock").len();
+        tracing::info!(
+            in_flight = running,
+            grace_s = config.grace.as_secs_f64(),
+            "stopping: no new jobs, letting in-flight jobs finish"
+        );
+        let tasks = &mut self.tasks;
+        let drained = tokio::time::timeout(config.grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            report.in_flight.store(0, Ordering::Relaxed);
+            let unfinished: Vec<LeasedJob> = self
+                .held
+                .lock()
+                .expect("held jobs lock")
+                .drain()
+                .map(|(_, h)| h.job)
+                .collect();
+            for job in unfinished {
+                match retry_queue_op(|| queue.release(&config.id, &job), 10).await {
+                    Ok(()) => {
+                        report.handed_back.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(job_id = %job.spec.job_id, "grace period over: job handed back to the queue");
+                    }
+                    Err(e) => {
+                        tracing::error!(job_id = %job.spec.job_id, error = %e, "could not hand the job back; it returns when this worker's lease expires")
+                    }
                 }
             }
         }
+        for task in background {
+            task.abort();
+        }
+        if let Err(e) = retry_queue_op(|| queue.deregister(&config.id), 10).await {
+            tracing::error!(error = %e, "could not deregister; anything held returns when the lease expires");
+        }
+        tracing::info!(
+            succeeded = report.succeeded.load(Ordering::Relaxed),
+            failed = report.failed.load(Ordering::Relaxed),
+            retried = report.retried.load(Ordering::Relaxed),
+            handed_back = report.handed_back.load(Ordering::Relaxed),
+            "worker stopped"
+        );
+        self.report
     }
-    for task in background {
-        task.abort();
-    }
-    if let Err(e) = retry_queue_op(|| queue.deregister(&config.id), 10).await {
-        tracing::error!(error = %e, "could not deregister; anything held returns when the lease expires");
-    }
-    tracing::info!(
-        succeeded = report.succeeded.load(Ordering::Relaxed),
-        failed = report.failed.load(Ordering::Relaxed),
-        retried = report.retried.load(Ordering::Relaxed),
-        handed_back = report.handed_back.load(Ordering::Relaxed),
-        "worker stopped"
-    );
-    report
 }
 
 async fn run_one<B: ModelBackend>(
