@@ -8,7 +8,7 @@ use greenscale_queue::RedisQueue;
 use serde_json::{Value, json};
 
 use crate::cli::{QueueArgs, ServerArgs};
-use crate::commands::redacted;
+use crate::commands::shared::redacted;
 
 /// A connection to the jobs: the queue itself, or the HTTP API.
 #[allow(clippy::large_enum_variant)]

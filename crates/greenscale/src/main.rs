@@ -7,9 +7,6 @@ mod cli;
 mod client;
 mod commands;
 mod init;
-mod scaler;
-mod sim;
-mod up;
 
 use clap::Parser;
 

@@ -12,7 +12,7 @@ use greenscale_scaler::actuator::{Actuator, ActuatorConfig};
 use greenscale_scaler::{ExternalScalerServer, Scaler, ScalerMetrics, TargetSettings};
 
 use crate::cli::{ScalerArgs, redis_url_or_fallback};
-use crate::commands::{redacted, shutdown_signal};
+use crate::commands::shared::{redacted, shutdown_signal};
 
 /// Runs the scaler until SIGTERM or SIGINT.
 pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
@@ -70,7 +70,7 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
         ));
     }
 
-    let listener = crate::commands::bind(args.http_listen).await?;
+    let listener = crate::commands::shared::bind(args.http_listen).await?;
     let http = tokio::spawn(greenscale_scaler::metrics::serve_http(
         listener,
         metrics.clone(),

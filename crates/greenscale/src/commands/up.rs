@@ -15,7 +15,7 @@ use greenscale_gateway::{Route, Routes};
 use greenscale_queue::{RedisQueue, SqliteQueue};
 
 use crate::cli::UpArgs;
-use crate::commands::{bind, build_gateway, redacted, shutdown_signal};
+use crate::commands::shared::{bind, build_gateway, redacted, shutdown_signal};
 
 /// The pools `up` runs: from the file, the single-pool flags, or the demo pool.
 fn pools(args: &UpArgs) -> anyhow::Result<Vec<PoolConfig>> {
@@ -266,7 +266,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(
-        axum::serve(crate::commands::without_nagle(listener), app)
+        axum::serve(crate::commands::shared::without_nagle(listener), app)
             .with_graceful_shutdown(async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             })

@@ -1,0 +1,172 @@
+//! Helpers the subcommands share: queue connections, signals, the HTTP listener, times, and the checks `submit` and `status` both make.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use greenscale_core::status::PoolStatus;
+use greenscale_queue::RedisQueue;
+
+use crate::cli::{HttpArgs, QueueArgs};
+
+/// A Redis URL with any password replaced, for logs.
+pub(crate) fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+pub(crate) async fn open_queue(args: &QueueArgs) -> anyhow::Result<RedisQueue> {
+    let url = args.redis_url();
+    let queue = RedisQueue::connect(&url, &args.list, args.tuning.queue_config())?;
+    Ok(queue)
+}
+
+pub(crate) async fn connected_queue(args: &QueueArgs) -> anyhow::Result<RedisQueue> {
+    let queue = open_queue(args).await?;
+    queue.ping().await.with_context(|| {
+        format!(
+            "cannot reach Redis at {} (set --redis-url or REDIS_URL)",
+            redacted(&args.redis_url())
+        )
+    })?;
+    Ok(queue)
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// The gateway for `routes`, configured from the HTTP flags. Fails when the listen address
+/// would expose an unauthenticated API.
+pub(crate) fn build_gateway(
+    http: &HttpArgs,
+    routes: greenscale_gateway::Routes,
+    models: Vec<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<greenscale_gateway::Gateway> {
+    let keys = greenscale_gateway::ApiKeys::new(http.api_keys.clone());
+    greenscale_gateway::check_exposure(&http.listen, &keys)?;
+    let config = greenscale_gateway::GatewayConfig {
+        api_keys: keys,
+        wait_deadline: http.wait_deadline,
+        max_pending: http.max_pending,
+        max_body_bytes: http.max_body_bytes,
+        limits: greenscale_core::Limits {
+            max_prompt_chars: http.max_prompt_chars,
+            ..greenscale_core::Limits::default()
+        },
+        models,
+    };
+    Ok(greenscale_gateway::Gateway::new(routes, config, stop))
+}
+
+/// Binds the HTTP listener, saying which address failed.
+pub(crate) async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))
+}
+
+/// The HTTP listener with `TCP_NODELAY` on every accepted connection, so that small writes
+/// (streamed chunks, one per token) go out at once instead of waiting, by Nagle's algorithm,
+/// for the client's delayed ACK of the previous one (up to 40 ms).
+pub(crate) fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn nodelay(stream: &mut tokio::net::TcpStream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    }
+    listener.tap_io(nodelay as fn(&mut tokio::net::TcpStream))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn ago(ms: Option<u64>, now: u64) -> String {
+    match ms {
+        Some(t) => format!("{:.1} s ago", now.saturating_sub(t) as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+/// Where `greenscale up` listens by default.
+pub(crate) const UP_DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// Without `--url`, `submit` and `status` use Redis; when a `greenscale up` answers on its
+/// default address, that is almost certainly not what was meant: say where `what` went.
+pub(crate) async fn warn_if_up_runs_here(queue: &QueueArgs, what: &str) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build();
+    let Ok(client) = client else { return };
+    let answered = match client
+        .get(format!("{UP_DEFAULT_URL}/v1/pools"))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r
+            .json::<serde_json::Value>()
+            .await
+            .is_ok_and(|v| v.as_array().is_some_and(|a| !a.is_empty())),
+        _ => false,
+    };
+    if answered {
+        eprintln!(
+            "note: {what} Redis at {} (list {}), but a `greenscale up` is running at {UP_DEFAULT_URL}; \
+             to use it, add --url {UP_DEFAULT_URL}",
+            redacted(&queue.redis_url()),
+            queue.list
+        );
+    }
+}
+
+/// For the pool serving `model` (or the only pool), its failed starts in a row and a line
+/// saying so, when there are any.
+pub(crate) fn failing_pool(pools: &[PoolStatus], model: Option<&str>) -> Option<(u32, String)> {
+    let pool = match model {
+        Some(m) => pools.iter().find(|p| p.name == m),
+        None if pools.len() == 1 => pools.first(),
+        None => None,
+    }?;
+    let failures = Some(pool.failures_in_a_row).filter(|n| *n > 0)?;
+    Some((
+        failures,
+        format!(
+            "pool {}: {failures} failed starts in a row, last: {}",
+            pool.name,
+            pool.last_failure.as_deref().unwrap_or("unknown")
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+    }
+}
