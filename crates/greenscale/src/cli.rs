@@ -537,7 +537,7 @@ pub fn init_logging(format: LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // A model server's own lines carry their own time and level: in text logs they are
     // shown as they are, not wrapped in ours.
-    greenscale_autoscaler::model_output_as_is(matches!(format, LogFormat::Text));
+    greenscale_local::model_output_as_is(matches!(format, LogFormat::Text));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

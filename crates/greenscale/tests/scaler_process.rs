@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use greenscale_scaler::proto::ScaledObjectRef;
-use greenscale_scaler::proto::external_scaler_client::ExternalScalerClient;
+use greenscale_kubernetes::proto::ScaledObjectRef;
+use greenscale_kubernetes::proto::external_scaler_client::ExternalScalerClient;
 use greenscale_testkit::{RedisServer, free_port, keda};
 
 mod common;

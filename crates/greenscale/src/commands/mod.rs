@@ -29,8 +29,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::DeadLetter(args) => dead_letter::dead_letter(args).await,
         Command::Sim(args) => sim::run(args),
         Command::ReplicaGuard(args) => {
-            let code = greenscale_autoscaler::run_guard(&args.command.join(" "), args.stop_timeout)
-                .await?;
+            let code =
+                greenscale_local::run_guard(&args.command.join(" "), args.stop_timeout).await?;
             // Exit at once: the runtime would otherwise wait for the thread blocked reading
             // standard input.
             std::process::exit(code)

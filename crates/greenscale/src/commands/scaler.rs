@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use greenscale_core::QueueConfig;
+use greenscale_kubernetes::actuator::{Actuator, ActuatorConfig};
+use greenscale_kubernetes::{ExternalScalerServer, Scaler, ScalerMetrics, TargetSettings};
 use greenscale_queue::RedisQueue;
-use greenscale_scaler::actuator::{Actuator, ActuatorConfig};
-use greenscale_scaler::{ExternalScalerServer, Scaler, ScalerMetrics, TargetSettings};
 
 use crate::cli::{ScalerArgs, redis_url_or_fallback};
 use crate::commands::shared::{redacted, shutdown_signal};
@@ -71,7 +71,7 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
     }
 
     let listener = crate::commands::shared::bind(args.http_listen).await?;
-    let http = tokio::spawn(greenscale_scaler::metrics::serve_http(
+    let http = tokio::spawn(greenscale_kubernetes::metrics::serve_http(
         listener,
         metrics.clone(),
         stopped(stop_rx.clone()),
@@ -88,7 +88,7 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
         Err(e) => anyhow::bail!("--redis-url {}: {e}", redacted(&url)),
     }
     let redis_url = url.clone();
-    let open: greenscale_scaler::external::OpenQueue = Arc::new(move |list: &str| {
+    let open: greenscale_kubernetes::external::OpenQueue = Arc::new(move |list: &str| {
         let queue = RedisQueue::connect(&redis_url, list, QueueConfig::default())?;
         Ok(Arc::new(queue) as Arc<dyn greenscale_core::Reader>)
     });
@@ -96,8 +96,11 @@ pub async fn run(args: ScalerArgs) -> anyhow::Result<ExitCode> {
     let mut server = tonic::transport::Server::builder();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            let config =
-                greenscale_scaler::tls::server_config(cert, key, args.tls_client_ca.as_deref())?;
+            let config = greenscale_kubernetes::tls::server_config(
+                cert,
+                key,
+                args.tls_client_ca.as_deref(),
+            )?;
             server = server
                 .tls_config(config)
                 .context("cannot set up gRPC TLS")?;

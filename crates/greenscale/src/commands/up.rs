@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use greenscale_autoscaler::{
-    AutoscalerMetrics, GuardProgram, Pool, PoolBackend, PoolConfig, autoscaler, config,
-};
 use greenscale_core::{Consumer, Queue};
 use greenscale_gateway::{Route, Routes};
+use greenscale_local::{
+    AutoscalerMetrics, GuardProgram, Pool, PoolBackend, PoolConfig, autoscaler, config,
+};
 use greenscale_queue::{RedisQueue, SqliteQueue};
 
 use crate::cli::UpArgs;

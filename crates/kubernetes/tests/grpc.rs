@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use greenscale_core::{Completion, Consumer, JobSpec, Outcome, Producer, QueueConfig, Reader};
+use greenscale_kubernetes::external::OpenQueue;
+use greenscale_kubernetes::proto::external_scaler_client::ExternalScalerClient;
+use greenscale_kubernetes::proto::{GetMetricsRequest, ScaledObjectRef};
+use greenscale_kubernetes::{ExternalScalerServer, Scaler, ScalerMetrics};
 use greenscale_queue::RedisQueue;
-use greenscale_scaler::external::OpenQueue;
-use greenscale_scaler::proto::external_scaler_client::ExternalScalerClient;
-use greenscale_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
-use greenscale_scaler::{ExternalScalerServer, Scaler, ScalerMetrics};
 use greenscale_testkit::{RedisServer, free_port, keda};
 use tonic::transport::Channel;
 

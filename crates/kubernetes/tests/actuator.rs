@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use greenscale_core::{JobSpec, Producer, QueueConfig};
+use greenscale_kubernetes::actuator::{Actuator, ActuatorConfig, Step};
+use greenscale_kubernetes::{ScalerMetrics, TargetSettings};
 use greenscale_queue::RedisQueue;
-use greenscale_scaler::actuator::{Actuator, ActuatorConfig, Step};
-use greenscale_scaler::{ScalerMetrics, TargetSettings};
 use greenscale_testkit::RedisServer;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
