@@ -165,28 +165,24 @@ impl SqliteQueue {
 
     /// Makes every delayed retry due now (an operator's "retry now").
     pub async fn make_retries_due(&self) -> Result<u64, QueueError> {
-        self.tx(|tx, ctx| {
-            tx.execute(
-                "UPDATE entries SET due_ms = 0 WHERE list = ?1 AND state = 'delayed'",
-                params![ctx.list],
-            )
-            .map(|n| n as u64)
-            .map_err(db_error)
-        })
-        .await
+        self.update_list("UPDATE entries SET due_ms = 0 WHERE list = ?1 AND state = 'delayed'")
+            .await
     }
 
     /// Treats every worker of this queue as dead now (for the single owner of the database,
     /// at startup: leases of a previous run are handed back by the next maintenance pass
     /// instead of waiting for them to expire). Returns how many there were.
     pub async fn expire_all_workers(&self) -> Result<u64, QueueError> {
-        self.tx(|tx, ctx| {
-            tx.execute(
-                "UPDATE workers SET deadline_ms = 0 WHERE list = ?1",
-                params![ctx.list],
-            )
-            .map(|n| n as u64)
-            .map_err(db_error)
+        self.update_list("UPDATE workers SET deadline_ms = 0 WHERE list = ?1")
+            .await
+    }
+
+    /// Runs `sql`, whose one parameter is this queue's list; returns the rows changed.
+    async fn update_list(&self, sql: &'static str) -> Result<u64, QueueError> {
+        self.tx(move |tx, ctx| {
+            tx.execute(sql, params![ctx.list])
+                .map(|n| n as u64)
+                .map_err(db_error)
         })
         .await
     }

@@ -450,10 +450,6 @@ impl Policy for GreenScale {
         }
         Decision { desired, reason }
     }
-
-    fn on_arrival(&mut self, obs: &Observation) -> Option<Decision> {
-        Some(self.decide(obs))
-    }
 }
 
 #[cfg(test)]

@@ -214,10 +214,6 @@ impl Policy for Histogram {
         .min(obs.max_replicas);
         Decision { desired, reason }
     }
-
-    fn on_arrival(&mut self, obs: &Observation) -> Option<Decision> {
-        Some(self.decide(obs))
-    }
 }
 
 #[cfg(test)]

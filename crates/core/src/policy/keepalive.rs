@@ -65,10 +65,6 @@ impl Policy for KeepAlive {
             reason,
         }
     }
-
-    fn on_arrival(&mut self, obs: &Observation) -> Option<Decision> {
-        Some(self.decide(obs))
-    }
 }
 
 #[cfg(test)]

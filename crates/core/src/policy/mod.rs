@@ -337,9 +337,11 @@ pub trait Policy: Send {
     fn decide(&mut self, obs: &Observation) -> Decision;
 
     /// Called when a job arrives (after it is counted in `obs`). Push-capable policies
-    /// answer at once (waking from zero without waiting for a tick); poll-driven ones
-    /// (KEDA) return `None`.
-    fn on_arrival(&mut self, obs: &Observation) -> Option<Decision>;
+    /// answer at once (waking from zero without waiting for a tick): by default, with the
+    /// decision a tick would make now. Poll-driven ones (KEDA) return `None`.
+    fn on_arrival(&mut self, obs: &Observation) -> Option<Decision> {
+        Some(self.decide(obs))
+    }
 }
 
 /// Errors in a policy spec.
