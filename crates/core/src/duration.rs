@@ -6,17 +6,12 @@ use crate::InvalidInput;
 
 /// Parses `250ms`, `30s`, `10m`, `2h`, `1d`, `1.5s`, or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, InvalidInput> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
+    let (value, unit) = number_and_unit(text).ok_or_else(|| {
         InvalidInput(format!(
             "{text:?} is not a duration (try 500ms, 30s, 10m, 24h)"
         ))
     })?;
-    let scale = match unit.trim() {
+    let scale = match unit {
         "ms" => 0.001,
         "" | "s" | "sec" | "secs" => 1.0,
         "m" | "min" | "mins" => 60.0,
@@ -33,6 +28,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, InvalidInput> {
         return Err(InvalidInput(format!("{text:?} is too long")));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Splits `1.5GiB` into `1.5` and `GiB` (the unit trimmed); `None` without a number.
+pub(crate) fn number_and_unit(text: &str) -> Option<(f64, &str)> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod sim;
+pub mod size;
 pub mod status;
 
 pub use duration::parse_duration;
@@ -22,3 +23,4 @@ pub use queue::{
     JobPage, LeasedJob, Maintenance, Outcome, Producer, Queue, QueueConfig, QueueError, QueueStats,
     Reader, WorkerQueue, cursor_after, parse_cursor,
 };
+pub use size::{format_bytes, parse_bytes};

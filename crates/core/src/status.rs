@@ -52,6 +52,9 @@ pub struct ReplicaView {
     pub pgid: Option<u32>,
     /// Jobs running on it now.
     pub in_flight: u64,
+    /// The GPUs it is placed on (empty without GPU limits).
+    #[serde(default)]
+    pub gpus: Vec<u32>,
 }
 
 /// One recorded scaling decision.
@@ -129,4 +132,62 @@ pub struct PoolStatus {
     pub failures_in_a_row: u32,
     /// The latest failure.
     pub last_failure: Option<String>,
+    /// What one replica needs of the GPUs, if anything.
+    #[serde(default)]
+    pub gpu_need: Option<GpuNeed>,
+    /// Replicas of this pool stopped to make room for another pool's (swaps).
+    #[serde(default)]
+    pub evicted: u64,
+    /// Since when a replica is wanted but no GPU has room for it, Unix ms.
+    #[serde(default)]
+    pub waiting_for_gpu_since_ms: Option<u64>,
+}
+
+/// What one replica of a pool needs of the GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuNeed {
+    /// Devices.
+    pub devices: u32,
+    /// Memory on each, bytes; `None`: each device whole.
+    pub memory_bytes: Option<u64>,
+}
+
+/// Where a machine's accelerator count comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuSource {
+    /// Read from the driver (NVML).
+    Detected,
+    /// Declared in the pools file or with `--gpu`.
+    Declared,
+}
+
+/// Memory one replica holds on one GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuHold {
+    /// The pool.
+    pub pool: String,
+    /// The replica.
+    pub replica: String,
+    /// Its state.
+    pub state: ReplicaState,
+    /// Bytes it holds.
+    pub memory_bytes: u64,
+}
+
+/// One GPU of the machine and what is placed on it, as served at `/v1/gpus`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuStatus {
+    /// Device index (what `CUDA_VISIBLE_DEVICES` names).
+    pub index: u32,
+    /// Device name (`declared` when declared).
+    pub name: String,
+    /// Detected or declared.
+    pub source: GpuSource,
+    /// Its memory, bytes.
+    pub memory_bytes: u64,
+    /// Bytes not held by any replica.
+    pub free_bytes: u64,
+    /// What the replicas placed on it hold.
+    pub held: Vec<GpuHold>,
 }

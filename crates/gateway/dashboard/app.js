@@ -210,6 +210,11 @@ function poolCard(p, windowS) {
     const c = p.cold_starts || {};
     rows.push(["cold starts", c.count ? `${c.count}; last ${secs(c.last_s)}, p50 ${secs(c.p50_s)}` : "none yet", "cold-starts"]);
     if (p.last_failure) rows.push(["last failure", `${p.last_failure} (${p.failures_in_a_row} in a row)`, "failure"]);
+    if (p.gpu_need) {
+      const each = p.gpu_need.memory_bytes ? size(p.gpu_need.memory_bytes) : "a whole GPU";
+      const waiting = p.waiting_for_gpu_since_ms ? `; waiting for room ${ago(p.waiting_for_gpu_since_ms)}` : "";
+      rows.push(["GPUs", `${p.gpu_need.devices} × ${each} per replica; evicted ${p.evicted} time(s) for other pools${waiting}`, "gpu"]);
+    }
   }
   const t = p.timings || {};
   const pair = (x) => (x && x.n ? `p50 ${secs(x.p50_s)}, p95 ${secs(x.p95_s)}` : "–");
@@ -244,10 +249,27 @@ function poolCard(p, windowS) {
   return card;
 }
 
+function size(bytes) {
+  const gib = bytes / 2 ** 30;
+  return gib >= 1 ? `${gib.toFixed(gib % 1 ? 1 : 0)} GiB` : `${Math.round(bytes / 2 ** 20)} MiB`;
+}
+
+// One GPU: its memory, and which replica holds how much of it, in which state.
+function gpuCard(g) {
+  const card = el("article", { class: "card pool", "data-gpu": String(g.index), "aria-label": `GPU ${g.index}` },
+    el("h3", {}, `GPU ${g.index}`, el("span", { class: "badge" }, g.source === "declared" ? "declared" : g.name)));
+  const rows = [["memory", `${size(g.memory_bytes)}, ${size(g.free_bytes)} free`, "gpu-free"]];
+  for (const h of g.held) rows.push([h.replica, `${size(h.memory_bytes)} (${h.state})`, "gpu-held"]);
+  if (!g.held.length) rows.push(["held", "nothing: every pool on it is at zero"]);
+  card.append(facts(rows));
+  return card;
+}
+
 function renderOverview(o) {
   overview = o;
   const box = $("pools");
   box.replaceChildren(...o.pools.map((p) => poolCard(p, o.timings_window_s)));
+  $("gpus").replaceChildren(...(o.gpus || []).map(gpuCard));
   $("connection").textContent = `live — updated ${new Date(o.now_ms).toLocaleTimeString()}`;
   renderDeploy();
 }

@@ -12,7 +12,7 @@ use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use greenscale_core::status::PoolStatus;
+use greenscale_core::status::{GpuStatus, PoolStatus};
 use greenscale_core::{JobRecord, JobStatus, QueueStats};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -24,6 +24,11 @@ use crate::error::ApiError;
 pub trait PoolsStatus: Send + Sync {
     /// The pools now.
     fn pools(&self) -> Vec<PoolStatus>;
+
+    /// The GPUs and what is placed on them (none without GPU limits).
+    fn gpus(&self) -> Vec<GpuStatus> {
+        Vec::new()
+    }
 }
 
 /// How often the overview is rebuilt while someone watches it.
@@ -117,6 +122,7 @@ struct Overview {
     managed: bool,
     timings_window_s: u64,
     pools: Vec<PoolOverview>,
+    gpus: Vec<GpuStatus>,
 }
 
 /// The dashboard's shared state: the latest overview and the sampled timeline.
@@ -209,6 +215,7 @@ async fn build_overview(
         managed: managed.is_some(),
         timings_window_s: TIMINGS_WINDOW.as_secs(),
         pools,
+        gpus: g.pools.as_ref().map(|p| p.gpus()).unwrap_or_default(),
     })
 }
 
@@ -446,6 +453,16 @@ pub async fn history(
     security(("bearer" = [])))]
 pub async fn pools(State(g): State<Gateway>) -> axum::Json<Vec<PoolStatus>> {
     axum::Json(g.pools.as_ref().map(|p| p.pools()).unwrap_or_default())
+}
+
+/// The GPUs under `greenscale up` and what each holds: memory per replica, in which state
+/// (`[]` without GPU limits, and for a standalone gateway).
+#[utoipa::path(get, path = "/v1/gpus",
+    responses((status = 200, description = "one object per GPU", body = Vec<Object>),
+        (status = 401, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn gpus(State(g): State<Gateway>) -> axum::Json<Vec<GpuStatus>> {
+    axum::Json(g.pools.as_ref().map(|p| p.gpus()).unwrap_or_default())
 }
 
 const INDEX: &str = include_str!("../dashboard/index.html");

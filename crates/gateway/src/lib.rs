@@ -158,6 +158,7 @@ impl Gateway {
         openai::chat_completions,
         openai::list_models,
         dashboard::pools,
+        dashboard::gpus,
         dashboard::history,
         healthz,
         readyz,
@@ -216,6 +217,7 @@ pub fn app(gateway: Gateway) -> Router {
         )
         .route("/v1/models", get(openai::list_models))
         .route("/v1/pools", get(dashboard::pools))
+        .route("/v1/gpus", get(dashboard::gpus))
         .route("/v1/dashboard/events", get(dashboard::events))
         .route("/v1/dashboard/history", get(dashboard::history))
         .route_layer(axum::middleware::from_fn_with_state(

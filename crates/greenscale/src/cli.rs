@@ -249,6 +249,10 @@ pub struct UpArgs {
     /// Health-check path of --model-cmd servers.
     #[arg(long, env = "GREENSCALE_HEALTH_PATH", default_value = "/health")]
     pub health_path: String,
+    /// A GPU replicas are placed on, by its memory (e.g. 80GiB); repeat for each. Replaces
+    /// the pools file's [[gpu]] tables and what the driver reports.
+    #[arg(long = "gpu", value_name = "MEMORY", value_parser = parse_gpu_memory)]
+    pub gpus: Vec<u64>,
     /// Scaling policy of the single pool (see `greenscale sim --help` for the names).
     #[arg(long, env = "GREENSCALE_POLICY", default_value = "greenscale", value_parser = Spec::parse)]
     pub policy: Spec,
@@ -541,6 +545,16 @@ pub fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Reads a `--gpu` memory size.
+fn parse_gpu_memory(text: &str) -> Result<u64, greenscale_core::InvalidInput> {
+    match greenscale_core::parse_bytes(text)? {
+        0 => Err(greenscale_core::InvalidInput(
+            "a GPU's memory must be more than 0".into(),
+        )),
+        bytes => Ok(bytes),
     }
 }
 

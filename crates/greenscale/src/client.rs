@@ -2,7 +2,7 @@
 //! gateway or `greenscale up` over HTTP.
 
 use anyhow::{Context, bail};
-use greenscale_core::status::PoolStatus;
+use greenscale_core::status::{GpuStatus, PoolStatus};
 use greenscale_core::{JobRecord, JobSpec, Producer, QueueStats, Reader};
 use greenscale_queue::RedisQueue;
 use serde_json::{Value, json};
@@ -144,16 +144,28 @@ impl JobsClient {
         }
     }
 
+    /// The GPUs of a `greenscale up` and what they hold (none without GPU limits).
+    pub async fn gpus(&self) -> anyhow::Result<Vec<GpuStatus>> {
+        self.list("/v1/gpus", "GPU status").await
+    }
+
     /// The pools of a `greenscale up` (none for Redis or a standalone gateway).
     pub async fn pools(&self) -> anyhow::Result<Vec<PoolStatus>> {
+        self.list("/v1/pools", "pool status").await
+    }
+
+    /// A list only `greenscale up` serves (empty from Redis, or where it is not served).
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> anyhow::Result<Vec<T>> {
         match self {
             JobsClient::Queue(_) => Ok(Vec::new()),
-            JobsClient::Http { .. } => {
-                match self.call(reqwest::Method::GET, "/v1/pools", None).await? {
-                    Some(v) => Ok(serde_json::from_value(v).context("unexpected pool status")?),
-                    None => Ok(Vec::new()),
-                }
-            }
+            JobsClient::Http { .. } => match self.call(reqwest::Method::GET, path, None).await? {
+                Some(v) => serde_json::from_value(v).with_context(|| format!("unexpected {what}")),
+                None => Ok(Vec::new()),
+            },
         }
     }
 }

@@ -24,6 +24,8 @@ async fn the_dashboard_submits_streams_and_shows_the_pool_waking_and_sleeping() 
             "1s",
             "--policy",
             "greenscale:cold_cost=2",
+            "--gpu",
+            "1GiB",
         ],
     )
     .await;

@@ -429,3 +429,109 @@ async fn a_redis_worker_runs_prototype_jobs_against_llama_server() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pools_that_fit_one_at_a_time_on_a_declared_gpu_swap_without_cutting_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = llama::model(ModelSize::TINY);
+    // A model file of its own per pool, so that which one is loaded shows in /proc.
+    let models: Vec<std::path::PathBuf> = ["a", "b"]
+        .iter()
+        .map(|p| {
+            let m = shared.with_file_name(format!("gpu-swap-{p}-{}.gguf", std::process::id()));
+            let _ = std::fs::remove_file(&m);
+            std::fs::hard_link(&shared, &m).unwrap();
+            m
+        })
+        .collect();
+    let pool = |name: &str, model: &Path| {
+        format!(
+            "[[pool]]\nname = \"{name}\"\ncommand = \"{}\"\ngpu_memory = \"600MiB\"\nmax_replicas = 1\npolicy = \"keepalive:60s\"\n",
+            llama_cmd(model, "-c 512")
+        )
+    };
+    let config = dir.path().join("pools.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[gpu]]\nmemory = \"1GiB\"\n\n{}\n{}",
+            pool("a", &models[0]),
+            pool("b", &models[1])
+        ),
+    )
+    .unwrap();
+    let up = Up::start(dir.path(), "up", &["--config", config.to_str().unwrap()]).await;
+
+    // Watch the process list the whole time: never both models loaded at once.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (watching, models) = (watching.clone(), models.clone());
+        std::thread::spawn(move || {
+            let mut both = 0;
+            let mut samples = 0;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let loaded = models.iter().filter(|m| !holders_of(m).is_empty()).count();
+                both += (loaded == 2) as u32;
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (both, samples)
+        })
+    };
+
+    let mut environ_checked = false;
+    for round in 0..4 {
+        let model = ["a", "b"][round % 2];
+        let id = up
+            .submit(json!({"prompt": "hello", "model": model, "max_tokens": 8}))
+            .await;
+        up.wait_for(
+            &format!("round {round}: the job for {model} succeeds"),
+            Duration::from_secs(90),
+            || async { up.job(&id).await["status"] == "succeeded" },
+        )
+        .await;
+        let job = up.job(&id).await;
+        assert_eq!(job["attempts"], 1, "no request is cut: {job}");
+        if !environ_checked {
+            // The replica got its device in its environment.
+            let server = holders_of(&models[0])[0];
+            let environ = std::fs::read(format!("/proc/{server}/environ")).unwrap();
+            assert!(
+                environ
+                    .split(|b| *b == 0)
+                    .any(|v| v == b"CUDA_VISIBLE_DEVICES=0"),
+                "CUDA_VISIBLE_DEVICES of the llama-server"
+            );
+            environ_checked = true;
+        }
+        // What the GPU holds now: the pool that answered, alone.
+        let gpus = up.get("/v1/gpus").await;
+        let held: Vec<&str> = gpus[0]["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["pool"].as_str().unwrap())
+            .collect();
+        assert_eq!(held, [model], "{gpus}");
+        assert_eq!(gpus[0]["memory_bytes"], 1u64 << 30);
+    }
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (both, samples) = sampler.join().unwrap();
+    assert_eq!(
+        both, 0,
+        "both models loaded at once in {both} of {samples} samples"
+    );
+    let pools = up.get("/v1/pools").await;
+    let swaps: u64 = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["evicted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(swaps, 3, "a → b → a → b is three swaps: {pools}");
+    println!("4 alternating requests, {swaps} swaps, never both loaded ({samples} samples)");
+    for m in &models {
+        let _ = std::fs::remove_file(m);
+    }
+}

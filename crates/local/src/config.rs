@@ -5,8 +5,11 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use greenscale_core::parse_duration;
 use greenscale_core::policy::Spec;
+use greenscale_core::status::{GpuNeed, GpuSource};
+use greenscale_core::{parse_bytes, parse_duration};
+
+use crate::placement::GpuDevice;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -59,6 +62,17 @@ pub struct PoolConfig {
     pub drain_grace: Duration,
     /// Whether this is the built-in demo pool (a fake model; said so in logs and dashboard).
     pub demo: bool,
+    /// What one replica needs of the GPUs (`gpus`, `gpu_memory`); `None`: no GPU limits.
+    pub gpu: Option<GpuNeed>,
+}
+
+/// A pools file: the pools, and the GPUs declared for them (`[[gpu]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolsFile {
+    /// The pools, in file order.
+    pub pools: Vec<PoolConfig>,
+    /// Declared GPUs (they replace what the driver reports).
+    pub gpus: Vec<GpuDevice>,
 }
 
 impl PoolConfig {
@@ -78,6 +92,7 @@ impl PoolConfig {
             stop_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(25),
             demo: false,
+            gpu: None,
         }
     }
 
@@ -112,6 +127,15 @@ impl std::fmt::Display for ConfigError {
 struct RawFile {
     #[serde(default)]
     pool: Vec<Spanned<RawPool>>,
+    #[serde(default)]
+    gpu: Vec<Spanned<RawGpu>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpu {
+    memory: Spanned<String>,
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -133,10 +157,12 @@ struct RawPool {
     startup_timeout: Option<Spanned<String>>,
     stop_timeout: Option<Spanned<String>>,
     drain_grace: Option<Spanned<String>>,
+    gpus: Option<Spanned<u32>>,
+    gpu_memory: Option<Spanned<String>>,
 }
 
 /// Reads and checks a pools file.
-pub fn load(path: &Path) -> Result<Vec<PoolConfig>, ConfigError> {
+pub fn load(path: &Path) -> Result<PoolsFile, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: file.clone(),
@@ -147,7 +173,7 @@ pub fn load(path: &Path) -> Result<Vec<PoolConfig>, ConfigError> {
 }
 
 /// Parses and checks the text of a pools file named `file` (for messages).
-pub fn parse(file: &str, text: &str) -> Result<Vec<PoolConfig>, ConfigError> {
+pub fn parse(file: &str, text: &str) -> Result<PoolsFile, ConfigError> {
     let at = |span: Range<usize>, message: String| ConfigError {
         file: file.to_string(),
         line: line_of(text, span.start),
@@ -173,6 +199,28 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<PoolConfig>, ConfigError> {
             0..0,
             "no pools: add at least one [[pool]] table with a name and a command or url".into(),
         ));
+    }
+    let mut gpus = Vec::new();
+    for (index, g) in raw.gpu.into_iter().enumerate() {
+        let g = g.into_inner();
+        let memory = parse_bytes(g.memory.get_ref())
+            .ok()
+            .filter(|m| *m > 0)
+            .ok_or_else(|| {
+                at(
+                    g.memory.span(),
+                    format!(
+                        "gpu {index}: field `memory`: {:?} is not a size (try \"80GiB\")",
+                        g.memory.get_ref()
+                    ),
+                )
+            })?;
+        gpus.push(GpuDevice {
+            index: index as u32,
+            name: g.name.unwrap_or_else(|| "declared".into()),
+            memory,
+            source: GpuSource::Declared,
+        });
     }
     let mut pools: Vec<PoolConfig> = Vec::new();
     for spanned in raw.pool {
@@ -333,9 +381,57 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<PoolConfig>, ConfigError> {
                 *slot = parse_duration(v.get_ref()).map_err(|m| field(v.span(), name, m.0))?;
             }
         }
+        pool.gpu = gpu_need(p.gpus, p.gpu_memory, &pool.backend)
+            .map_err(|(span, f, m)| field(span, f, m))?;
         pools.push(pool);
     }
-    Ok(pools)
+    Ok(PoolsFile { pools, gpus })
+}
+
+/// What a replica needs from `gpus` (devices, default 1) and `gpu_memory` (per device;
+/// without it, whole devices).
+fn gpu_need(
+    gpus: Option<Spanned<u32>>,
+    memory: Option<Spanned<String>>,
+    backend: &PoolBackend,
+) -> Result<Option<GpuNeed>, (Range<usize>, &'static str, String)> {
+    if gpus.is_none() && memory.is_none() {
+        return Ok(None);
+    }
+    if let PoolBackend::Remote { .. } = backend {
+        let span = gpus
+            .as_ref()
+            .map(|g| g.span())
+            .or(memory.as_ref().map(|m| m.span()))
+            .unwrap_or(0..0);
+        return Err((span, "gpus", "only for pools with a `command`".into()));
+    }
+    let devices = match gpus {
+        Some(g) if *g.get_ref() == 0 => {
+            return Err((g.span(), "gpus", "must be at least 1".into()));
+        }
+        Some(g) => g.into_inner(),
+        None => 1,
+    };
+    let memory_bytes = match memory {
+        None => None,
+        Some(m) => Some(
+            parse_bytes(m.get_ref())
+                .ok()
+                .filter(|b| *b > 0)
+                .ok_or_else(|| {
+                    (
+                        m.span(),
+                        "gpu_memory",
+                        format!("{:?} is not a size (try \"20GiB\")", m.get_ref()),
+                    )
+                })?,
+        ),
+    };
+    Ok(Some(GpuNeed {
+        devices,
+        memory_bytes,
+    }))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -348,6 +444,67 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse("pools.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn gpus_and_what_a_replica_needs_are_read() {
+        let file = parse(
+            "pools.toml",
+            r#"
+[[gpu]]
+memory = "80GiB"
+
+[[gpu]]
+memory = "24GiB"
+name = "L4"
+
+[[pool]]
+name = "big"
+command = "vllm serve m --port {port}"
+gpu_memory = "20GiB"
+
+[[pool]]
+name = "two"
+command = "vllm serve m --port {port} --tensor-parallel-size 2"
+gpus = 2
+
+[[pool]]
+name = "cpu"
+command = "llama-server --port {port}"
+"#,
+        )
+        .unwrap();
+        assert_eq!(file.gpus.len(), 2);
+        assert_eq!((file.gpus[1].index, file.gpus[1].memory), (1, 24 << 30));
+        assert_eq!(file.gpus[1].name, "L4");
+        let need = |i: usize| file.pools[i].gpu;
+        assert_eq!(
+            need(0),
+            Some(GpuNeed {
+                devices: 1,
+                memory_bytes: Some(20 << 30)
+            })
+        );
+        assert_eq!(
+            need(1),
+            Some(GpuNeed {
+                devices: 2,
+                memory_bytes: None
+            })
+        );
+        assert_eq!(need(2), None);
+        let e = err("[[gpu]]\nmemory = \"lots\"\n[[pool]]\nname = \"a\"\ncommand = \"s {port}\"\n");
+        assert!(
+            e.starts_with("pools.toml:2: ") && e.contains("`memory`"),
+            "{e}"
+        );
+        let e = err("[[pool]]\nname = \"a\"\nurl = \"http://x\"\ngpus = 1\n");
+        assert!(e.contains("`gpus`") && e.contains("command"), "{e}");
+        let e = err("[[pool]]\nname = \"a\"\ncommand = \"s {port}\"\ngpu_memory = \"x\"\n");
+        assert!(
+            e.starts_with("pools.toml:4: ") && e.contains("`gpu_memory`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -372,7 +529,8 @@ api_key = "k"
 upstream_model = "meta-llama/Llama-3.3-70B-Instruct"
 "#,
         )
-        .unwrap();
+        .unwrap()
+        .pools;
         assert_eq!(pools.len(), 2);
         assert_eq!(pools[0].concurrency, 2);
         assert_eq!(pools[0].max_replicas, 3);

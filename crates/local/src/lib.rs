@@ -11,7 +11,9 @@
 
 pub mod autoscaler;
 pub mod config;
+pub mod gpu;
 pub mod metrics;
+pub mod placement;
 pub mod pool;
 mod pool_state;
 pub mod process;

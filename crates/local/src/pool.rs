@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use greenscale_core::policy::{Decision, Observation, PoolShape, ReplicaCounts};
-use greenscale_core::status::{DecisionRecord, PoolKind, PoolStatus, ReplicaState, ReplicaView};
+use greenscale_core::status::{
+    DecisionRecord, GpuNeed, PoolKind, PoolStatus, ReplicaState, ReplicaView,
+};
 use greenscale_core::{Queue, QueueError};
 use greenscale_worker::{
     LeaseTurns, OpenAiBackend, OpenAiConfig, WorkerConfig, WorkerReport, default_worker_id,
@@ -16,7 +18,9 @@ use greenscale_worker::{
 use tokio::sync::{Notify, watch};
 
 use crate::config::{PoolBackend, PoolConfig};
+use crate::gpu::{Gpus, Placement};
 use crate::metrics::PoolMetrics;
+use crate::placement::Candidate as EvictionCandidate;
 use crate::pool_state::{
     Candidate, ColdStartStats, DecisionLog, StartBackoff, Usage, scale_down_victims,
 };
@@ -71,7 +75,26 @@ struct PoolState {
     cold_starts: ColdStartStats,
     backoff: StartBackoff,
     usage: Usage,
+    gpu: GpuWait,
 }
+
+/// This pool's side of the shared GPU budget.
+#[derive(Default)]
+struct GpuWait {
+    /// Since when a replica is wanted but fits nowhere (and, Unix ms, for the status).
+    since: Option<(Instant, u64)>,
+    /// Replicas of this pool evicted for other pools.
+    evicted: u64,
+    /// Evicted since this pool last had work: it does not start again until work comes,
+    /// so two idle pools do not evict each other in turn.
+    idle_after_eviction: bool,
+    /// When this pool last had work (waiting or running).
+    last_busy: Option<Instant>,
+}
+
+/// How long a pool with work waits for GPU room while other pools are busy before their
+/// replicas are drained for it (their jobs finish first).
+const GPU_TURN: Duration = Duration::from_secs(30);
 
 /// A pool at run time. Shared by the autoscaler loop, the replica tasks and the status API.
 pub struct Pool {
@@ -87,6 +110,8 @@ pub struct Pool {
     metrics: PoolMetrics,
     /// Makes the replicas' workers lease least-loaded first.
     turns: Arc<LeaseTurns>,
+    /// The GPUs shared with other pools, when this pool's replicas need them.
+    gpus: Option<Arc<Gpus>>,
 }
 
 fn unix_ms() -> u64 {
@@ -98,15 +123,18 @@ fn unix_ms() -> u64 {
 
 impl Pool {
     /// A pool with no replicas yet, taking its jobs from `queue` (whose workers hold leases
-    /// of `lease`), starting local model servers under `guard`.
+    /// of `lease`), starting local model servers under `guard`, placing them on `gpus`
+    /// when its replicas need GPUs.
     pub fn new(
         config: PoolConfig,
         queue: Arc<dyn Queue>,
         lease: Duration,
         guard: GuardProgram,
         metrics: PoolMetrics,
+        gpus: Option<Arc<Gpus>>,
     ) -> Arc<Pool> {
-        Arc::new(Pool {
+        let gpus = gpus.filter(|_| config.gpu.is_some());
+        let pool = Arc::new(Pool {
             config,
             queue,
             lease,
@@ -118,7 +146,12 @@ impl Pool {
             since_ms: unix_ms(),
             metrics,
             turns: Arc::default(),
-        })
+            gpus,
+        });
+        if let Some(g) = &pool.gpus {
+            g.register(&pool);
+        }
+        pool
     }
 
     /// The pool's settings.
@@ -146,6 +179,10 @@ impl Pool {
         let mut st = self.lock();
         st.usage.last_pending = stats.pending + stats.delayed;
         st.usage.last_in_flight = stats.in_flight;
+        if st.usage.last_pending + st.usage.last_in_flight > 0 {
+            st.gpu.last_busy = Some(Instant::now());
+            st.gpu.idle_after_eviction = false;
+        }
         let count =
             |s: ReplicaState| st.replicas.iter().filter(|r| r.view.state == s).count() as u32;
         let (ready, starting) = (count(ReplicaState::Ready), count(ReplicaState::Starting));
@@ -209,9 +246,21 @@ impl Pool {
             self.metrics.decision(desired);
         }
 
+        if desired <= current {
+            st.gpu.since = None;
+        }
         if desired > current {
-            for _ in 0..st.backoff.starts_allowed(desired - current, Instant::now()) {
-                self.start_replica(&mut st);
+            let starts = st.backoff.starts_allowed(desired - current, Instant::now());
+            match (self.config.gpu, self.gpus.clone()) {
+                (Some(need), Some(gpus)) => {
+                    drop(st);
+                    self.start_on_gpus(starts, need, &gpus, obs);
+                }
+                _ => {
+                    for _ in 0..starts {
+                        self.start_replica(&mut st, Vec::new());
+                    }
+                }
             }
         } else if desired < current {
             let candidates: Vec<Candidate> = active
@@ -235,9 +284,50 @@ impl Pool {
         }
     }
 
-    fn start_replica(self: &Arc<Self>, st: &mut PoolState) {
+    /// Starts up to `starts` replicas where the GPUs have room, making room for a pool with
+    /// work waiting (see [`Gpus::place`]); the rest wait for room, and the pool is told when
+    /// memory frees. Called without the pool's lock (placement reads other pools).
+    fn start_on_gpus(self: &Arc<Self>, starts: u32, need: GpuNeed, gpus: &Gpus, obs: &Observation) {
+        for _ in 0..starts {
+            let (name, waited, idle_after_eviction) = {
+                let mut st = self.lock();
+                if st.gpu.since.is_none() {
+                    st.gpu.since = Some((Instant::now(), unix_ms()));
+                }
+                let waited = st.gpu.since.map(|(t, _)| t.elapsed()).unwrap_or_default();
+                (
+                    self.replica_name(st.next_replica + 1),
+                    waited,
+                    st.gpu.idle_after_eviction,
+                )
+            };
+            if idle_after_eviction && obs.work() == 0 {
+                return;
+            }
+            let has_work = obs.pending > 0;
+            match gpus.place(self, &name, need, has_work, has_work && waited >= GPU_TURN) {
+                Placement::On(devices) => {
+                    let mut st = self.lock();
+                    st.gpu.since = None;
+                    self.start_replica(&mut st, devices);
+                }
+                Placement::Wait => {
+                    if waited.is_zero() {
+                        tracing::info!(pool = %self.config.name, "no GPU has room for a replica now; its jobs wait{}", if has_work { " while room is made" } else { "" });
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn replica_name(&self, n: u64) -> String {
+        format!("{}-{n}", self.config.name)
+    }
+
+    fn start_replica(self: &Arc<Self>, st: &mut PoolState, gpus: Vec<u32>) {
         st.next_replica += 1;
-        let name = format!("{}-{}", self.config.name, st.next_replica);
+        let name = self.replica_name(st.next_replica);
         let (stop, stop_rx) = watch::channel(false);
         let report = Arc::new(WorkerReport::default());
         st.replicas.push(ReplicaEntry {
@@ -249,6 +339,7 @@ impl Pool {
                 port: None,
                 pgid: None,
                 in_flight: 0,
+                gpus: gpus.clone(),
             },
             started: Instant::now(),
             report: report.clone(),
@@ -257,8 +348,8 @@ impl Pool {
         st.usage.peak_replicas = st.usage.peak_replicas.max(st.replicas.len() as u32);
         self.metrics.replica_started();
         self.update_gauges(st);
-        tracing::info!(pool = %self.config.name, replica = %name, "starting replica");
-        tokio::spawn(self.clone().run_replica(name, stop_rx, report));
+        tracing::info!(pool = %self.config.name, replica = %name, ?gpus, "starting replica");
+        tokio::spawn(self.clone().run_replica(name, stop_rx, report, gpus));
     }
 
     fn update_gauges(&self, st: &PoolState) {
@@ -302,13 +393,14 @@ impl Pool {
         name: String,
         mut stop: watch::Receiver<bool>,
         report: Arc<WorkerReport>,
+        gpus: Vec<u32>,
     ) {
         let _retire = Retire {
             pool: &self,
             name: &name,
             started: Instant::now(),
         };
-        let Some(mut server) = self.start(&name, &mut stop).await else {
+        let Some(mut server) = self.start(&name, &mut stop, &gpus).await else {
             return;
         };
         let served = self.serve(&name, &mut server, stop, report).await;
@@ -318,7 +410,12 @@ impl Pool {
     /// Starts the replica's model server and waits until it is healthy (a remote API is
     /// ready at once). `None` when it failed (recorded) or was told to stop meanwhile; no
     /// process is left running then.
-    async fn start(&self, name: &str, stop: &mut watch::Receiver<bool>) -> Option<Server> {
+    async fn start(
+        &self,
+        name: &str,
+        stop: &mut watch::Receiver<bool>,
+        gpus: &[u32],
+    ) -> Option<Server> {
         let started = Instant::now();
         let (command, health_path) = match &self.config.backend {
             PoolBackend::Remote { url, api_key } => {
@@ -339,6 +436,7 @@ impl Pool {
                 &self.guard,
                 command,
                 port,
+                gpus,
                 self.config.stop_timeout,
                 &self.config.name,
                 name,
@@ -499,6 +597,68 @@ impl Pool {
         self.update_gauges(&st);
         drop(st);
         self.changed.notify_one();
+        if let Some(g) = &self.gpus {
+            g.release(name);
+        }
+    }
+
+    /// This pool's replicas that could be evicted for another pool, with the expected loss
+    /// of each: its pool's next cold start (measured mean, else 1 s), discounted by how long
+    /// the pool has had no work (an hour idle weighs a sixtieth of a minute idle). Ready
+    /// and idle replicas only — with `busy_too` (the other pool waited past its turn),
+    /// busy ones as well; they are drained, so their jobs finish.
+    pub(crate) fn eviction_candidates(&self, busy_too: bool) -> Vec<EvictionCandidate> {
+        let st = self.lock();
+        let idle_s = st
+            .gpu
+            .last_busy
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(f64::INFINITY);
+        let cold_start = st.cold_starts.mean().unwrap_or(1.0);
+        let loss = cold_start / (1.0 + idle_s.min(1e9) / 60.0);
+        st.replicas
+            .iter()
+            .filter(|r| !r.view.gpus.is_empty() && r.view.state == ReplicaState::Ready)
+            .filter(|r| busy_too || r.report.in_flight.load(Ordering::Relaxed) == 0)
+            .map(|r| EvictionCandidate {
+                replica: r.view.name.clone(),
+                loss,
+            })
+            .collect()
+    }
+
+    /// Drains `replica` to give its GPU memory to pool `for_pool`: it takes no new jobs,
+    /// and those it runs finish before it stops.
+    pub(crate) fn evict(&self, replica: &str, for_pool: &str) {
+        let mut st = self.lock();
+        let Some(r) = st
+            .replicas
+            .iter_mut()
+            .find(|r| r.view.name == replica && r.view.state != ReplicaState::Draining)
+        else {
+            return;
+        };
+        let in_flight = r.report.in_flight.load(Ordering::Relaxed);
+        tracing::info!(pool = %self.config.name, replica, for_pool, in_flight, "evicting replica to make room on the GPU");
+        r.view.state = ReplicaState::Draining;
+        let _ = r.stop.send(true);
+        st.gpu.evicted += 1;
+        st.gpu.idle_after_eviction = true;
+        self.update_gauges(&st);
+    }
+
+    /// GPU memory was freed somewhere: decide again now.
+    pub(crate) fn capacity_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Each replica's name and state.
+    pub(crate) fn replica_states(&self) -> Vec<(String, ReplicaState)> {
+        self.lock()
+            .replicas
+            .iter()
+            .map(|r| (r.view.name.clone(), r.view.state))
+            .collect()
     }
 
     /// Replicas not yet stopped.
@@ -569,6 +729,9 @@ impl Pool {
             peak_replicas: st.usage.peak_replicas,
             failures_in_a_row: st.backoff.failures,
             last_failure: st.backoff.last_failure.clone(),
+            gpu_need: self.config.gpu,
+            evicted: st.gpu.evicted,
+            waiting_for_gpu_since_ms: st.gpu.since.map(|(_, ms)| ms),
         }
     }
 

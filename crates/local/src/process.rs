@@ -37,18 +37,31 @@ pub struct ModelProcess {
 }
 
 impl ModelProcess {
-    /// Starts `command` (with `{port}` replaced) under the guard, in a new process group.
+    /// Starts `command` under the guard, in a new process group, with `{port}` replaced and
+    /// `{gpu}` by the devices in `gpus` (also its `CUDA_VISIBLE_DEVICES` when there are any).
     /// Output lines are logged with `pool` and `replica`.
     pub fn spawn(
         guard: &GuardProgram,
         command: &str,
         port: u16,
+        gpus: &[u32],
         stop_timeout: Duration,
         pool: &str,
         replica: &str,
     ) -> std::io::Result<ModelProcess> {
-        let command = command.replace("{port}", &port.to_string());
-        let mut child = Command::new(&guard.program)
+        let devices = gpus
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let command = command
+            .replace("{port}", &port.to_string())
+            .replace("{gpu}", &devices);
+        let mut guarded = Command::new(&guard.program);
+        if !gpus.is_empty() {
+            guarded.env("CUDA_VISIBLE_DEVICES", &devices);
+        }
+        let mut child = guarded
             .args(&guard.args)
             .arg("--stop-timeout")
             .arg(format!("{}ms", stop_timeout.as_millis()))

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use greenscale_core::status::{PoolStatus, ReplicaState};
+use greenscale_core::format_bytes;
+use greenscale_core::status::{GpuSource, GpuStatus, PoolStatus, ReplicaState};
 
 use crate::cli::StatusArgs;
 use crate::client::JobsClient;
@@ -17,8 +18,9 @@ pub(super) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let Some(id) = &args.job_id else {
         let s = queue.stats().await?;
         let pools = queue.pools().await?;
+        let gpus = queue.gpus().await?;
         if args.json {
-            let out = serde_json::json!({"queue": s, "pools": pools});
+            let out = serde_json::json!({"queue": s, "pools": pools, "gpus": gpus});
             say!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             match &args.server.url {
@@ -32,6 +34,9 @@ pub(super) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             say!("live workers {}", s.live_workers);
             for p in &pools {
                 print_pool(p);
+            }
+            for g in &gpus {
+                print_gpu(g);
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -89,6 +94,31 @@ fn between(a: Option<u64>, b: Option<u64>) -> String {
     }
 }
 
+/// Prints one GPU of `greenscale up` and what is placed on it (as served at /v1/gpus).
+fn print_gpu(g: &GpuStatus) {
+    say!();
+    say!(
+        "gpu {} ({}, {}{}): {} free",
+        g.index,
+        g.name,
+        format_bytes(g.memory_bytes),
+        if g.source == GpuSource::Declared {
+            ", declared"
+        } else {
+            ""
+        },
+        format_bytes(g.free_bytes)
+    );
+    for h in &g.held {
+        say!(
+            "  {:<20} {:<10} {}",
+            h.replica,
+            format!("{:?}", h.state).to_lowercase(),
+            format_bytes(h.memory_bytes)
+        );
+    }
+}
+
 /// Prints one pool of `greenscale up` (as served at /v1/pools).
 fn print_pool(p: &PoolStatus) {
     let count = |state: ReplicaState| p.replicas.iter().filter(|r| r.state == state).count();
@@ -130,6 +160,18 @@ fn print_pool(p: &PoolStatus) {
             d.desired,
             ago(Some(d.at_ms), now_ms()),
             d.reason
+        );
+    }
+    if p.evicted > 0 {
+        say!(
+            "  evicted      {} replica(s), to make room on the GPUs for other pools",
+            p.evicted
+        );
+    }
+    if let Some(since) = p.waiting_for_gpu_since_ms {
+        say!(
+            "  waiting      for GPU room, {}",
+            ago(Some(since), now_ms())
         );
     }
     if let Some((_, line)) = failing_pool(std::slice::from_ref(p), None) {

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use greenscale_core::{Consumer, Queue};
+use greenscale_core::status::GpuSource;
+use greenscale_core::{Consumer, Queue, format_bytes};
 use greenscale_gateway::{Route, Routes};
+use greenscale_local::gpu::Gpus;
+use greenscale_local::placement::GpuDevice;
 use greenscale_local::{
     AutoscalerMetrics, GuardProgram, Pool, PoolBackend, PoolConfig, autoscaler, config,
 };
@@ -17,11 +20,71 @@ use greenscale_queue::{RedisQueue, SqliteQueue};
 use crate::cli::UpArgs;
 use crate::commands::shared::{bind, build_gateway, redacted, shutdown_signal};
 
-/// The pools `up` runs: from the file, the single-pool flags, or the demo pool.
-fn pools(args: &UpArgs) -> anyhow::Result<Vec<PoolConfig>> {
+/// The pools `up` runs (from the file, the single-pool flags, or the demo pool) and the
+/// GPUs the file declares.
+fn pools(args: &UpArgs) -> anyhow::Result<(Vec<PoolConfig>, Vec<GpuDevice>)> {
     if let Some(path) = &args.config {
-        return Ok(config::load(path)?);
+        let file = config::load(path)?;
+        return Ok((file.pools, file.gpus));
     }
+    Ok((single_pool(args)?, Vec::new()))
+}
+
+/// The GPUs replicas are placed on: `--gpu` flags, else those the pools file declares,
+/// else those the driver reports; `None` without any (no GPU limits). Refuses a pool whose
+/// replica could not fit even on empty GPUs.
+fn gpus(
+    args: &UpArgs,
+    declared: Vec<GpuDevice>,
+    pools: &[PoolConfig],
+) -> anyhow::Result<Option<Arc<Gpus>>> {
+    let devices = if !args.gpus.is_empty() {
+        args.gpus
+            .iter()
+            .enumerate()
+            .map(|(i, &memory)| GpuDevice {
+                index: i as u32,
+                name: "declared".into(),
+                memory,
+                source: GpuSource::Declared,
+            })
+            .collect()
+    } else if !declared.is_empty() {
+        declared
+    } else if pools.iter().any(|p| p.gpu.is_some()) {
+        greenscale_local::gpu::detect()
+    } else {
+        Vec::new()
+    };
+    if devices.is_empty() {
+        if let Some(p) = pools.iter().find(|p| p.gpu.is_some()) {
+            tracing::warn!(pool = %p.name, "the pool says what its replicas need of the GPUs, but no GPU was detected or declared (--gpu, [[gpu]]): no GPU limits");
+        }
+        return Ok(None);
+    }
+    for d in &devices {
+        tracing::info!(gpu = d.index, name = %d.name, memory = %format_bytes(d.memory), source = ?d.source, "GPU");
+    }
+    let gpus = Gpus::new(devices);
+    for p in pools {
+        if let Some(need) = p.gpu
+            && !gpus.could_fit(need)
+        {
+            bail!(
+                "pool {}: one replica needs {} GPU(s) with {} each, more than these GPUs have",
+                p.name,
+                need.devices,
+                need.memory_bytes
+                    .map(format_bytes)
+                    .unwrap_or_else(|| "the whole device".into())
+            );
+        }
+    }
+    Ok(Some(gpus))
+}
+
+/// The one pool of the single-pool flags, or the demo pool.
+fn single_pool(args: &UpArgs) -> anyhow::Result<Vec<PoolConfig>> {
     let single = |backend: PoolBackend, name: String| -> anyhow::Result<PoolConfig> {
         let mut pool = PoolConfig::new(name, backend);
         pool.policy = args.policy.clone();
@@ -159,18 +222,23 @@ fn describe(pool: &PoolConfig) -> String {
     )
 }
 
-/// The pools' state for the gateway's `/v1/pools` and dashboard.
-struct PoolsView(Vec<Arc<Pool>>);
+/// The pools' state for the gateway's `/v1/pools`, `/v1/gpus` and dashboard.
+struct PoolsView(Vec<Arc<Pool>>, Option<Arc<Gpus>>);
 
 impl greenscale_gateway::PoolsStatus for PoolsView {
     fn pools(&self) -> Vec<greenscale_core::status::PoolStatus> {
         self.0.iter().map(|p| p.status()).collect()
     }
+
+    fn gpus(&self) -> Vec<greenscale_core::status::GpuStatus> {
+        self.1.as_ref().map(|g| g.status()).unwrap_or_default()
+    }
 }
 
 /// Runs `greenscale up` until SIGINT or SIGTERM, then drains and stops every replica.
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let pool_configs = pools(&args)?;
+    let (pool_configs, declared_gpus) = pools(&args)?;
+    let gpus = gpus(&args, declared_gpus, &pool_configs)?;
     let (data_dir, _lock) = open_data_dir(&args.data_dir)?;
     let (queues, queue_text) = open_queues(&args, &pool_configs, &data_dir).await?;
     let names: Vec<String> = pool_configs.iter().map(|p| p.name.clone()).collect();
@@ -200,6 +268,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 args.tuning.lease,
                 guard.clone(),
                 pool_metrics.pool(&cfg.name),
+                gpus.clone(),
             )
         })
         .collect();
@@ -218,7 +287,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     let gateway = build_gateway(&args.http, routes, names.clone(), stop_rx.clone())?
         .with_metrics(metrics)
-        .with_pools(Arc::new(PoolsView(pools.clone())))
+        .with_pools(Arc::new(PoolsView(pools.clone(), gpus.clone())))
         .with_draining(drain_rx.clone());
     let listener = bind(args.http.listen).await?;
     let app = greenscale_gateway::app(gateway.clone());

@@ -81,6 +81,9 @@ def main():
         replicas = lambda: text(driver, '[data-pool="demo"] [data-field="replicas"]')
         wait("the demo pool shown at 0 replicas", lambda: replicas() == "0")
         assert "demo model" in text(driver, '[data-pool="demo"]'), "the page says it is a demo"
+        # The declared GPU is shown, with nothing on it (the demo pool needs no GPU).
+        gpu = text(driver, '[data-gpu="0"] [data-field="gpu-free"]')
+        assert gpu == "1 GiB, 1 GiB free", f"GPU card: {gpu!r}"
 
         submit(driver, "Say hello to the dashboard")
         seen = ["0"]

@@ -1,0 +1,177 @@
+//! The GPUs `greenscale up` places replicas on: detected through NVML (the driver's library,
+//! loaded at run time, so the binary runs where there is none) or declared, and shared by
+//! every pool — a replica starts only where its memory fits, and idle replicas of other
+//! pools are evicted to make room for one with work waiting.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use greenscale_core::status::{GpuHold, GpuNeed, GpuSource, GpuStatus, ReplicaState};
+
+use crate::placement::{Budget, Candidate, GpuDevice};
+use crate::pool::Pool;
+
+/// The machine's GPUs as the driver reports them; empty where NVML cannot be loaded (no
+/// NVIDIA driver) or reports no device.
+pub fn detect() -> Vec<GpuDevice> {
+    let nvml = match nvml_wrapper::Nvml::init() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!(error = %e, "no NVML: no GPUs detected");
+            return Vec::new();
+        }
+    };
+    let count = nvml.device_count().unwrap_or(0);
+    (0..count)
+        .filter_map(|i| {
+            let device = nvml.device_by_index(i).ok()?;
+            let memory = device.memory_info().ok()?.total;
+            Some(GpuDevice {
+                index: i,
+                name: device.name().unwrap_or_else(|_| "GPU".into()),
+                memory,
+                source: GpuSource::Detected,
+            })
+        })
+        .collect()
+}
+
+/// The GPU budget shared by the pools of one `greenscale up`.
+pub struct Gpus {
+    budget: Mutex<Budget>,
+    pools: Mutex<Vec<Weak<Pool>>>,
+}
+
+/// Where a replica may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// On these devices (reserved for it).
+    On(Vec<u32>),
+    /// Nowhere now: room is being made (evictions under way) or others are busy.
+    Wait,
+}
+
+impl Gpus {
+    /// A budget over `devices`.
+    pub fn new(devices: Vec<GpuDevice>) -> Arc<Gpus> {
+        Arc::new(Gpus {
+            budget: Mutex::new(Budget::new(devices)),
+            pools: Mutex::default(),
+        })
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget.lock().expect("GPU budget lock")
+    }
+
+    /// Whether `need` fits on these GPUs at all (an empty machine).
+    pub fn could_fit(&self, need: GpuNeed) -> bool {
+        self.budget().could_fit(need)
+    }
+
+    /// Makes `pool` one of those sharing the budget (evictable, and told when memory frees).
+    pub fn register(&self, pool: &Arc<Pool>) {
+        self.pools
+            .lock()
+            .expect("GPU pools lock")
+            .push(Arc::downgrade(pool));
+    }
+
+    fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools
+            .lock()
+            .expect("GPU pools lock")
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Places `replica` of `pool`. When it fits nowhere and `make_room` (the pool has work
+    /// waiting), idle replicas of other pools are evicted, least expected loss first; with
+    /// `turn_over` (it has waited past its turn), busy ones are drained too — their jobs
+    /// finish first, none is cut.
+    pub(crate) fn place(
+        &self,
+        pool: &Pool,
+        replica: &str,
+        need: GpuNeed,
+        make_room: bool,
+        turn_over: bool,
+    ) -> Placement {
+        let mut budget = self.budget();
+        if let Some(devices) = budget.reserve(&pool.config().name, replica, need) {
+            return Placement::On(devices);
+        }
+        if !make_room {
+            return Placement::Wait;
+        }
+        let others: Vec<Arc<Pool>> = self
+            .pools()
+            .into_iter()
+            .filter(|p| p.config().name != pool.config().name)
+            .collect();
+        let mut candidates: Vec<(Candidate, Arc<Pool>)> = others
+            .iter()
+            .flat_map(|p| {
+                p.eviction_candidates(turn_over)
+                    .into_iter()
+                    .map(move |c| (c, p.clone()))
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.0.replica.cmp(&b.0.replica));
+        let plain: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
+        if let Some(evict) = budget.evictions(need, &plain) {
+            drop(budget);
+            for replica_name in evict {
+                if let Some((_, owner)) = candidates.iter().find(|(c, _)| c.replica == replica_name)
+                {
+                    owner.evict(&replica_name, &pool.config().name);
+                }
+            }
+        }
+        Placement::Wait
+    }
+
+    /// Gives back what `replica` held, and tells every pool that memory is free.
+    pub(crate) fn release(&self, replica: &str) {
+        self.budget().release(replica);
+        for p in self.pools() {
+            p.capacity_changed();
+        }
+    }
+
+    /// Each GPU and what is placed on it, with the holders' states.
+    pub fn status(&self) -> Vec<GpuStatus> {
+        let budget = self.budget();
+        let states: Vec<(String, ReplicaState)> = self
+            .pools()
+            .iter()
+            .flat_map(|p| p.replica_states())
+            .collect();
+        budget
+            .devices()
+            .map(|(d, holds)| {
+                let held: u64 = holds.iter().map(|h| h.memory).sum();
+                GpuStatus {
+                    index: d.index,
+                    name: d.name.clone(),
+                    source: d.source,
+                    memory_bytes: d.memory,
+                    free_bytes: d.memory.saturating_sub(held),
+                    held: holds
+                        .iter()
+                        .map(|h| GpuHold {
+                            pool: h.pool.clone(),
+                            replica: h.replica.clone(),
+                            state: states
+                                .iter()
+                                .find(|(r, _)| *r == h.replica)
+                                .map(|(_, s)| *s)
+                                .unwrap_or(ReplicaState::Starting),
+                            memory_bytes: h.memory,
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
