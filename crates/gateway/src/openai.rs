@@ -3,12 +3,12 @@
 //! worker starts it or the deadline passes.
 
 use std::convert::Infallible;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -259,8 +259,12 @@ fn not_started(g: &Gateway) -> ApiError {
     security(("bearer" = [])))]
 pub async fn chat_completions(
     State(g): State<Gateway>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let progress = headers
+        .get(PROGRESS_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
     let req: ChatRequest = json_body(&g, body)?;
     let stream = req.stream.unwrap_or(false);
     let include_usage = req
@@ -290,7 +294,16 @@ pub async fn chat_completions(
         },
     );
     if stream {
-        return Ok(stream_response(id, model, include_usage, updates));
+        let wake = Wake {
+            cold_start_s: g.pools.as_ref().and_then(|p| {
+                p.pools()
+                    .into_iter()
+                    .find(|s| s.name == model)
+                    .and_then(|s| s.cold_starts.p50_s)
+            }),
+            progress,
+        };
+        return Ok(stream_response(id, model, include_usage, wake, updates));
     }
     let mut updates = updates;
     while let Some(update) = updates.recv().await {
@@ -365,10 +378,77 @@ fn error_event(e: ApiError) -> Event {
     Event::default().data(json!({"error": {"type": e.kind, "message": e.message}}).to_string())
 }
 
+/// Request header opting in to a visible progress message while the pool wakes.
+pub const PROGRESS_HEADER: &str = "x-greenscale-progress";
+
+/// How often a streamed request waiting for a worker hears that it still waits.
+const WAITING_EVERY: Duration = Duration::from_secs(5);
+
+/// What a streamed request is told while no worker has started its job.
+struct Wake {
+    /// The pool's measured cold start (median), if known.
+    cold_start_s: Option<f64>,
+    /// Whether the client asked for a visible message (`X-GreenScale-Progress: 1`).
+    progress: bool,
+}
+
+impl Wake {
+    /// The words for a request that has waited `waited` so far.
+    fn message(&self, model: &str, waited: Duration) -> String {
+        let pool = if model.is_empty() {
+            "a worker".to_string()
+        } else {
+            format!("pool {model}")
+        };
+        let usual = match self.cold_start_s {
+            Some(s) => format!(" (it usually takes {s:.1} s to start)"),
+            None => String::new(),
+        };
+        format!("waiting for {pool}: {} s so far{usual}", waited.as_secs())
+    }
+}
+
+/// A job's update, or the news that it still waits for a worker (and for how long).
+enum Waited {
+    Update(Update),
+    Still(Duration),
+}
+
+/// The updates of a job, with a `Still` every `WAITING_EVERY` until a worker starts it.
+/// Ends when the updates end or the receiver goes (dropping `updates`, which cancels a job
+/// nobody waits for any more).
+fn with_waiting(
+    mut updates: tokio::sync::mpsc::Receiver<Update>,
+) -> tokio::sync::mpsc::Receiver<Waited> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        let since = Instant::now();
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + WAITING_EVERY, WAITING_EVERY);
+        let mut started = false;
+        loop {
+            let next = tokio::select! {
+                u = updates.recv() => match u {
+                    Some(u) => Waited::Update(u),
+                    None => return,
+                },
+                _ = ticks.tick(), if !started => Waited::Still(since.elapsed()),
+                _ = tx.closed() => return,
+            };
+            started |= matches!(next, Waited::Update(Update::Started | Update::Token(_)));
+            if tx.send(next).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 fn stream_response(
     id: String,
     model: String,
     include_usage: bool,
+    wake: Wake,
     updates: tokio::sync::mpsc::Receiver<Update>,
 ) -> Response {
     let created = unix_now();
@@ -379,8 +459,27 @@ fn stream_response(
         delta(json!({"role": "assistant", "content": ""}), None),
         None,
     );
-    let events = ReceiverStream::new(updates).flat_map(move |u| {
+    let events = ReceiverStream::new(with_waiting(updates)).flat_map(move |w| {
         let mut out: Vec<Event> = Vec::new();
+        let u = match w {
+            Waited::Update(u) => u,
+            Waited::Still(waited) => {
+                // A comment keeps proxies and SDKs from timing out; an opted-in client
+                // also gets the words as reasoning text, which chat UIs show apart.
+                let message = wake.message(&model, waited);
+                out.push(Event::default().comment(message.clone()));
+                if wake.progress {
+                    out.push(chunk(
+                        &id,
+                        &model,
+                        created,
+                        delta(json!({"reasoning_content": format!("{message}\n")}), None),
+                        None,
+                    ));
+                }
+                return futures::stream::iter(out.into_iter().map(Ok::<_, Infallible>));
+            }
+        };
         match u {
             Update::Started => {}
             Update::Token(text) => out.push(chunk(

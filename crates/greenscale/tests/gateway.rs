@@ -613,3 +613,64 @@ async fn sigterm_while_a_job_runs_answers_its_request_and_refuses_new_ones() {
     assert!(s.gateway.wait_exit(Duration::from_secs(10)).success());
     assert!(s.gateway.log().contains("draining"), "{}", s.gateway.log());
 }
+
+/// The raw server-sent events of a streamed chat request, read until `until` is in them
+/// or `within` passes.
+async fn raw_stream(base: &str, progress: bool, until: &str, within: Duration) -> String {
+    let mut req = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&json!({"stream": true, "messages": [{"role": "user", "content": "wake up"}]}));
+    if progress {
+        req = req.header("X-GreenScale-Progress", "1");
+    }
+    let mut r = req.send().await.unwrap();
+    let deadline = Instant::now() + within;
+    let mut seen = String::new();
+    while !seen.contains(until) && Instant::now() < deadline {
+        if let Ok(Ok(Some(b))) = tokio::time::timeout(Duration::from_millis(500), r.chunk()).await {
+            seen.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waiting_for_a_wake_hears_that_it_waits_and_then_gets_its_answer() {
+    let s = stack(&[]);
+    // No worker: the request waits. Every 5 s an SSE comment says so (ignored by clients,
+    // but it keeps proxies and SDK read timeouts from cutting the stream).
+    let seen = raw_stream(&s.base, false, "\n: waiting for", Duration::from_secs(8)).await;
+    assert!(
+        seen.contains("\n: waiting for pool greenscale-demo: 5 s so far"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("reasoning_content"),
+        "no visible text unasked: {seen}"
+    );
+    // Opted in, the same words come as reasoning text, which chat UIs show apart.
+    let seen = raw_stream(&s.base, true, "reasoning_content", Duration::from_secs(8)).await;
+    assert!(
+        seen.contains(r#""reasoning_content":"waiting for pool greenscale-demo: 5 s so far\n""#),
+        "{seen}"
+    );
+    // The official SDK streams through the comments: start a worker after 6 s.
+    let (redis, model, dir) = (
+        s.redis.url(),
+        s.model_url.clone(),
+        s.dir.path().to_path_buf(),
+    );
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(6));
+        Process::worker(&dir, "late", &redis, &model, &[])
+    });
+    let out = run_python("stream", &s.base);
+    let _worker = late.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
