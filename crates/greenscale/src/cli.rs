@@ -253,6 +253,10 @@ pub struct UpArgs {
     /// the pools file's [[gpu]] tables and what the driver reports.
     #[arg(long = "gpu", value_name = "MEMORY", value_parser = parse_gpu_memory)]
     pub gpus: Vec<u64>,
+    /// How long a pool with jobs waits for GPU room while other pools are busy before
+    /// their replicas are drained for it (default 30s, or the pools file's gpu_turn).
+    #[arg(long, value_parser = parse_duration)]
+    pub gpu_turn: Option<Duration>,
     /// Scaling policy of the single pool (see `greenscale sim --help` for the names).
     #[arg(long, env = "GREENSCALE_POLICY", default_value = "greenscale", value_parser = Spec::parse)]
     pub policy: Spec,

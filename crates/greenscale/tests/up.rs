@@ -718,3 +718,69 @@ async fn as_a_containers_first_process_up_reaps_orphans() {
         std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_on_a_shared_gpu_lets_a_waiting_pool_take_its_turn_without_cutting_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_greenscale");
+    // Two pools that fit one at a time on a declared GPU; one job at a time each, so a
+    // second job of `a` would keep its warm replica busy — unless `b` gets its turn.
+    let pool = |name: &str| {
+        format!(
+            "[[pool]]\nname = \"{name}\"\ncommand = \"{exe} demo-model --port {{port}} --tokens-per-sec 20\"\ngpu_memory = \"600MiB\"\nconcurrency = 1\nmax_replicas = 1\npolicy = \"keepalive:60s\"\nstop_timeout = \"5s\"\n"
+        )
+    };
+    let config = dir.path().join("pools.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "gpu_turn = \"1s\"\n\n[[gpu]]\nmemory = \"1GiB\"\n\n{}\n{}",
+            pool("a"),
+            pool("b")
+        ),
+    )
+    .unwrap();
+    let up = Up::start(dir.path(), "up", &["--config", config.to_str().unwrap()]).await;
+    // a1 runs about 2 s (40 tokens at 20 per second); a2 queues behind it; then b1 comes.
+    let a1 = up
+        .submit(json!({"prompt": "first", "model": "a", "max_tokens": 40}))
+        .await;
+    up.wait_for("a1 runs", Duration::from_secs(20), || async {
+        up.job(&a1).await["status"] == "running"
+    })
+    .await;
+    let a2 = up
+        .submit(json!({"prompt": "second", "model": "a", "max_tokens": 5}))
+        .await;
+    let b1 = up
+        .submit(json!({"prompt": "other", "model": "b", "max_tokens": 5}))
+        .await;
+    for id in [&a1, &a2, &b1] {
+        up.wait_for("every job succeeds", Duration::from_secs(60), || async {
+            up.job(id).await["status"] == "succeeded"
+        })
+        .await;
+    }
+    let job = |v: Value| {
+        (
+            v["attempts"].as_u64(),
+            v["started_at_ms"].as_u64().unwrap(),
+            v["finished_at_ms"].as_u64().unwrap(),
+        )
+    };
+    let (a1_attempts, _, a1_end) = job(up.job(&a1).await);
+    let (_, a2_start, _) = job(up.job(&a2).await);
+    let (_, b1_start, _) = job(up.job(&b1).await);
+    assert_eq!(a1_attempts, Some(1), "a1 ran to its end, not cut");
+    // b got its turn once a1 was done: before a2, which had waited longer.
+    assert!(
+        b1_start >= a1_end,
+        "b1 started at {b1_start}, a1 ended at {a1_end}"
+    );
+    assert!(
+        b1_start < a2_start,
+        "b1 ({b1_start}) before a2 ({a2_start})"
+    );
+    let log = up.process.log();
+    assert!(log.contains("evicting replica"), "{log}");
+}

@@ -73,6 +73,9 @@ pub struct PoolsFile {
     pub pools: Vec<PoolConfig>,
     /// Declared GPUs (they replace what the driver reports).
     pub gpus: Vec<GpuDevice>,
+    /// How long a pool with work waits for GPU room while other pools are busy
+    /// (`gpu_turn`), if given.
+    pub gpu_turn: Option<Duration>,
 }
 
 impl PoolConfig {
@@ -129,6 +132,7 @@ struct RawFile {
     pool: Vec<Spanned<RawPool>>,
     #[serde(default)]
     gpu: Vec<Spanned<RawGpu>>,
+    gpu_turn: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +226,13 @@ pub fn parse(file: &str, text: &str) -> Result<PoolsFile, ConfigError> {
             source: GpuSource::Declared,
         });
     }
+    let gpu_turn = match raw.gpu_turn {
+        None => None,
+        Some(t) => Some(
+            parse_duration(t.get_ref())
+                .map_err(|e| at(t.span(), format!("field `gpu_turn`: {}", e.0)))?,
+        ),
+    };
     let mut pools: Vec<PoolConfig> = Vec::new();
     for spanned in raw.pool {
         let pool_span = spanned.span();
@@ -385,7 +396,11 @@ pub fn parse(file: &str, text: &str) -> Result<PoolsFile, ConfigError> {
             .map_err(|(span, f, m)| field(span, f, m))?;
         pools.push(pool);
     }
-    Ok(PoolsFile { pools, gpus })
+    Ok(PoolsFile {
+        pools,
+        gpus,
+        gpu_turn,
+    })
 }
 
 /// What a replica needs from `gpus` (devices, default 1) and `gpu_memory` (per device;

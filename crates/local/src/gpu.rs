@@ -4,6 +4,7 @@
 //! pools are evicted to make room for one with work waiting.
 
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use greenscale_core::status::{GpuHold, GpuNeed, GpuSource, GpuStatus, ReplicaState};
 
@@ -39,6 +40,7 @@ pub fn detect() -> Vec<GpuDevice> {
 pub struct Gpus {
     budget: Mutex<Budget>,
     pools: Mutex<Vec<Weak<Pool>>>,
+    turn: Duration,
 }
 
 /// Where a replica may go.
@@ -51,12 +53,19 @@ pub enum Placement {
 }
 
 impl Gpus {
-    /// A budget over `devices`.
-    pub fn new(devices: Vec<GpuDevice>) -> Arc<Gpus> {
+    /// A budget over `devices`. A pool with work that has found no room for `turn` gets
+    /// busy replicas of other pools drained for it (the starvation bound).
+    pub fn new(devices: Vec<GpuDevice>, turn: Duration) -> Arc<Gpus> {
         Arc::new(Gpus {
             budget: Mutex::new(Budget::new(devices)),
             pools: Mutex::default(),
+            turn,
         })
+    }
+
+    /// How long a pool with work waits for room while others are busy.
+    pub fn turn(&self) -> Duration {
+        self.turn
     }
 
     fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {

@@ -92,10 +92,6 @@ struct GpuWait {
     last_busy: Option<Instant>,
 }
 
-/// How long a pool with work waits for GPU room while other pools are busy before their
-/// replicas are drained for it (their jobs finish first).
-const GPU_TURN: Duration = Duration::from_secs(30);
-
 /// A pool at run time. Shared by the autoscaler loop, the replica tasks and the status API.
 pub struct Pool {
     config: PoolConfig,
@@ -305,7 +301,13 @@ impl Pool {
                 return;
             }
             let has_work = obs.pending > 0;
-            match gpus.place(self, &name, need, has_work, has_work && waited >= GPU_TURN) {
+            match gpus.place(
+                self,
+                &name,
+                need,
+                has_work,
+                has_work && waited >= gpus.turn(),
+            ) {
                 Placement::On(devices) => {
                     let mut st = self.lock();
                     st.gpu.since = None;

@@ -22,12 +22,12 @@ use crate::commands::shared::{bind, build_gateway, redacted, shutdown_signal};
 
 /// The pools `up` runs (from the file, the single-pool flags, or the demo pool) and the
 /// GPUs the file declares.
-fn pools(args: &UpArgs) -> anyhow::Result<(Vec<PoolConfig>, Vec<GpuDevice>)> {
+fn pools(args: &UpArgs) -> anyhow::Result<(Vec<PoolConfig>, Vec<GpuDevice>, Option<Duration>)> {
     if let Some(path) = &args.config {
         let file = config::load(path)?;
-        return Ok((file.pools, file.gpus));
+        return Ok((file.pools, file.gpus, file.gpu_turn));
     }
-    Ok((single_pool(args)?, Vec::new()))
+    Ok((single_pool(args)?, Vec::new(), None))
 }
 
 /// The GPUs replicas are placed on: `--gpu` flags, else those the pools file declares,
@@ -36,6 +36,7 @@ fn pools(args: &UpArgs) -> anyhow::Result<(Vec<PoolConfig>, Vec<GpuDevice>)> {
 fn gpus(
     args: &UpArgs,
     declared: Vec<GpuDevice>,
+    turn: Option<Duration>,
     pools: &[PoolConfig],
 ) -> anyhow::Result<Option<Arc<Gpus>>> {
     let devices = if !args.gpus.is_empty() {
@@ -65,7 +66,7 @@ fn gpus(
     for d in &devices {
         tracing::info!(gpu = d.index, name = %d.name, memory = %format_bytes(d.memory), source = ?d.source, "GPU");
     }
-    let gpus = Gpus::new(devices);
+    let gpus = Gpus::new(devices, args.gpu_turn.or(turn).unwrap_or(DEFAULT_GPU_TURN));
     for p in pools {
         if let Some(need) = p.gpu
             && !gpus.could_fit(need)
@@ -82,6 +83,10 @@ fn gpus(
     }
     Ok(Some(gpus))
 }
+
+/// How long a pool with work waits for GPU room while others are busy, unless the pools
+/// file (`gpu_turn`) or `--gpu-turn` says otherwise.
+const DEFAULT_GPU_TURN: Duration = Duration::from_secs(30);
 
 /// The one pool of the single-pool flags, or the demo pool.
 fn single_pool(args: &UpArgs) -> anyhow::Result<Vec<PoolConfig>> {
@@ -237,8 +242,8 @@ impl greenscale_gateway::PoolsStatus for PoolsView {
 
 /// Runs `greenscale up` until SIGINT or SIGTERM, then drains and stops every replica.
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let (pool_configs, declared_gpus) = pools(&args)?;
-    let gpus = gpus(&args, declared_gpus, &pool_configs)?;
+    let (pool_configs, declared_gpus, gpu_turn) = pools(&args)?;
+    let gpus = gpus(&args, declared_gpus, gpu_turn, &pool_configs)?;
     let (data_dir, _lock) = open_data_dir(&args.data_dir)?;
     let (queues, queue_text) = open_queues(&args, &pool_configs, &data_dir).await?;
     let names: Vec<String> = pool_configs.iter().map(|p| p.name.clone()).collect();
