@@ -530,6 +530,21 @@ async fn two_pools_that_fit_one_at_a_time_on_a_declared_gpu_swap_without_cutting
         .map(|p| p["evicted"].as_u64().unwrap())
         .sum();
     assert_eq!(swaps, 3, "a → b → a → b is three swaps: {pools}");
+    let metrics = up
+        .client
+        .get(up.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("greenscale_replica_evictions_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, 3.0, "{metrics}");
     println!("4 alternating requests, {swaps} swaps, never both loaded ({samples} samples)");
     for m in &models {
         let _ = std::fs::remove_file(m);

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the pools: replicas by state, cold-start durations, starts,
-//! failures, replica-seconds and desired replicas, each labelled with the pool.
+//! failures, evictions, replica-seconds and desired replicas, each labelled with the pool.
 
 use greenscale_core::metrics::{PoolFamilies, PoolLabel};
 use prometheus_client::metrics::counter::Counter;
@@ -15,6 +15,7 @@ pub struct AutoscalerMetrics {
     desired: Family<PoolLabel, Gauge>,
     starts: Family<PoolLabel, Counter>,
     failures: Family<PoolLabel, Counter>,
+    evictions: Family<PoolLabel, Counter>,
     decisions: Family<PoolLabel, Counter>,
     replica_seconds: Family<PoolLabel, Counter<f64>>,
 }
@@ -27,6 +28,7 @@ impl AutoscalerMetrics {
             desired: Family::default(),
             starts: Family::default(),
             failures: Family::default(),
+            evictions: Family::default(),
             decisions: Family::default(),
             replica_seconds: Family::default(),
         };
@@ -36,6 +38,11 @@ impl AutoscalerMetrics {
             m.desired.clone(),
         );
         registry.register("replica_starts", "Replicas started", m.starts.clone());
+        registry.register(
+            "replica_evictions",
+            "Replicas stopped to make room on the GPUs for another pool's (swaps)",
+            m.evictions.clone(),
+        );
         registry.register(
             "replica_failures",
             "Replicas that failed to start or crashed",
@@ -111,6 +118,11 @@ impl PoolMetrics {
     /// Counts a failed start or crash.
     pub fn failure(&self) {
         self.families.failures.get_or_create(&self.label()).inc();
+    }
+
+    /// Counts a replica evicted for another pool.
+    pub fn evicted(&self) {
+        self.families.evictions.get_or_create(&self.label()).inc();
     }
 
     /// Adds a stopped replica's lifetime.

@@ -646,6 +646,7 @@ impl Pool {
         let _ = r.stop.send(true);
         st.gpu.evicted += 1;
         st.gpu.idle_after_eviction = true;
+        self.metrics.evicted();
         self.update_gauges(&st);
     }
 
