@@ -141,6 +141,25 @@ pub struct PoolStatus {
     /// Since when a replica is wanted but no GPU has room for it, Unix ms.
     #[serde(default)]
     pub waiting_for_gpu_since_ms: Option<u64>,
+    /// The GPU energy its replicas used, when the GPUs' board power is known.
+    #[serde(default)]
+    pub energy: Option<Energy>,
+}
+
+/// A pool's GPU energy since it started, next to an always-on pool's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Energy {
+    /// Used by its replicas, kWh (each replica's share of its GPUs' board power over its
+    /// lifetime).
+    pub kwh: f64,
+    /// What the observed peak of replicas, always on, would have used over the same time.
+    pub always_on_kwh: f64,
+    /// Whether the figures are estimated from a board power (declared, or the driver's
+    /// power limit) rather than read from an energy counter.
+    pub estimated: bool,
+    /// The grid's carbon intensity, gCO2e per kWh, if configured: emissions are
+    /// `kwh × grid_g_per_kwh`.
+    pub grid_g_per_kwh: Option<f64>,
 }
 
 /// What one replica of a pool needs of the GPUs.

@@ -234,11 +234,21 @@ function poolCard(p, windowS) {
     const unit = p.currency ? ` ${p.currency}` : "";
     const cost = (h) => (priced ? `${money(h * p.cost_per_hour)}${unit}` : `${h.toFixed(3)} replica-h`);
     const rate = priced ? ` × ${p.cost_per_hour}${unit}/h` : "";
+    const energy = [];
+    if (p.energy) {
+      const e = p.energy;
+      const label = e.estimated ? " (estimated from the GPUs' board power)" : "";
+      const co2 = (kwh) => (typeof e.grid_g_per_kwh === "number" ? `, ${(kwh * e.grid_g_per_kwh).toFixed(1)} gCO2e` : "");
+      energy.push(["energy", `${e.kwh.toFixed(4)} kWh${co2(e.kwh)}${label}`, "energy-used"]);
+      energy.push(["energy always on", `${e.always_on_kwh.toFixed(4)} kWh${co2(e.always_on_kwh)}${label}`, "energy-always-on"]);
+      energy.push(["energy saving", `${(e.always_on_kwh - e.kwh).toFixed(4)} kWh${co2(e.always_on_kwh - e.kwh)}${label}`, "energy-saving"]);
+    }
     card.append(el("div", { class: "cost" },
       facts([
         ["used", `${usedH.toFixed(3)} replica-h${rate}${priced ? ` = ${cost(usedH)}` : ""}`, "cost-used"],
         ["always on", `${p.peak_replicas} × ${hours.toFixed(3)} h${rate} = ${cost(alwaysOnH)}`, "cost-always-on"],
         ["saving", `${cost(savedH)}${pct}`, "cost-saving"],
+        ...energy,
       ]),
       el("p", { class: "small muted" },
         `Used: every replica's lifetime from start to stop (loading included) since this pool started ${ago(p.since_ms)}. ` +

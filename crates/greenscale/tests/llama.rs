@@ -530,15 +530,7 @@ async fn two_pools_that_fit_one_at_a_time_on_a_declared_gpu_swap_without_cutting
         .map(|p| p["evicted"].as_u64().unwrap())
         .sum();
     assert_eq!(swaps, 3, "a → b → a → b is three swaps: {pools}");
-    let metrics = up
-        .client
-        .get(up.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = up.metrics().await;
     let counted: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("greenscale_replica_evictions_total{"))

@@ -116,15 +116,7 @@ async fn a_burst_wakes_the_demo_pool_from_zero_and_it_returns_to_zero() {
         "the last decision scales to zero: {pool}"
     );
     assert!(pool["replica_seconds"].as_f64().unwrap() > 1.0);
-    let metrics = up
-        .client
-        .get(up.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = up.metrics().await;
     assert!(
         metrics.contains("greenscale_cold_start_seconds_count{pool=\"demo\"}"),
         "{metrics}"
@@ -783,4 +775,54 @@ async fn a_busy_pool_on_a_shared_gpu_lets_a_waiting_pool_take_its_turn_without_c
     );
     let log = up.process.log();
     assert!(log.contains("evicting replica"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_energy_is_estimated_from_the_declared_board_power_and_labelled_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_greenscale");
+    let config = dir.path().join("pools.toml");
+    // Half of a 300 W board: 150 W per replica; 400 gCO2e per kWh.
+    std::fs::write(
+        &config,
+        format!(
+            "grid_intensity = 400\n\n[[gpu]]\nmemory = \"1GiB\"\npower = \"300W\"\n\n[[pool]]\nname = \"demo\"\ncommand = \"{exe} demo-model --port {{port}}\"\ngpu_memory = \"512MiB\"\npolicy = \"keepalive:1s\"\n"
+        ),
+    )
+    .unwrap();
+    let up = Up::start(dir.path(), "up", &["--config", config.to_str().unwrap()]).await;
+    let id = up.submit(json!({"prompt": "watts"})).await;
+    up.wait_for("the job succeeds", Duration::from_secs(30), || async {
+        up.job(&id).await["status"] == "succeeded"
+    })
+    .await;
+    up.wait_for("back at zero", Duration::from_secs(30), || async {
+        up.pool().await["replicas"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let pool = up.pool().await;
+    let energy = &pool["energy"];
+    let kwh = energy["kwh"].as_f64().unwrap();
+    let expected = pool["replica_seconds"].as_f64().unwrap() * 150.0 / 3.6e6;
+    assert!(
+        (kwh - expected).abs() <= expected * 0.02,
+        "{kwh} kWh, expected {expected}: {pool}"
+    );
+    assert!(energy["always_on_kwh"].as_f64().unwrap() > kwh, "{pool}");
+    assert_eq!(energy["estimated"], true);
+    assert_eq!(energy["grid_g_per_kwh"], 400.0);
+    let status = std::process::Command::new(exe)
+        .args(["status", "--url", &up.base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("gCO2e") && text.contains("estimated from the GPUs' board power"),
+        "{text}"
+    );
+    let metrics = up.metrics().await;
+    assert!(
+        metrics.contains("greenscale_replica_energy_joules_total{pool=\"demo\"}"),
+        "{metrics}"
+    );
 }

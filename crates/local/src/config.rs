@@ -76,6 +76,8 @@ pub struct PoolsFile {
     /// How long a pool with work waits for GPU room while other pools are busy
     /// (`gpu_turn`), if given.
     pub gpu_turn: Option<Duration>,
+    /// The grid's carbon intensity, gCO2e per kWh (`grid_intensity`), if given.
+    pub grid_intensity: Option<f64>,
 }
 
 impl PoolConfig {
@@ -133,6 +135,7 @@ struct RawFile {
     #[serde(default)]
     gpu: Vec<Spanned<RawGpu>>,
     gpu_turn: Option<Spanned<String>>,
+    grid_intensity: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +143,7 @@ struct RawFile {
 struct RawGpu {
     memory: Spanned<String>,
     name: Option<String>,
+    power: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -219,11 +223,33 @@ pub fn parse(file: &str, text: &str) -> Result<PoolsFile, ConfigError> {
                     ),
                 )
             })?;
+        let power_w = match g.power {
+            None => None,
+            Some(p) => Some(
+                p.get_ref()
+                    .trim()
+                    .trim_end_matches('W')
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|w| *w > 0)
+                    .ok_or_else(|| {
+                        at(
+                            p.span(),
+                            format!(
+                                "gpu {index}: field `power`: {:?} is not a board power (try \"300W\")",
+                                p.get_ref()
+                            ),
+                        )
+                    })?,
+            ),
+        };
         gpus.push(GpuDevice {
             index: index as u32,
             name: g.name.unwrap_or_else(|| "declared".into()),
             memory,
             source: GpuSource::Declared,
+            power_w,
         });
     }
     let gpu_turn = match raw.gpu_turn {
@@ -232,6 +258,15 @@ pub fn parse(file: &str, text: &str) -> Result<PoolsFile, ConfigError> {
             parse_duration(t.get_ref())
                 .map_err(|e| at(t.span(), format!("field `gpu_turn`: {}", e.0)))?,
         ),
+    };
+    let grid_intensity = match raw.grid_intensity {
+        Some(g) if !g.get_ref().is_finite() || *g.get_ref() < 0.0 => {
+            return Err(at(
+                g.span(),
+                "field `grid_intensity`: must be gCO2e per kWh, a number ≥ 0".into(),
+            ));
+        }
+        g => g.map(Spanned::into_inner),
     };
     let mut pools: Vec<PoolConfig> = Vec::new();
     for spanned in raw.pool {
@@ -400,6 +435,7 @@ pub fn parse(file: &str, text: &str) -> Result<PoolsFile, ConfigError> {
         pools,
         gpus,
         gpu_turn,
+        grid_intensity,
     })
 }
 
@@ -472,6 +508,7 @@ memory = "80GiB"
 [[gpu]]
 memory = "24GiB"
 name = "L4"
+power = "72W"
 
 [[pool]]
 name = "big"
@@ -492,6 +529,10 @@ command = "llama-server --port {port}"
         assert_eq!(file.gpus.len(), 2);
         assert_eq!((file.gpus[1].index, file.gpus[1].memory), (1, 24 << 30));
         assert_eq!(file.gpus[1].name, "L4");
+        assert_eq!(
+            (file.gpus[0].power_w, file.gpus[1].power_w),
+            (None, Some(72))
+        );
         let need = |i: usize| file.pools[i].gpu;
         assert_eq!(
             need(0),

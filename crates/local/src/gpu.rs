@@ -31,6 +31,8 @@ pub fn detect() -> Vec<GpuDevice> {
                 name: device.name().unwrap_or_else(|_| "GPU".into()),
                 memory,
                 source: GpuSource::Detected,
+                // The enforced power limit: what the board may draw, in milliwatts.
+                power_w: device.enforced_power_limit().ok().map(|mw| mw / 1000),
             })
         })
         .collect()
@@ -41,6 +43,7 @@ pub struct Gpus {
     budget: Mutex<Budget>,
     pools: Mutex<Vec<Weak<Pool>>>,
     turn: Duration,
+    grid_g_per_kwh: Option<f64>,
 }
 
 /// Where a replica may go.
@@ -60,7 +63,32 @@ impl Gpus {
             budget: Mutex::new(Budget::new(devices)),
             pools: Mutex::default(),
             turn,
+            grid_g_per_kwh: None,
         })
+    }
+
+    /// The same with a grid carbon intensity, gCO2e per kWh, for emissions figures.
+    pub fn with_grid_intensity(
+        devices: Vec<GpuDevice>,
+        turn: Duration,
+        g_per_kwh: f64,
+    ) -> Arc<Gpus> {
+        Arc::new(Gpus {
+            budget: Mutex::new(Budget::new(devices)),
+            pools: Mutex::default(),
+            turn,
+            grid_g_per_kwh: Some(g_per_kwh),
+        })
+    }
+
+    /// The grid carbon intensity, gCO2e per kWh, if configured.
+    pub fn grid_intensity(&self) -> Option<f64> {
+        self.grid_g_per_kwh
+    }
+
+    /// The board power `replica` accounts for, watts (see [`Budget::power_of`]).
+    pub fn power_of(&self, replica: &str) -> Option<f64> {
+        self.budget().power_of(replica)
     }
 
     /// How long a pool with work waits for room while others are busy.

@@ -16,6 +16,7 @@ pub struct AutoscalerMetrics {
     starts: Family<PoolLabel, Counter>,
     failures: Family<PoolLabel, Counter>,
     evictions: Family<PoolLabel, Counter>,
+    energy: Family<PoolLabel, Counter<f64>>,
     decisions: Family<PoolLabel, Counter>,
     replica_seconds: Family<PoolLabel, Counter<f64>>,
 }
@@ -29,6 +30,7 @@ impl AutoscalerMetrics {
             starts: Family::default(),
             failures: Family::default(),
             evictions: Family::default(),
+            energy: Family::default(),
             decisions: Family::default(),
             replica_seconds: Family::default(),
         };
@@ -42,6 +44,11 @@ impl AutoscalerMetrics {
             "replica_evictions",
             "Replicas stopped to make room on the GPUs for another pool's (swaps)",
             m.evictions.clone(),
+        );
+        registry.register(
+            "replica_energy_joules",
+            "GPU energy of stopped replicas, joules, estimated from the GPUs' board power (each replica's share of it over its lifetime)",
+            m.energy.clone(),
         );
         registry.register(
             "replica_failures",
@@ -118,6 +125,14 @@ impl PoolMetrics {
     /// Counts a failed start or crash.
     pub fn failure(&self) {
         self.families.failures.get_or_create(&self.label()).inc();
+    }
+
+    /// Adds a stopped replica's estimated GPU energy, joules.
+    pub fn energy(&self, joules: f64) {
+        self.families
+            .energy
+            .get_or_create(&self.label())
+            .inc_by(joules);
     }
 
     /// Counts a replica evicted for another pool.

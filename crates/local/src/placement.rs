@@ -15,6 +15,8 @@ pub struct GpuDevice {
     pub memory: u64,
     /// Detected or declared.
     pub source: GpuSource,
+    /// Board power, watts, if declared: what energy is estimated from.
+    pub power_w: Option<u32>,
 }
 
 /// Memory a replica holds on one device.
@@ -123,6 +125,21 @@ impl Budget {
         Some(placed.into_iter().map(|(i, _)| i).collect())
     }
 
+    /// The board power `replica` accounts for, watts: on each device it holds, the device's
+    /// power in the share of its memory the replica holds. `None` unless every such device
+    /// has a declared power.
+    pub fn power_of(&self, replica: &str) -> Option<f64> {
+        let mut total = 0.0;
+        let mut any = false;
+        for (d, holds) in &self.devices {
+            for h in holds.iter().filter(|h| h.replica == replica) {
+                total += f64::from(d.power_w?) * h.memory as f64 / d.memory as f64;
+                any = true;
+            }
+        }
+        any.then_some(total)
+    }
+
     /// Gives back what `replica` holds.
     pub fn release(&mut self, replica: &str) {
         for (_, holds) in &mut self.devices {
@@ -177,6 +194,7 @@ mod tests {
                     name: "declared".into(),
                     memory: g * GIB,
                     source: GpuSource::Declared,
+                    power_w: Some(300),
                 })
                 .collect(),
         )
@@ -209,6 +227,21 @@ mod tests {
         assert_eq!(b.reserve("c", "c-1", need(1, Some(11))), Some(vec![1]));
         assert!(!b.could_fit(need(1, Some(81))));
         assert!(b.could_fit(need(2, Some(40))));
+    }
+
+    #[test]
+    fn a_replica_accounts_for_its_share_of_the_board_power() {
+        let mut b = gpus(&[24, 24]);
+        b.reserve("a", "a-1", need(1, Some(6)));
+        b.reserve("b", "b-1", need(2, None));
+        assert_eq!(b.power_of("a-1"), Some(75.0), "a quarter of a 300 W board");
+        assert_eq!(b.power_of("nobody"), None);
+        b.release("a-1");
+        assert_eq!(
+            b.power_of("b-1"),
+            None,
+            "b needs two whole devices: not placed"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use greenscale_core::policy::{Decision, Observation, PoolShape, ReplicaCounts};
 use greenscale_core::status::{
-    DecisionRecord, GpuNeed, PoolKind, PoolStatus, ReplicaState, ReplicaView,
+    DecisionRecord, Energy, GpuNeed, PoolKind, PoolStatus, ReplicaState, ReplicaView,
 };
 use greenscale_core::{Queue, QueueError};
 use greenscale_worker::{
@@ -61,6 +61,8 @@ impl Drop for Retire<'_> {
 
 struct ReplicaEntry {
     view: ReplicaView,
+    /// Its share of its GPUs' board power, watts, when known.
+    power_w: Option<f64>,
     started: Instant,
     report: Arc<WorkerReport>,
     stop: watch::Sender<bool>,
@@ -254,7 +256,7 @@ impl Pool {
                 }
                 _ => {
                     for _ in 0..starts {
-                        self.start_replica(&mut st, Vec::new());
+                        self.start_replica(&mut st, Vec::new(), None);
                     }
                 }
             }
@@ -309,9 +311,10 @@ impl Pool {
                 has_work && waited >= gpus.turn(),
             ) {
                 Placement::On(devices) => {
+                    let power = gpus.power_of(&name);
                     let mut st = self.lock();
                     st.gpu.since = None;
-                    self.start_replica(&mut st, devices);
+                    self.start_replica(&mut st, devices, power);
                 }
                 Placement::Wait => {
                     if waited.is_zero() {
@@ -327,7 +330,10 @@ impl Pool {
         format!("{}-{n}", self.config.name)
     }
 
-    fn start_replica(self: &Arc<Self>, st: &mut PoolState, gpus: Vec<u32>) {
+    fn start_replica(self: &Arc<Self>, st: &mut PoolState, gpus: Vec<u32>, power_w: Option<f64>) {
+        if let Some(w) = power_w {
+            st.usage.replica_power_w = Some(st.usage.replica_power_w.unwrap_or(0.0).max(w));
+        }
         st.next_replica += 1;
         let name = self.replica_name(st.next_replica);
         let (stop, stop_rx) = watch::channel(false);
@@ -343,6 +349,7 @@ impl Pool {
                 in_flight: 0,
                 gpus: gpus.clone(),
             },
+            power_w,
             started: Instant::now(),
             report: report.clone(),
             stop,
@@ -592,6 +599,11 @@ impl Pool {
             let r = st.replicas.remove(i);
             st.usage.retired_runs += r.report.runs.load(Ordering::Relaxed);
             st.usage.retired_run_time_us += r.report.run_time_us.load(Ordering::Relaxed);
+            if let Some(w) = r.power_w {
+                let joules = w * started.elapsed().as_secs_f64();
+                st.usage.retired_joules += joules;
+                self.metrics.energy(joules);
+            }
         }
         let lived = started.elapsed().as_secs_f64();
         st.usage.retired_replica_seconds += lived;
@@ -735,6 +747,20 @@ impl Pool {
             gpu_need: self.config.gpu,
             evicted: st.gpu.evicted,
             waiting_for_gpu_since_ms: st.gpu.since.map(|(_, ms)| ms),
+            energy: st.usage.replica_power_w.map(|peak_w| {
+                let live: f64 = st
+                    .replicas
+                    .iter()
+                    .filter_map(|r| Some(r.power_w? * r.started.elapsed().as_secs_f64()))
+                    .sum();
+                let period_s = self.epoch.elapsed().as_secs_f64();
+                Energy {
+                    kwh: (st.usage.retired_joules + live) / 3.6e6,
+                    always_on_kwh: f64::from(st.usage.peak_replicas) * peak_w * period_s / 3.6e6,
+                    estimated: true,
+                    grid_g_per_kwh: self.gpus.as_ref().and_then(|g| g.grid_intensity()),
+                }
+            }),
         }
     }
 

@@ -138,6 +138,10 @@ pub(crate) struct Usage {
     pub last_pending: u64,
     /// Jobs running at the last observation.
     pub last_in_flight: u64,
+    /// GPU energy of replicas that are gone, joules.
+    pub retired_joules: f64,
+    /// The largest board-power share one replica accounted for, watts.
+    pub replica_power_w: Option<f64>,
 }
 
 /// What the scale-down choice needs to know of one replica.

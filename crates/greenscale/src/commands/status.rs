@@ -162,6 +162,24 @@ fn print_pool(p: &PoolStatus) {
             d.reason
         );
     }
+    if let Some(e) = &p.energy {
+        let co2 = |kwh: f64| match e.grid_g_per_kwh {
+            Some(g) => format!(", {:.1} gCO2e", kwh * g),
+            None => String::new(),
+        };
+        say!(
+            "  energy       {:.4} kWh{} (always on: {:.4} kWh{}){}",
+            e.kwh,
+            co2(e.kwh),
+            e.always_on_kwh,
+            co2(e.always_on_kwh),
+            if e.estimated {
+                ", estimated from the GPUs' board power"
+            } else {
+                ""
+            }
+        );
+    }
     if p.evicted > 0 {
         say!(
             "  evicted      {} replica(s), to make room on the GPUs for other pools",

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use greenscale_core::status::GpuSource;
 use greenscale_core::{Consumer, Queue, format_bytes};
 use greenscale_gateway::{Route, Routes};
+use greenscale_local::config::PoolsFile;
 use greenscale_local::gpu::Gpus;
 use greenscale_local::placement::GpuDevice;
 use greenscale_local::{
@@ -22,23 +23,23 @@ use crate::commands::shared::{bind, build_gateway, redacted, shutdown_signal};
 
 /// The pools `up` runs (from the file, the single-pool flags, or the demo pool) and the
 /// GPUs the file declares.
-fn pools(args: &UpArgs) -> anyhow::Result<(Vec<PoolConfig>, Vec<GpuDevice>, Option<Duration>)> {
+fn pools(args: &UpArgs) -> anyhow::Result<PoolsFile> {
     if let Some(path) = &args.config {
-        let file = config::load(path)?;
-        return Ok((file.pools, file.gpus, file.gpu_turn));
+        return Ok(config::load(path)?);
     }
-    Ok((single_pool(args)?, Vec::new(), None))
+    Ok(PoolsFile {
+        pools: single_pool(args)?,
+        gpus: Vec::new(),
+        gpu_turn: None,
+        grid_intensity: None,
+    })
 }
 
 /// The GPUs replicas are placed on: `--gpu` flags, else those the pools file declares,
 /// else those the driver reports; `None` without any (no GPU limits). Refuses a pool whose
 /// replica could not fit even on empty GPUs.
-fn gpus(
-    args: &UpArgs,
-    declared: Vec<GpuDevice>,
-    turn: Option<Duration>,
-    pools: &[PoolConfig],
-) -> anyhow::Result<Option<Arc<Gpus>>> {
+fn gpus(args: &UpArgs, file: &PoolsFile) -> anyhow::Result<Option<Arc<Gpus>>> {
+    let (declared, pools) = (file.gpus.clone(), &file.pools);
     let devices = if !args.gpus.is_empty() {
         args.gpus
             .iter()
@@ -48,6 +49,7 @@ fn gpus(
                 name: "declared".into(),
                 memory,
                 source: GpuSource::Declared,
+                power_w: None,
             })
             .collect()
     } else if !declared.is_empty() {
@@ -66,7 +68,11 @@ fn gpus(
     for d in &devices {
         tracing::info!(gpu = d.index, name = %d.name, memory = %format_bytes(d.memory), source = ?d.source, "GPU");
     }
-    let gpus = Gpus::new(devices, args.gpu_turn.or(turn).unwrap_or(DEFAULT_GPU_TURN));
+    let turn = args.gpu_turn.or(file.gpu_turn).unwrap_or(DEFAULT_GPU_TURN);
+    let gpus = match file.grid_intensity {
+        Some(g) => Gpus::with_grid_intensity(devices, turn, g),
+        None => Gpus::new(devices, turn),
+    };
     for p in pools {
         if let Some(need) = p.gpu
             && !gpus.could_fit(need)
@@ -242,8 +248,9 @@ impl greenscale_gateway::PoolsStatus for PoolsView {
 
 /// Runs `greenscale up` until SIGINT or SIGTERM, then drains and stops every replica.
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let (pool_configs, declared_gpus, gpu_turn) = pools(&args)?;
-    let gpus = gpus(&args, declared_gpus, gpu_turn, &pool_configs)?;
+    let file = pools(&args)?;
+    let gpus = gpus(&args, &file)?;
+    let pool_configs = file.pools;
     let (data_dir, _lock) = open_data_dir(&args.data_dir)?;
     let (queues, queue_text) = open_queues(&args, &pool_configs, &data_dir).await?;
     let names: Vec<String> = pool_configs.iter().map(|p| p.name.clone()).collect();

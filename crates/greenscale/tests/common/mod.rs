@@ -209,6 +209,18 @@ impl Up {
             .unwrap()
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn pool(&self) -> Value {
         self.get("/v1/pools").await[0].clone()
     }
