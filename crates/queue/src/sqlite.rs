@@ -138,7 +138,13 @@ impl SqliteQueue {
         };
         tokio::task::spawn_blocking(move || {
             let mut conn = db.lock().expect("queue database lock");
-            let tx = conn.transaction().map_err(db_error)?;
+            // Immediate: take the write lock at the start, waiting (busy timeout) for
+            // another connection's transaction — several pools of one `up` share the file.
+            // A deferred transaction that reads and then writes fails at once with
+            // SQLITE_BUSY when another connection wrote in between.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_error)?;
             let out = f(&tx, &ctx)?;
             tx.commit().map_err(db_error)?;
             Ok(out)
