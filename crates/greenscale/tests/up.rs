@@ -719,7 +719,7 @@ async fn a_busy_pool_on_a_shared_gpu_lets_a_waiting_pool_take_its_turn_without_c
     // second job of `a` would keep its warm replica busy — unless `b` gets its turn.
     let pool = |name: &str| {
         format!(
-            "[[pool]]\nname = \"{name}\"\ncommand = \"{exe} demo-model --port {{port}} --tokens-per-sec 20\"\ngpu_memory = \"600MiB\"\nconcurrency = 1\nmax_replicas = 1\npolicy = \"keepalive:60s\"\nstop_timeout = \"5s\"\n"
+            "[[pool]]\nname = \"{name}\"\ncommand = \"{exe} demo-model --port {{port}} --tokens-per-sec 4\"\ngpu_memory = \"600MiB\"\nconcurrency = 1\nmax_replicas = 1\npolicy = \"keepalive:60s\"\nstop_timeout = \"5s\"\n"
         )
     };
     let config = dir.path().join("pools.toml");
@@ -733,9 +733,10 @@ async fn a_busy_pool_on_a_shared_gpu_lets_a_waiting_pool_take_its_turn_without_c
     )
     .unwrap();
     let up = Up::start(dir.path(), "up", &["--config", config.to_str().unwrap()]).await;
-    // a1 runs about 2 s (40 tokens at 20 per second); a2 queues behind it; then b1 comes.
+    // a1 runs at least 3 s (the demo's answers have 13 tokens or more, at 4 per second):
+    // longer than the turn plus a decision tick. a2 queues behind it; then b1 comes.
     let a1 = up
-        .submit(json!({"prompt": "first", "model": "a", "max_tokens": 40}))
+        .submit(json!({"prompt": "first", "model": "a", "max_tokens": 100}))
         .await;
     up.wait_for("a1 runs", Duration::from_secs(20), || async {
         up.job(&a1).await["status"] == "running"

@@ -4,7 +4,7 @@
 //! pools are evicted to make room for one with work waiting.
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use greenscale_core::status::{GpuHold, GpuNeed, GpuSource, GpuStatus, ReplicaState};
 
@@ -44,6 +44,9 @@ pub struct Gpus {
     pools: Mutex<Vec<Weak<Pool>>>,
     turn: Duration,
     grid_g_per_kwh: Option<f64>,
+    /// Pools with work that found no room, and since when: room goes to the one that has
+    /// waited longest, not to whichever pool decides first when memory frees.
+    waiting: Mutex<Vec<(String, Instant)>>,
 }
 
 /// Where a replica may go.
@@ -64,6 +67,7 @@ impl Gpus {
             pools: Mutex::default(),
             turn,
             grid_g_per_kwh: None,
+            waiting: Mutex::default(),
         })
     }
 
@@ -78,6 +82,7 @@ impl Gpus {
             pools: Mutex::default(),
             turn,
             grid_g_per_kwh: Some(g_per_kwh),
+            waiting: Mutex::default(),
         })
     }
 
@@ -122,23 +127,41 @@ impl Gpus {
             .collect()
     }
 
-    /// Places `replica` of `pool`. When it fits nowhere and `make_room` (the pool has work
-    /// waiting), idle replicas of other pools are evicted, least expected loss first; with
-    /// `turn_over` (it has waited past its turn), busy ones are drained too — their jobs
-    /// finish first, none is cut.
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<(String, Instant)>> {
+        self.waiting.lock().expect("GPU waiting lock")
+    }
+
+    /// Places `replica` of `pool`, which has wanted a replica since `since`. Room goes first
+    /// to a pool with work that has waited longer. When it fits nowhere and `make_room`
+    /// (the pool has work waiting), idle replicas of other pools are evicted, least
+    /// expected loss first; with `turn_over` (it has waited past its turn), busy ones are
+    /// drained too — their jobs finish first, none is cut.
     pub(crate) fn place(
         &self,
         pool: &Pool,
         replica: &str,
         need: GpuNeed,
+        since: Instant,
         make_room: bool,
         turn_over: bool,
     ) -> Placement {
+        let name = &pool.config().name;
         let mut budget = self.budget();
-        if let Some(devices) = budget.reserve(&pool.config().name, replica, need) {
+        let ahead = self.waiting().iter().any(|(p, s)| p != name && *s < since);
+        if !ahead && let Some(devices) = budget.reserve(name, replica, need) {
+            self.stop_waiting(name);
             return Placement::On(devices);
         }
         if !make_room {
+            return Placement::Wait;
+        }
+        {
+            let mut waiting = self.waiting();
+            if !waiting.iter().any(|(p, _)| p == name) {
+                waiting.push((name.clone(), since));
+            }
+        }
+        if ahead {
             return Placement::Wait;
         }
         let others: Vec<Arc<Pool>> = self
@@ -166,6 +189,11 @@ impl Gpus {
             }
         }
         Placement::Wait
+    }
+
+    /// `pool` no longer waits for room.
+    pub(crate) fn stop_waiting(&self, pool: &str) {
+        self.waiting().retain(|(p, _)| p != pool);
     }
 
     /// Gives back what `replica` held, and tells every pool that memory is free.

@@ -244,8 +244,11 @@ impl Pool {
             self.metrics.decision(desired);
         }
 
-        if desired <= current {
-            st.gpu.since = None;
+        if desired <= current
+            && st.gpu.since.take().is_some()
+            && let Some(g) = &self.gpus
+        {
+            g.stop_waiting(&self.config.name);
         }
         if desired > current {
             let starts = st.backoff.starts_allowed(desired - current, Instant::now());
@@ -287,18 +290,18 @@ impl Pool {
     /// memory frees. Called without the pool's lock (placement reads other pools).
     fn start_on_gpus(self: &Arc<Self>, starts: u32, need: GpuNeed, gpus: &Gpus, obs: &Observation) {
         for _ in 0..starts {
-            let (name, waited, idle_after_eviction) = {
+            let (name, since, first, idle_after_eviction) = {
                 let mut st = self.lock();
-                if st.gpu.since.is_none() {
-                    st.gpu.since = Some((Instant::now(), unix_ms()));
-                }
-                let waited = st.gpu.since.map(|(t, _)| t.elapsed()).unwrap_or_default();
+                let first = st.gpu.since.is_none();
+                let since = *st.gpu.since.get_or_insert((Instant::now(), unix_ms()));
                 (
                     self.replica_name(st.next_replica + 1),
-                    waited,
+                    since.0,
+                    first,
                     st.gpu.idle_after_eviction,
                 )
             };
+            let waited = since.elapsed();
             if idle_after_eviction && obs.work() == 0 {
                 return;
             }
@@ -307,6 +310,7 @@ impl Pool {
                 self,
                 &name,
                 need,
+                since,
                 has_work,
                 has_work && waited >= gpus.turn(),
             ) {
@@ -317,7 +321,7 @@ impl Pool {
                     self.start_replica(&mut st, devices, power);
                 }
                 Placement::Wait => {
-                    if waited.is_zero() {
+                    if first {
                         tracing::info!(pool = %self.config.name, "no GPU has room for a replica now; its jobs wait{}", if has_work { " while room is made" } else { "" });
                     }
                     return;
