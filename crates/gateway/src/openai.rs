@@ -3,6 +3,7 @@
 //! worker starts it or the deadline passes.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -19,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
 use crate::Gateway;
+use crate::dashboard::PoolsStatus;
 use crate::error::{ApiError, ErrorBody};
 use crate::jobs::{admit, json_body};
 use crate::watch::{Update, WatchOptions, watch};
@@ -295,12 +297,7 @@ pub async fn chat_completions(
     );
     if stream {
         let wake = Wake {
-            cold_start_s: g.pools.as_ref().and_then(|p| {
-                p.pools()
-                    .into_iter()
-                    .find(|s| s.name == model)
-                    .and_then(|s| s.cold_starts.p50_s)
-            }),
+            pools: g.pools.clone(),
             progress,
         };
         return Ok(stream_response(id, model, include_usage, wake, updates));
@@ -386,8 +383,9 @@ const WAITING_EVERY: Duration = Duration::from_secs(5);
 
 /// What a streamed request is told while no worker has started its job.
 struct Wake {
-    /// The pool's measured cold start (median), if known.
-    cold_start_s: Option<f64>,
+    /// The pools under `up`, read only once a request has waited (for the measured cold
+    /// start), not for every request.
+    pools: Option<Arc<dyn PoolsStatus>>,
     /// Whether the client asked for a visible message (`X-GreenScale-Progress: 1`).
     progress: bool,
 }
@@ -400,7 +398,13 @@ impl Wake {
         } else {
             format!("pool {model}")
         };
-        let usual = match self.cold_start_s {
+        let cold_start_s = self.pools.as_ref().and_then(|p| {
+            p.pools()
+                .into_iter()
+                .find(|s| s.name == model)
+                .and_then(|s| s.cold_starts.p50_s)
+        });
+        let usual = match cold_start_s {
             Some(s) => format!(" (it usually takes {s:.1} s to start)"),
             None => String::new(),
         };

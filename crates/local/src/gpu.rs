@@ -60,30 +60,21 @@ pub enum Placement {
 
 impl Gpus {
     /// A budget over `devices`. A pool with work that has found no room for `turn` gets
-    /// busy replicas of other pools drained for it (the starvation bound).
-    pub fn new(devices: Vec<GpuDevice>, turn: Duration) -> Arc<Gpus> {
+    /// busy replicas of other pools drained for it (the starvation bound);
+    /// `grid_g_per_kwh`, the grid's carbon intensity, gives the emissions figures.
+    pub fn new(devices: Vec<GpuDevice>, turn: Duration, grid_g_per_kwh: Option<f64>) -> Arc<Gpus> {
         Arc::new(Gpus {
             budget: Mutex::new(Budget::new(devices)),
             pools: Mutex::default(),
             turn,
-            grid_g_per_kwh: None,
+            grid_g_per_kwh,
             waiting: Mutex::default(),
         })
     }
 
-    /// The same with a grid carbon intensity, gCO2e per kWh, for emissions figures.
-    pub fn with_grid_intensity(
-        devices: Vec<GpuDevice>,
-        turn: Duration,
-        g_per_kwh: f64,
-    ) -> Arc<Gpus> {
-        Arc::new(Gpus {
-            budget: Mutex::new(Budget::new(devices)),
-            pools: Mutex::default(),
-            turn,
-            grid_g_per_kwh: Some(g_per_kwh),
-            waiting: Mutex::default(),
-        })
+    /// How long a pool with work waits for room while others are busy.
+    pub fn turn(&self) -> Duration {
+        self.turn
     }
 
     /// The grid carbon intensity, gCO2e per kWh, if configured.
@@ -94,11 +85,6 @@ impl Gpus {
     /// The board power `replica` accounts for, watts (see [`Budget::power_of`]).
     pub fn power_of(&self, replica: &str) -> Option<f64> {
         self.budget().power_of(replica)
-    }
-
-    /// How long a pool with work waits for room while others are busy.
-    pub fn turn(&self) -> Duration {
-        self.turn
     }
 
     fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {

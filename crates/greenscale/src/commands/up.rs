@@ -69,10 +69,7 @@ fn gpus(args: &UpArgs, file: &PoolsFile) -> anyhow::Result<Option<Arc<Gpus>>> {
         tracing::info!(gpu = d.index, name = %d.name, memory = %format_bytes(d.memory), source = ?d.source, "GPU");
     }
     let turn = args.gpu_turn.or(file.gpu_turn).unwrap_or(DEFAULT_GPU_TURN);
-    let gpus = match file.grid_intensity {
-        Some(g) => Gpus::with_grid_intensity(devices, turn, g),
-        None => Gpus::new(devices, turn),
-    };
+    let gpus = Gpus::new(devices, turn, file.grid_intensity);
     for p in pools {
         if let Some(need) = p.gpu
             && !gpus.could_fit(need)
