@@ -9,7 +9,7 @@ use greenscale_testkit::{RedisServer, free_port};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Process, demo_model};
+use common::{Process, demo_model, metrics_text};
 
 const KEY: &str = "test-key-123";
 
@@ -95,18 +95,6 @@ async fn get(base: &str, path: &str) -> reqwest::Response {
         .get(format!("{base}{path}"))
         .bearer_auth(KEY)
         .send()
-        .await
-        .unwrap()
-}
-
-/// The gateway's `/metrics` text (no key needed).
-async fn metrics_text(base: &str) -> String {
-    client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
         .await
         .unwrap()
 }

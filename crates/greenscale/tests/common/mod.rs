@@ -211,14 +211,7 @@ impl Up {
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        self.client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_text(&self.base).await
     }
 
     pub async fn pool(&self) -> Value {
@@ -241,6 +234,16 @@ impl Up {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The `/metrics` text of the gateway or `up` at `base` (no key needed).
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Every process with its state letter, parent and process group, from `/proc/PID/stat`.
