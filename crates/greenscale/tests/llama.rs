@@ -64,9 +64,10 @@ fn llama_reported(log: &str) -> Vec<(u64, u64)> {
     out
 }
 
-/// Seconds since llama-server started at which it logged `model loaded`.
+/// Seconds since it started at which the last llama-server logged `model loaded`.
 fn llama_loaded_at(log: &str) -> Option<f64> {
-    let line = log.lines().find(|l| l.contains("model loaded"))?;
+    // The last replica's (a slow client can outlast the keep-alive and see a second one).
+    let line = log.lines().rfind(|l| l.contains("model loaded"))?;
     // llama.cpp's log stamp: `M.SS.mmm.uuu` (minutes, seconds, ms, µs) since its start.
     let stamp = line
         .split_whitespace()
