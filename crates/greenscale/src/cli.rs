@@ -517,6 +517,18 @@ pub struct SimArgs {
     /// How often policies are consulted.
     #[arg(long, env = "GREENSCALE_SIM_TICK", default_value = "1s", value_parser = parse_duration)]
     pub tick: Duration,
+    /// Give replicas a sleep tier that wakes in this long (e.g. 3s): policies that know
+    /// tiers keep idle replicas asleep between warm and stopped.
+    #[arg(long, env = "GREENSCALE_SIM_WAKE", value_parser = parse_duration)]
+    pub wake: Option<Duration>,
+    /// A sleeping replica's cost per second as a share of a warm one's (with --wake).
+    #[arg(
+        long,
+        env = "GREENSCALE_SIM_SLEEP_COST",
+        default_value_t = 0.1,
+        requires = "wake"
+    )]
+    pub sleep_cost: f64,
     /// The pool's replica limit, shared by every policy.
     #[arg(long, env = "GREENSCALE_SIM_MAX_REPLICAS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_replicas: u32,

@@ -174,3 +174,45 @@ fn without_a_trace_it_names_both_sources_and_its_table_stays_aligned() {
         assert_eq!(row.find("%)").unwrap() + 2, end, "{header}\n{row}");
     }
 }
+
+#[test]
+fn a_sleep_tier_is_used_by_greenscale_and_reported() {
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec![
+            "--trace",
+            "X",
+            "--policy",
+            "greenscale,keepalive:5m",
+            "--json",
+        ];
+        let path = trace("AzureLLMInferenceTrace_code.csv");
+        args[1] = &path;
+        args.extend_from_slice(extra);
+        let out = sim(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        rows.as_array().unwrap().clone()
+    };
+    let plain = run(&[]);
+    let tiered = run(&["--wake", "3s"]);
+    assert_eq!(plain[0]["wakes"], 0);
+    assert!(tiered[0]["wakes"].as_u64().unwrap() > 0, "{}", tiered[0]);
+    assert!(tiered[0]["sleeps"].as_u64().unwrap() >= tiered[0]["wakes"].as_u64().unwrap());
+    assert!(tiered[0]["wake_waits"].as_u64().unwrap() > 0);
+    // Waking a sleeper instead of a cold start: callers wait less.
+    let p95 = |row: &serde_json::Value| row["wait_p95"].as_f64().unwrap();
+    assert!(
+        p95(&tiered[0]) < p95(&plain[0]),
+        "{} vs {}",
+        tiered[0],
+        plain[0]
+    );
+    // A fixed TTL knows no tiers.
+    assert_eq!(tiered[1]["sleeps"], 0);
+    let bad = sim(&["--synthetic", "cron", "--sleep-cost", "0.5"]);
+    assert!(!bad.status.success(), "--sleep-cost needs --wake");
+}

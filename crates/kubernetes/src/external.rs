@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use greenscale_core::policy::{Observation, Policy, PoolShape, ReplicaCounts, Spec};
+use greenscale_core::policy::{Measured, Observation, Policy, PoolShape, ReplicaCounts, Spec};
 use greenscale_core::{QueueError, QueueStats, Reader, parse_duration};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
@@ -176,13 +176,17 @@ impl TargetSettings {
                 ready,
                 starting,
                 busy: self.floor(stats).min(ready),
+                asleep: 0,
             },
             PoolShape {
                 concurrency: self.concurrency,
                 max_replicas: self.max_replicas,
+                can_sleep: false,
             },
-            measured_cold_start.or(self.cold_start.map(|d| d.as_secs_f64())),
-            None,
+            Measured {
+                cold_start: measured_cold_start.or(self.cold_start.map(|d| d.as_secs_f64())),
+                ..Measured::default()
+            },
         )
     }
 

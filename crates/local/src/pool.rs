@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use greenscale_core::policy::{Decision, Observation, PoolShape, ReplicaCounts};
+use greenscale_core::policy::{Decision, Measured, Observation, PoolShape, ReplicaCounts};
 use greenscale_core::status::{
     DecisionRecord, Energy, GpuNeed, PoolKind, PoolStatus, ReplicaState, ReplicaView,
 };
@@ -204,13 +204,18 @@ impl Pool {
                 ready,
                 starting,
                 busy,
+                asleep: 0,
             },
             PoolShape {
                 concurrency: self.config.concurrency,
                 max_replicas: self.config.max_replicas,
+                can_sleep: false,
             },
-            st.cold_starts.mean(),
-            (runs > 0).then(|| run_us as f64 / 1e6 / runs as f64),
+            Measured {
+                cold_start: st.cold_starts.mean(),
+                service_time: (runs > 0).then(|| run_us as f64 / 1e6 / runs as f64),
+                wake: None,
+            },
         ))
     }
 

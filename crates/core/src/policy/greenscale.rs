@@ -34,6 +34,12 @@ const CANDIDATES: usize = 48;
 /// this prices a second of a caller's waiting at four GPU-seconds (see docs/scaling.md).
 pub const DEFAULT_COLD_COST: f64 = 120.0;
 
+/// Default `sleep_cost`: a sleeper costs a tenth of a warm replica.
+pub const DEFAULT_SLEEP_COST: f64 = 0.1;
+
+/// The wake time assumed before one has been measured, as a share of the cold start.
+const WAKE_PRIOR: f64 = 0.25;
+
 /// Parameters of the `greenscale` policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GreenScaleParams {
@@ -43,6 +49,9 @@ pub struct GreenScaleParams {
     pub cold_start_prior: f64,
     /// Replica budget below the pool's limit, if any.
     pub max: Option<u32>,
+    /// A sleeping replica's cost per second as a share of a warm one's (it holds host
+    /// memory and a process, not the GPU); used where replicas can sleep.
+    pub sleep_cost: f64,
 }
 
 impl Default for GreenScaleParams {
@@ -51,15 +60,18 @@ impl Default for GreenScaleParams {
             cold_cost: DEFAULT_COLD_COST,
             cold_start_prior: 30.0,
             max: None,
+            sleep_cost: DEFAULT_SLEEP_COST,
         }
     }
 }
 
-/// When the last replica stays warm during an idle period.
+/// What a replica does through an idle period: warm, then asleep, then stopped.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IdlePlan {
-    /// Keep the last replica warm for this long after going idle, seconds.
+    /// Keep the replica warm for this long after going idle, seconds.
     pub keep: f64,
+    /// Then keep it asleep until this idle time, seconds (`keep` when it does not sleep).
+    pub sleep: f64,
     /// Warm it again from this idle time until the second value (pre-warm), if worth it.
     pub prewarm: Option<(f64, f64)>,
 }
@@ -70,11 +82,14 @@ struct Level {
     /// Gaps between this level being released and being needed again, seconds.
     gaps: VecDeque<f64>,
     new_since_plan: usize,
-    plan: Option<(IdlePlan, f64)>,
+    /// The plan, and the cold start and sleep tier it was made for.
+    plan: Option<(IdlePlan, f64, Option<SleepTier>)>,
     /// When the level was last released (None while needed, or never used).
     off_since: Option<f64>,
-    /// The level is kept until this time.
+    /// The level is kept warm until this time.
     keep_until: f64,
+    /// Then asleep until this time.
+    sleep_until: f64,
     /// Pre-warm window, absolute times (first level only).
     prewarm: Option<(f64, f64)>,
 }
@@ -88,21 +103,33 @@ impl Level {
         self.new_since_plan += 1;
     }
 
-    /// The plan for cold start `cs`, recomputed as history accumulates.
-    fn plan(&mut self, cs: f64, cold_cost: f64) -> IdlePlan {
+    /// The plan for cold start `cs` and sleep tier `sleep`, recomputed as history
+    /// accumulates.
+    fn plan(&mut self, cs: f64, cold_cost: f64, sleep: Option<SleepTier>) -> IdlePlan {
+        let near = |a: f64, b: f64| (a - b).abs() <= 0.05 * b.max(1.0);
         let stale = match self.plan {
             None => true,
-            Some((_, planned_cs)) => {
-                (planned_cs - cs).abs() > 0.05 * cs.max(1.0)
+            Some((_, planned_cs, planned_sleep)) => {
+                !near(planned_cs, cs)
+                    || match (planned_sleep, sleep) {
+                        (None, None) => false,
+                        (Some(a), Some(b)) => !near(a.wake, b.wake) || a.rate != b.rate,
+                        _ => true,
+                    }
                     || self.new_since_plan >= (self.gaps.len() / 8).max(MIN_HISTORY / 2)
             }
         };
         if stale {
             let samples: Vec<f64> = self.gaps.iter().copied().collect();
-            self.plan = Some((plan_idle(&samples, cs, cold_cost), cs));
+            self.plan = Some((plan_idle(&samples, cs, cold_cost, sleep), cs, sleep));
             self.new_since_plan = 0;
         }
         self.plan.expect("just planned").0
+    }
+
+    /// Whether the level is warm at `now` (kept, or inside its pre-warm window).
+    fn warm(&self, now: f64) -> bool {
+        now < self.keep_until || self.prewarm.is_some_and(|(a, b)| now >= a && now < b)
     }
 }
 
@@ -133,8 +160,16 @@ impl GreenScale {
         }
     }
 
+    /// The sleep tier the policy plans with for `obs`, if the pool's replicas can sleep.
+    fn sleep_tier(&self, obs: &Observation, cs: f64) -> Option<SleepTier> {
+        obs.can_sleep.then(|| SleepTier {
+            wake: obs.wake.unwrap_or(WAKE_PRIOR * cs).max(0.0),
+            rate: self.params.sleep_cost,
+        })
+    }
+
     /// Records level transitions from the last `wanted` to `now_wanted`.
-    fn track_levels(&mut self, now: f64, now_wanted: u32, cs: f64) {
+    fn track_levels(&mut self, now: f64, now_wanted: u32, cs: f64, sleep: Option<SleepTier>) {
         let cold_cost = self.params.cold_cost;
         if self.levels.len() < now_wanted as usize {
             self.levels.resize_with(now_wanted as usize, Level::default);
@@ -149,8 +184,9 @@ impl GreenScale {
         for k in (now_wanted + 1)..=self.wanted {
             let level = &mut self.levels[k as usize - 1];
             level.off_since = Some(now);
-            let plan = level.plan(cs, cold_cost);
+            let plan = level.plan(cs, cold_cost, sleep);
             level.keep_until = now + plan.keep;
+            level.sleep_until = now + plan.sleep;
             level.prewarm = if k == 1 {
                 plan.prewarm.map(|(a, b)| (now + a, now + b))
             } else {
@@ -161,39 +197,78 @@ impl GreenScale {
         self.wanted = now_wanted;
     }
 
-    /// The highest level still kept at `now` (levels above `wanted` within their window).
-    fn kept(&mut self, now: f64) -> u32 {
+    /// The replicas kept at `now`: the highest level still warm (levels above `wanted`
+    /// within their keep-warm or pre-warm window), and how many levels above it sleep.
+    fn kept(&mut self, now: f64) -> (u32, u32) {
+        // Forget levels past every window (a pre-warm still to come keeps a level).
         while self.kept_top > self.wanted {
             let level = &self.levels[self.kept_top as usize - 1];
-            let warm =
-                now < level.keep_until || level.prewarm.is_some_and(|(a, b)| now >= a && now < b);
-            if warm {
-                return self.kept_top;
-            }
-            if level.prewarm.is_some_and(|(a, _)| now < a) {
-                // Off now, but pre-warms later: look lower without forgetting it.
-                return (1..self.kept_top)
-                    .rev()
-                    .find(|&k| k <= self.wanted || now < self.levels[k as usize - 1].keep_until)
-                    .unwrap_or(self.wanted);
+            if now < level.sleep_until || level.prewarm.is_some_and(|(_, b)| now < b) {
+                break;
             }
             self.kept_top -= 1;
         }
-        self.wanted
+        let level = |k: u32| &self.levels[k as usize - 1];
+        let warm = (self.wanted + 1..=self.kept_top)
+            .rev()
+            .find(|&k| level(k).warm(now))
+            .unwrap_or(self.wanted);
+        let asleep = (warm + 1..=self.kept_top)
+            .filter(|&k| now < level(k).sleep_until)
+            .count() as u32;
+        (warm, asleep)
     }
 }
 
-/// Chooses the keep-alive and pre-warm windows minimising the mean cost over the observed
-/// idle times. For an idle time `I`, keep-alive `T` and pre-warm start `P` (warm from `P`
-/// until the next arrival), the cost in GPU-seconds is:
-/// `I` when `I <= T` (kept warm); `T + cs + cold_cost` when the arrival finds no ready
-/// replica (`T < I < P + cs`); `T + I - P` when the pre-warmed replica is ready in time.
-pub fn plan_idle(samples: &[f64], cs: f64, cold_cost: f64) -> IdlePlan {
+/// The sleep tier of a pool whose replicas can sleep: what waking costs and what a
+/// sleeper costs while it sleeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SleepTier {
+    /// Seconds from asleep to ready.
+    pub wake: f64,
+    /// A sleeper's cost per second, as a share of a warm replica's (it holds host memory
+    /// and a process, not the GPU).
+    pub rate: f64,
+}
+
+/// Chooses the keep-warm, sleep and pre-warm windows minimising the mean cost over the
+/// observed idle times. For an idle time `I`, keep-warm `T` and pre-warm start `P` (warm
+/// from `P` until the next arrival), the cost in GPU-seconds is: `I` when `I <= T` (kept
+/// warm); `T + cs + cold_cost` when the arrival finds no ready replica (`T < I < P + cs`);
+/// `T + I - P` when the pre-warmed replica is ready in time.
+///
+/// With a sleep tier (wake `w`, rate `r`) the replica sleeps from `T` until `S` and is
+/// stopped after: `T + r (I - T) + w (1 + cold_cost / cs)` when the arrival wakes it
+/// (`T < I <= S`: the wake's GPU time and its wait, priced like a cold start's), and
+/// `T + r (S - T) + cs + cold_cost` after `S`. Whichever plan, with or without sleep, is
+/// cheaper on the history wins. Without enough history it is the ski-rental rule with
+/// two rentals: stay in each tier until what it has cost equals what moving down saves.
+pub fn plan_idle(samples: &[f64], cs: f64, cold_cost: f64, sleep: Option<SleepTier>) -> IdlePlan {
     let miss = cs + cold_cost;
+    // A wake's cost (GPU time and priced waiting), when a sleep tier is worth having.
+    let tier = sleep
+        .map(|t| (t, t.wake * (1.0 + cold_cost / cs.max(0.1))))
+        .filter(|(t, wake_cost)| *wake_cost < miss && t.rate < 1.0);
     if samples.len() < MIN_HISTORY {
-        return IdlePlan {
-            keep: miss,
-            prewarm: None,
+        return match tier {
+            None => IdlePlan {
+                keep: miss,
+                sleep: miss,
+                prewarm: None,
+            },
+            Some((t, wake_cost)) => {
+                let keep = wake_cost / (1.0 - t.rate);
+                let asleep = if t.rate > 0.0 {
+                    (miss - wake_cost) / t.rate
+                } else {
+                    f64::INFINITY
+                };
+                IdlePlan {
+                    keep,
+                    sleep: keep + asleep.min(7.0 * 86_400.0),
+                    prewarm: None,
+                }
+            }
         };
     }
     let mut sorted: Vec<f64> = samples.iter().map(|s| s.max(0.0)).collect();
@@ -245,20 +320,47 @@ pub fn plan_idle(samples: &[f64], cs: f64, cold_cost: f64) -> IdlePlan {
             }
         }
     }
-    IdlePlan {
+    let mut plan = IdlePlan {
         keep: best.1,
+        sleep: best.1,
         prewarm: best.2.map(|p| (p, sorted[n - 1] * 1.1 + cs)),
+    };
+    if let Some((t, wake_cost)) = tier {
+        let slept = |keep: f64, until: f64| -> f64 {
+            let (a, b) = (upto(keep), upto(until));
+            let woken = (b - a) as f64 * (keep * (1.0 - t.rate) + wake_cost)
+                + t.rate * (prefix[b] - prefix[a]);
+            let stopped = (n - b) as f64 * (keep + t.rate * (until - keep) + miss);
+            (prefix[a] + woken + stopped) / n as f64
+        };
+        let mut best_sleep = (f64::INFINITY, 0.0, 0.0);
+        for &keep in &keeps {
+            for &until in keeps.iter().filter(|&&u| u >= keep) {
+                let c = slept(keep, until);
+                if c < best_sleep.0 - 1e-9 {
+                    best_sleep = (c, keep, until);
+                }
+            }
+        }
+        if best_sleep.0 < best.0 - 1e-9 {
+            plan = IdlePlan {
+                keep: best_sleep.1,
+                sleep: best_sleep.2,
+                prewarm: None,
+            };
+        }
     }
+    plan
 }
 
 impl GreenScale {
     /// How long level `k` (the k-th replica) would be kept warm after its work, seconds:
     /// its planned keep-alive, or the break-even time without history.
-    fn level_keep(&mut self, k: u32, cs: f64) -> f64 {
+    fn level_keep(&mut self, k: u32, cs: f64, sleep: Option<SleepTier>) -> f64 {
         let cold_cost = self.params.cold_cost;
         match self.levels.get_mut(k as usize - 1) {
-            Some(level) => level.plan(cs, cold_cost).keep,
-            None => plan_idle(&[], cs, cold_cost).keep,
+            Some(level) => level.plan(cs, cold_cost, sleep).keep,
+            None => plan_idle(&[], cs, cold_cost, sleep).keep,
         }
     }
 }
@@ -369,6 +471,12 @@ impl Policy for GreenScale {
         let work = obs.work();
         let floor = obs.busy.max(div_ceil(obs.in_flight, conc as u64));
         let have = obs.replicas();
+        let sleep = self.sleep_tier(obs, cs);
+        // New capacity comes from sleepers first: it is ready one wake later.
+        let ready_in = match sleep {
+            Some(t) if obs.asleep > 0 => t.wake,
+            _ => cs,
+        };
 
         let (wanted, mut reason) = if work == 0 {
             (0, Reason::Idle)
@@ -384,18 +492,20 @@ impl Policy for GreenScale {
                 starting: obs.starting,
                 concurrency: conc,
                 service_time: svc,
-                cold_start: cs,
+                cold_start: ready_in,
                 price: self.params.cold_cost / cs.max(0.1),
             };
             let room = max.saturating_sub(have);
-            let keeps: Vec<f64> = (1..=room).map(|j| self.level_keep(have + j, cs)).collect();
+            let keeps: Vec<f64> = (1..=room)
+                .map(|j| self.level_keep(have + j, cs, sleep))
+                .collect();
             match plan.worth_starting(&keeps) {
                 0 => (
                     have,
                     Reason::BacklogDrainsInTime {
                         pending: obs.pending,
                         drain_s: beyond / (obs.ready.max(1) as f64 * plan.rate()),
-                        cold_start_s: cs,
+                        cold_start_s: ready_in,
                     },
                 ),
                 k => (
@@ -416,14 +526,20 @@ impl Policy for GreenScale {
             )
         };
         let wanted = wanted.min(max);
-        self.track_levels(now, wanted, cs);
-        let mut desired = self.kept(now).max(wanted);
+        self.track_levels(now, wanted, cs, sleep);
+        let (kept, mut asleep) = self.kept(now);
+        let mut desired = kept.max(wanted);
         if work == 0 {
             let since = *self.idle_since.get_or_insert(now);
             let idle_s = now - since;
             let first = self.levels.first();
             reason = match first {
-                _ if desired == 0 && have == 0 => Reason::Idle,
+                _ if desired == 0 && asleep == 0 && have + obs.asleep == 0 => Reason::Idle,
+                Some(l) if desired == 0 && asleep > 0 => Reason::Sleep {
+                    idle_s,
+                    warm_s: l.keep_until - since,
+                    until_s: l.sleep_until - since,
+                },
                 _ if desired == 0 => Reason::ScaleToZero {
                     idle_s,
                     window_s: first.map_or(0.0, |l| l.keep_until - since),
@@ -448,7 +564,14 @@ impl Policy for GreenScale {
             desired = max.max(floor);
             reason = Reason::Capped { max };
         }
-        Decision { desired, reason }
+        if sleep.is_none() {
+            asleep = 0;
+        }
+        Decision {
+            desired,
+            asleep: asleep.min(max.saturating_sub(desired)),
+            reason,
+        }
     }
 }
 
@@ -459,7 +582,7 @@ mod tests {
 
     #[test]
     fn without_history_keeps_warm_for_the_break_even_time() {
-        let plan = plan_idle(&[], 30.0, 120.0);
+        let plan = plan_idle(&[], 30.0, 120.0, None);
         assert_eq!(plan.keep, 150.0);
         assert_eq!(plan.prewarm, None);
     }
@@ -468,17 +591,77 @@ mod tests {
     fn short_idle_times_are_bridged_and_long_ones_are_not() {
         // Idle times all ~20 s: keeping warm through them is cheaper than any cold start.
         let short: Vec<f64> = (0..50).map(|i| 15.0 + (i % 10) as f64).collect();
-        assert!(plan_idle(&short, 30.0, 0.0).keep >= 24.0);
+        assert!(plan_idle(&short, 30.0, 0.0, None).keep >= 24.0);
         // Idle times all ~2 h with no cold_cost: go to zero at once.
         let long: Vec<f64> = (0..50).map(|i| 7000.0 + (i % 100) as f64 * 10.0).collect();
-        assert_eq!(plan_idle(&long, 30.0, 0.0).keep, 0.0);
+        assert_eq!(plan_idle(&long, 30.0, 0.0, None).keep, 0.0);
+    }
+
+    #[test]
+    fn a_sleep_tier_splits_the_idle_time_into_warm_asleep_and_stopped() {
+        // 30 s cold start, cold_cost 120 (a miss costs 150), wake 3 s (priced 3 · 5 = 15),
+        // a sleeper at a tenth: warm while cheaper than a wake (15 / 0.9 = 16.7 s), asleep
+        // while cheaper than the cold start the wake saves ((150 - 15) / 0.1 = 1350 s more).
+        let tier = SleepTier {
+            wake: 3.0,
+            rate: 0.1,
+        };
+        let plan = plan_idle(&[], 30.0, 120.0, Some(tier));
+        assert!((plan.keep - 15.0 / 0.9).abs() < 1e-9, "{plan:?}");
+        assert!((plan.sleep - plan.keep - 1350.0).abs() < 1e-9, "{plan:?}");
+        // A wake that costs more than a cold start's miss is no tier at all.
+        let slow = SleepTier {
+            wake: 60.0,
+            rate: 0.1,
+        };
+        assert_eq!(plan_idle(&[], 30.0, 120.0, Some(slow)).sleep, 150.0);
+        // Gaps of 3 to 15 min, unpredictable: too long to stay warm, short enough to sleep
+        // through (the pre-warm that suits periodic gaps does not pay here).
+        let middle: Vec<f64> = (0..50)
+            .map(|i| 200.0 + (i * 37 % 50) as f64 * 14.0)
+            .collect();
+        let plan = plan_idle(&middle, 30.0, 120.0, Some(tier));
+        assert!(plan.keep < 200.0 && plan.sleep >= 886.0, "{plan:?}");
+        assert_eq!(plan.prewarm, None);
+        // Gaps of hours: a sleeper costs more than the cold start it would save.
+        let long: Vec<f64> = (0..50).map(|i| 20_000.0 + i as f64 * 100.0).collect();
+        let plan = plan_idle(&long, 30.0, 120.0, Some(tier));
+        assert!(plan.sleep < 20_000.0, "{plan:?}");
+    }
+
+    #[test]
+    fn an_idle_pool_that_can_sleep_sleeps_then_stops_and_wakes_sleepers_first() {
+        let mut g = GreenScale::new("greenscale", GreenScaleParams::default());
+        let sleepy = |now, pending, in_flight, ready, asleep| Observation {
+            can_sleep: true,
+            wake: Some(3.0),
+            asleep,
+            ..obs(now, pending, in_flight, ready)
+        };
+        assert_eq!(g.decide(&sleepy(0.0, 0, 1, 1, 0)).desired, 1);
+        // Idle from 10 s: warm for 16.7 s, then asleep until 1376.7 s, then stopped.
+        let d = g.decide(&sleepy(10.0, 0, 0, 1, 0));
+        assert_eq!((d.desired, d.asleep), (1, 0), "{}", d.reason);
+        let d = g.decide(&sleepy(20.0, 0, 0, 1, 0));
+        assert_eq!((d.desired, d.asleep), (1, 0), "{}", d.reason);
+        let d = g.decide(&sleepy(30.0, 0, 0, 1, 0));
+        assert_eq!((d.desired, d.asleep), (0, 1), "{}", d.reason);
+        assert!(matches!(d.reason, Reason::Sleep { .. }), "{}", d.reason);
+        let d = g.decide(&sleepy(1300.0, 0, 0, 0, 1));
+        assert_eq!((d.desired, d.asleep), (0, 1), "{}", d.reason);
+        let d = g.decide(&sleepy(1400.0, 0, 0, 0, 1));
+        assert_eq!((d.desired, d.asleep), (0, 0), "{}", d.reason);
+        // A pool that cannot sleep never gets sleepers.
+        let mut g = GreenScale::new("greenscale", GreenScaleParams::default());
+        g.decide(&obs(0.0, 0, 1, 1));
+        assert_eq!(g.decide(&obs(100.0, 0, 0, 1)).asleep, 0);
     }
 
     #[test]
     fn periodic_arrivals_are_prewarmed() {
         // A cron-like job every 600 s (idle ~590 s): pre-warm shortly before.
         let periodic: Vec<f64> = (0..50).map(|i| 590.0 + (i % 3) as f64).collect();
-        let plan = plan_idle(&periodic, 30.0, 300.0);
+        let plan = plan_idle(&periodic, 30.0, 300.0, None);
         let (from, until) = plan.prewarm.expect("pre-warm");
         assert_eq!(plan.keep, 0.0);
         assert!(from <= 590.0 - 30.0 && from > 400.0, "{plan:?}");
@@ -488,8 +671,8 @@ mod tests {
     #[test]
     fn cold_cost_moves_the_plan_toward_warmth() {
         let mixed: Vec<f64> = (0..100).map(|i| (i * i) as f64).collect(); // 0 .. 9801 s
-        let cheap = plan_idle(&mixed, 30.0, 0.0).keep;
-        let dear = plan_idle(&mixed, 30.0, 5000.0).keep;
+        let cheap = plan_idle(&mixed, 30.0, 0.0, None).keep;
+        let dear = plan_idle(&mixed, 30.0, 5000.0, None).keep;
         assert!(dear > cheap, "cheap {cheap} dear {dear}");
     }
 

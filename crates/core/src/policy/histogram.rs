@@ -165,6 +165,7 @@ impl Policy for Histogram {
         if need > 0 {
             return Decision {
                 desired: need.max(kept),
+                asleep: 0,
                 reason: Reason::Backlog {
                     work: obs.work(),
                     per_replica: obs.concurrency,
@@ -212,7 +213,7 @@ impl Policy for Histogram {
             (true, false) => kept.max(1),
         }
         .min(obs.max_replicas);
-        Decision { desired, reason }
+        Decision::warm(desired, reason)
     }
 }
 

@@ -188,6 +188,7 @@ impl Policy for Keda {
         }
         Decision {
             desired: self.current.min(max),
+            asleep: 0,
             reason: self.last_reason,
         }
     }

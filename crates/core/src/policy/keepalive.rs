@@ -42,6 +42,7 @@ impl Policy for KeepAlive {
             };
             return Decision {
                 desired: kept.max(need),
+                asleep: 0,
                 reason,
             };
         }
@@ -62,6 +63,7 @@ impl Policy for KeepAlive {
         };
         Decision {
             desired: kept,
+            asleep: 0,
             reason,
         }
     }

@@ -121,6 +121,7 @@ impl Policy for Knative {
         self.current = desired.min(obs.max_replicas);
         Decision {
             desired: self.current,
+            asleep: 0,
             reason,
         }
     }
@@ -133,6 +134,7 @@ impl Policy for Knative {
         self.zero_since = None;
         Some(Decision {
             desired: self.current,
+            asleep: 0,
             reason: Reason::Backlog {
                 work: obs.work(),
                 per_replica: obs.concurrency,

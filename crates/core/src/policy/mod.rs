@@ -46,6 +46,13 @@ pub struct Observation {
     pub service_time: Option<f64>,
     /// The pool's replica limit.
     pub max_replicas: u32,
+    /// Replicas asleep: their process lives but holds no GPU memory; they wake faster than
+    /// a cold start. Not counted in `ready` or `starting`.
+    pub asleep: u32,
+    /// Whether the pool's replicas can sleep (its engine has sleep and wake calls).
+    pub can_sleep: bool,
+    /// Measured wake-from-sleep duration (mean), seconds; `None` before the first one.
+    pub wake: Option<f64>,
 }
 
 /// A pool's replicas as the caller counts them.
@@ -57,6 +64,8 @@ pub struct ReplicaCounts {
     pub starting: u32,
     /// Ready and holding at least one in-flight job.
     pub busy: u32,
+    /// Asleep (process alive, GPU memory given back).
+    pub asleep: u32,
 }
 
 /// What a pool is made of, fixed by its configuration.
@@ -66,6 +75,19 @@ pub struct PoolShape {
     pub concurrency: u32,
     /// The replica limit.
     pub max_replicas: u32,
+    /// Whether replicas can sleep between warm and stopped.
+    pub can_sleep: bool,
+}
+
+/// What was measured of a pool's replicas so far (means, seconds; `None` before the first).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Measured {
+    /// From start to ready.
+    pub cold_start: Option<f64>,
+    /// One job's run.
+    pub service_time: Option<f64>,
+    /// From asleep to ready.
+    pub wake: Option<f64>,
 }
 
 /// The mean of `values`; `None` when there are none.
@@ -79,14 +101,12 @@ pub fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
 impl Observation {
     /// What a policy sees of a pool at `now` whose queue counts are `stats`: retries waiting
     /// for their delay count as pending (they are work that will need a replica).
-    /// `cold_start` and `service_time` are the measured means, if any.
     pub fn from_queue(
         now: f64,
         stats: &QueueStats,
         replicas: ReplicaCounts,
         shape: PoolShape,
-        cold_start: Option<f64>,
-        service_time: Option<f64>,
+        measured: Measured,
     ) -> Self {
         Observation {
             now,
@@ -96,9 +116,12 @@ impl Observation {
             starting: replicas.starting,
             busy: replicas.busy,
             concurrency: shape.concurrency,
-            cold_start,
-            service_time,
+            cold_start: measured.cold_start,
+            service_time: measured.service_time,
             max_replicas: shape.max_replicas,
+            asleep: replicas.asleep,
+            can_sleep: shape.can_sleep,
+            wake: measured.wake,
         }
     }
 
@@ -123,13 +146,27 @@ pub(crate) fn div_ceil(a: u64, b: u64) -> u32 {
     a.div_ceil(b.max(1)).min(u32::MAX as u64) as u32
 }
 
-/// A policy's answer: how many replicas the pool should have, and why.
+/// A policy's answer: how many replicas the pool should have warm, how many asleep, and why.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
     /// Desired replicas (ready + starting).
     pub desired: u32,
+    /// Replicas to keep asleep beyond `desired` (woken first when more are needed); the
+    /// others are stopped. Always 0 for a pool that cannot sleep.
+    pub asleep: u32,
     /// Why, in a form the dashboard and logs can print.
     pub reason: Reason,
+}
+
+impl Decision {
+    /// `desired` replicas warm and none asleep, because of `reason`.
+    pub fn warm(desired: u32, reason: Reason) -> Self {
+        Decision {
+            desired,
+            asleep: 0,
+            reason,
+        }
+    }
 }
 
 /// Why a policy decided what it did. Printed with `Display`.
@@ -162,6 +199,16 @@ pub enum Reason {
         idle_s: f64,
         /// Seconds it is kept.
         window_s: f64,
+    },
+    /// Idle past the keep-warm window: replicas sleep (GPU memory given back) until the
+    /// sleep window ends too.
+    Sleep {
+        /// Seconds idle.
+        idle_s: f64,
+        /// Seconds kept warm before sleeping.
+        warm_s: f64,
+        /// Idle time at which sleepers are stopped.
+        until_s: f64,
     },
     /// Idle past the keep-alive window: the last replica goes.
     ScaleToZero {
@@ -280,6 +327,14 @@ impl fmt::Display for Reason {
             Reason::ScaleToZero { idle_s, window_s } => write!(
                 f,
                 "idle {idle_s:.0} s, past the {window_s:.0} s keep-alive: scale to zero"
+            ),
+            Reason::Sleep {
+                idle_s,
+                warm_s,
+                until_s,
+            } => write!(
+                f,
+                "idle {idle_s:.0} s, past the {warm_s:.0} s keep-warm: asleep until {until_s:.0} s idle"
             ),
             Reason::Prewarm { idle_s, from_s } => write!(
                 f,
@@ -542,9 +597,10 @@ impl<'a> Syntax<'a> {
             }
             _ => {
                 let mut p = GreenScaleParams::default();
-                self.read_params(&["cold_cost", "max", "cold_start"], |k, v| {
+                self.read_params(&["cold_cost", "max", "cold_start", "sleep_cost"], |k, v| {
                     match k {
                         "cold_cost" => p.cold_cost = num(v)?,
+                        "sleep_cost" => p.sleep_cost = num(v)?,
                         "cold_start" => p.cold_start_prior = secs(v)?,
                         _ => p.max = Some(num(v)?),
                     }
@@ -552,6 +608,11 @@ impl<'a> Syntax<'a> {
                 })?;
                 if p.cold_cost < 0.0 || !p.cold_cost.is_finite() {
                     return Err(self.error("cold_cost must be a non-negative number".into()));
+                }
+                if !(0.0..=1.0).contains(&p.sleep_cost) {
+                    return Err(self.error(
+                        "sleep_cost must be a share of a warm replica's cost, from 0 to 1".into(),
+                    ));
                 }
                 Params::GreenScale(p)
             }
@@ -654,6 +715,9 @@ pub(crate) mod testing {
             cold_start: Some(30.0),
             service_time: Some(2.0),
             max_replicas: 100,
+            asleep: 0,
+            can_sleep: false,
+            wake: None,
         }
     }
 }

@@ -6,6 +6,10 @@
 //! it is push-capable, on every arrival. A replica removed while serving interrupts its
 //! jobs; they go back to the front of the queue and run again (as GreenScale's queue would
 //! re-deliver them), so every job completes exactly once.
+//!
+//! With a sleep tier (`SimConfig::sleep`), a replica the policy keeps asleep gives its GPU
+//! back and costs `rate` of a warm one per second; waking it takes `wake` seconds (charged
+//! as warm time) instead of a cold start.
 
 pub mod oracle;
 pub mod plot;
@@ -16,7 +20,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use serde::Serialize;
 
-use crate::policy::{Observation, Policy, Spec};
+use crate::policy::{Decision, Observation, Policy, Spec};
 pub use trace::{Format, Job, Pool, ServiceModel, Trace, TraceError};
 
 /// Settings of one simulation (shared by every policy in a run).
@@ -33,6 +37,17 @@ pub struct SimConfig {
     /// After the last job, how long a policy may keep replicas before the run ends
     /// (and they stop being charged).
     pub horizon: f64,
+    /// The pool's sleep tier, if its replicas can sleep.
+    pub sleep: Option<SleepConfig>,
+}
+
+/// A sleep tier in the simulator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SleepConfig {
+    /// Seconds from asleep to ready.
+    pub wake: f64,
+    /// A sleeper's cost per second as a share of a warm replica's.
+    pub rate: f64,
 }
 
 impl Default for SimConfig {
@@ -43,6 +58,7 @@ impl Default for SimConfig {
             tick: 1.0,
             max_replicas: 20,
             horizon: 4.0 * 3600.0,
+            sleep: None,
         }
     }
 }
@@ -63,10 +79,17 @@ pub struct Sample {
 pub struct PoolOutcome {
     /// Jobs completed.
     pub jobs: u64,
-    /// GPU-seconds used (replica lifetimes, cold starts included).
+    /// GPU-seconds used (replica lifetimes, cold starts and wakes included, and sleepers
+    /// at their rate).
     pub gpu_seconds: f64,
+    /// Replicas put to sleep.
+    pub sleeps: u64,
+    /// Sleepers woken.
+    pub wakes: u64,
     /// Jobs that waited on a cold start.
     pub cold_start_waits: u64,
+    /// Jobs that waited on a sleeper's wake.
+    pub wake_waits: u64,
     /// Each job's wait (start - arrival), seconds.
     pub waits: Vec<f32>,
     /// Job runs cut short by a replica being removed.
@@ -89,6 +112,8 @@ struct Replica {
     started_at: f64,
     ready_at: f64,
     ready: bool,
+    /// Woken from sleep rather than cold-started.
+    woken: bool,
     busy: u32,
     running: Vec<u32>,
 }
@@ -99,6 +124,7 @@ struct JobState {
     run: u32,
     free_at_arrival: bool,
     cold: bool,
+    woken: bool,
 }
 
 /// A completion event, ordered earliest first.
@@ -127,6 +153,8 @@ struct Engine<'a> {
     jobs: &'a [Job],
     state: Vec<JobState>,
     replicas: Vec<Replica>,
+    /// When each sleeping replica fell asleep, oldest first.
+    sleepers: VecDeque<f64>,
     next_uid: u64,
     starting_queue: VecDeque<(f64, u64)>,
     pending: VecDeque<u32>,
@@ -136,6 +164,7 @@ struct Engine<'a> {
     n_ready: u32,
     n_busy: u32,
     measured_cold: Option<f64>,
+    measured_wake: Option<f64>,
     service_mean: Option<f64>,
     out: PoolOutcome,
 }
@@ -147,6 +176,7 @@ impl<'a> Engine<'a> {
             jobs,
             state: vec![JobState::default(); jobs.len()],
             replicas: Vec::new(),
+            sleepers: VecDeque::new(),
             next_uid: 0,
             starting_queue: VecDeque::new(),
             pending: VecDeque::new(),
@@ -156,6 +186,7 @@ impl<'a> Engine<'a> {
             n_ready: 0,
             n_busy: 0,
             measured_cold: None,
+            measured_wake: None,
             service_mean: None,
             out: PoolOutcome {
                 waits: Vec::with_capacity(jobs.len()),
@@ -176,28 +207,53 @@ impl<'a> Engine<'a> {
             cold_start: self.measured_cold,
             service_time: self.service_mean,
             max_replicas: self.cfg.max_replicas,
+            asleep: self.sleepers.len() as u32,
+            can_sleep: self.cfg.sleep.is_some(),
+            wake: self.measured_wake,
         }
     }
 
-    fn actuate(&mut self, now: f64, desired: u32) {
-        let desired = desired.min(self.cfg.max_replicas) as usize;
+    /// Charges a sleeper from `since` to `now`.
+    fn charge_sleep(&mut self, since: f64, now: f64) {
+        let rate = self.cfg.sleep.map_or(0.0, |s| s.rate);
+        self.out.gpu_seconds += rate * (now - since).max(0.0);
+    }
+
+    fn actuate(&mut self, now: f64, decision: Decision) {
+        let desired = decision.desired.min(self.cfg.max_replicas) as usize;
+        let keep_asleep = match self.cfg.sleep {
+            Some(_) => decision.asleep as usize,
+            None => 0,
+        };
         let current = self.replicas.len();
         if desired > current {
             self.out.scale_ups += 1;
             for _ in current..desired {
                 let uid = self.next_uid;
                 self.next_uid += 1;
-                let ready_at = now + self.cfg.cold_start;
+                let (ready_at, woken) = match (self.cfg.sleep, self.sleepers.pop_back()) {
+                    (Some(tier), Some(since)) => {
+                        self.charge_sleep(since, now);
+                        self.out.wakes += 1;
+                        (now + tier.wake, true)
+                    }
+                    _ => {
+                        self.out.cold_starts += 1;
+                        (now + self.cfg.cold_start, false)
+                    }
+                };
                 self.replicas.push(Replica {
                     uid,
                     started_at: now,
                     ready_at,
                     ready: false,
+                    woken,
                     busy: 0,
                     running: Vec::new(),
                 });
-                self.starting_queue.push_back((ready_at, uid));
-                self.out.cold_starts += 1;
+                // Wakes are shorter than cold starts: keep the queue in time order.
+                let at = self.starting_queue.partition_point(|s| s.0 <= ready_at);
+                self.starting_queue.insert(at, (ready_at, uid));
                 self.out.changes.push((now, 1));
             }
             self.out.peak_replicas = self.out.peak_replicas.max(desired as u32);
@@ -213,9 +269,18 @@ impl<'a> Engine<'a> {
                             .then(rb.started_at.total_cmp(&ra.started_at))
                     })
                     .expect("a replica to remove");
+                let idle = self.replicas[victim].ready && self.replicas[victim].busy == 0;
                 self.remove(now, victim);
+                if idle && self.sleepers.len() < keep_asleep {
+                    self.sleepers.push_back(now);
+                    self.out.sleeps += 1;
+                }
             }
             self.dispatch(now);
+        }
+        while self.sleepers.len() > keep_asleep {
+            let since = self.sleepers.pop_front().expect("more sleepers than kept");
+            self.charge_sleep(since, now);
         }
     }
 
@@ -264,6 +329,7 @@ impl<'a> Engine<'a> {
             let st = &mut self.state[j];
             st.start = now;
             st.cold = !st.free_at_arrival && r.ready_at > job.arrival;
+            st.woken = r.woken;
             self.completions.push(Completion {
                 at: now + job.service,
                 job: j as u32,
@@ -293,8 +359,10 @@ impl<'a> Engine<'a> {
         let job = self.jobs[c.job as usize];
         self.out.jobs += 1;
         self.out.waits.push((st.start - job.arrival) as f32);
-        if st.cold {
-            self.out.cold_start_waits += 1;
+        match (st.cold, st.woken) {
+            (true, false) => self.out.cold_start_waits += 1,
+            (true, true) => self.out.wake_waits += 1,
+            _ => {}
         }
         let s = job.service;
         self.service_mean = Some(match self.service_mean {
@@ -309,12 +377,17 @@ impl<'a> Engine<'a> {
             return; // removed while starting
         };
         r.ready = true;
-        let cold = r.ready_at - r.started_at;
+        let took = r.ready_at - r.started_at;
         self.n_ready += 1;
         self.free_slots += self.cfg.concurrency as u64;
-        self.measured_cold = Some(match self.measured_cold {
-            None => cold,
-            Some(m) => m + 0.2 * (cold - m),
+        let measured = if r.woken {
+            &mut self.measured_wake
+        } else {
+            &mut self.measured_cold
+        };
+        *measured = Some(match *measured {
+            None => took,
+            Some(m) => m + 0.2 * (took - m),
         });
         self.dispatch(now);
     }
@@ -326,7 +399,7 @@ impl<'a> Engine<'a> {
         let last_arrival = self.jobs.last().map_or(0.0, |j| j.arrival);
         loop {
             let done = next_job == n && self.out.jobs as usize == n;
-            if done && self.replicas.is_empty() {
+            if done && self.replicas.is_empty() && self.sleepers.is_empty() {
                 break;
             }
             let t_completion = self.completions.peek().map_or(f64::INFINITY, |c| c.at);
@@ -348,12 +421,12 @@ impl<'a> Engine<'a> {
                 self.state[j].free_at_arrival = self.free_slots > 0;
                 self.pending.push_back(j as u32);
                 if let Some(d) = policy.on_arrival(&self.observe(t_arrival)) {
-                    self.actuate(t_arrival, d.desired);
+                    self.actuate(t_arrival, d);
                 }
                 self.dispatch(t_arrival);
             } else {
                 let d = policy.decide(&self.observe(tick));
-                self.actuate(tick, d.desired);
+                self.actuate(tick, d);
                 if record {
                     self.out.timeline.push(Sample {
                         t: tick,
@@ -364,14 +437,13 @@ impl<'a> Engine<'a> {
                 tick += self.cfg.tick;
             }
         }
-        let end = if self.replicas.is_empty() {
-            0.0
-        } else {
-            tick.min(last_arrival + self.cfg.horizon)
-        };
+        let end = tick.min(last_arrival + self.cfg.horizon);
         for r in std::mem::take(&mut self.replicas) {
             self.out.gpu_seconds += (end - r.started_at).max(0.0);
             self.out.changes.push((end, -1));
+        }
+        for since in std::mem::take(&mut self.sleepers) {
+            self.charge_sleep(since, end);
         }
         self.out
     }
@@ -404,6 +476,8 @@ pub struct Report {
     pub oracle_ratio: f64,
     /// Jobs that waited on a cold start.
     pub cold_start_waits: u64,
+    /// Jobs that waited on a sleeper's wake (shorter than a cold start).
+    pub wake_waits: u64,
     /// Share of jobs that waited on a cold start, percent.
     pub cold_start_wait_pct: f64,
     /// Median wait, seconds.
@@ -420,6 +494,10 @@ pub struct Report {
     pub scale_ups: u64,
     /// Replicas started.
     pub cold_starts: u64,
+    /// Replicas put to sleep.
+    pub sleeps: u64,
+    /// Sleepers woken.
+    pub wakes: u64,
 }
 
 /// The q-quantile (nearest rank) of `values`, reordering them.
@@ -437,7 +515,7 @@ pub fn oracle(trace: &Trace, cfg: &SimConfig) -> f64 {
     trace
         .pools
         .iter()
-        .map(|p| oracle::oracle_gpu_seconds(&p.jobs, cfg.concurrency, cfg.cold_start))
+        .map(|p| oracle::oracle_gpu_seconds(&p.jobs, cfg.concurrency, cfg.cold_start, cfg.sleep))
         .sum()
 }
 
@@ -485,6 +563,7 @@ pub fn simulate(
         oracle_gpu_seconds,
         oracle_ratio: 0.0,
         cold_start_waits: 0,
+        wake_waits: 0,
         cold_start_wait_pct: 0.0,
         wait_p50: 0.0,
         wait_p95: 0.0,
@@ -493,15 +572,20 @@ pub fn simulate(
         peak_replicas: 0,
         scale_ups: 0,
         cold_starts: 0,
+        sleeps: 0,
+        wakes: 0,
     };
     let mut timeline = Vec::new();
     for o in outcomes {
         report.jobs += o.jobs;
         report.gpu_seconds += o.gpu_seconds;
         report.cold_start_waits += o.cold_start_waits;
+        report.wake_waits += o.wake_waits;
         report.interrupted += o.interrupted;
         report.scale_ups += o.scale_ups;
         report.cold_starts += o.cold_starts;
+        report.sleeps += o.sleeps;
+        report.wakes += o.wakes;
         report.peak_replicas = report.peak_replicas.max(o.peak_replicas);
         waits.extend_from_slice(&o.waits);
         if trace.pools.len() > 1 {
@@ -613,6 +697,52 @@ mod tests {
         sorted.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
         let o = run(&sorted, "greenscale", SimConfig::default());
         assert_eq!(o.interrupted, 0);
+    }
+
+    #[test]
+    fn a_sleep_tier_turns_middle_gaps_into_wakes_and_costs_less() {
+        // A job every 3 to 15 min, unpredictably: too far apart to stay warm (30 s cold
+        // start, cold_cost 120), close enough to sleep through with a 3 s wake.
+        let mut at = 0.0;
+        let jobs: Vec<Job> = (0..30)
+            .map(|i| {
+                at += 200.0 + (i * 37 % 50) as f64 * 14.0;
+                job(at, 2.0)
+            })
+            .collect();
+        let plain = SimConfig {
+            concurrency: 1,
+            ..SimConfig::default()
+        };
+        let tiered = SimConfig {
+            sleep: Some(SleepConfig {
+                wake: 3.0,
+                rate: 0.1,
+            }),
+            ..plain
+        };
+        let without = run(&jobs, "greenscale", plain);
+        let with = run(&jobs, "greenscale", tiered);
+        assert_eq!((with.jobs, with.interrupted), (30, 0));
+        assert_eq!(without.wakes, 0);
+        assert!(with.wakes >= 20, "{} wakes", with.wakes);
+        assert!(with.sleeps >= with.wakes);
+        assert!(
+            with.cold_starts < without.cold_starts / 4,
+            "{} cold starts",
+            with.cold_starts
+        );
+        assert!(
+            with.gpu_seconds < without.gpu_seconds,
+            "{} >= {}",
+            with.gpu_seconds,
+            without.gpu_seconds
+        );
+        // Waits are a wake, not a cold start.
+        let mut waits = with.waits.clone();
+        assert!(quantile(&mut waits, 0.5) <= 3.0);
+        // Policies that know no tiers never sleep.
+        assert_eq!(run(&jobs, "keepalive:1m", tiered).sleeps, 0);
     }
 
     #[test]

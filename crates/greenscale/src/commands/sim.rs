@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use greenscale_core::policy::Spec;
-use greenscale_core::sim::{self, Pool, Report, ServiceModel, SimConfig, Trace, plot, synthetic};
+use greenscale_core::sim::{
+    self, Pool, Report, ServiceModel, SimConfig, SleepConfig, Trace, plot, synthetic,
+};
 
 use crate::cli::SimArgs;
 
@@ -56,6 +58,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     if args.tick.is_zero() {
         bail!("--tick must be positive");
     }
+    if !(0.0..=1.0).contains(&args.sleep_cost) {
+        bail!("--sleep-cost must be a share of a warm replica's cost, from 0 to 1");
+    }
     let specs = Spec::parse_list(&args.policy)?;
     let (name, trace) = load(&args)?;
     let cfg = SimConfig {
@@ -63,6 +68,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         concurrency: args.concurrency,
         tick: args.tick.as_secs_f64(),
         max_replicas: args.max_replicas,
+        sleep: args.wake.map(|w| SleepConfig {
+            wake: w.as_secs_f64(),
+            rate: args.sleep_cost,
+        }),
         ..SimConfig::default()
     };
     let started = Instant::now();
@@ -128,6 +137,13 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         cfg.max_replicas,
         cfg.tick
     );
+    if let Some(t) = cfg.sleep {
+        say!(
+            "sleep tier: wakes in {:.1} s, a sleeper costs {:.0}% of a warm replica (GPU-s counts it so)",
+            t.wake,
+            t.rate * 100.0
+        );
+    }
     say!(
         "{:<28} {:>11} {:>8} {:>19} {:>9} {:>9} {:>9} {:>11} {:>5} {:>9}",
         "policy",
@@ -156,6 +172,16 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             r.peak_replicas,
             r.scale_ups
         );
+        if cfg.sleep.is_some() {
+            say!(
+                "{:<28} {} cold starts, {} sleeps, {} wakes; {} jobs waited on a wake",
+                "",
+                r.cold_starts,
+                r.sleeps,
+                r.wakes,
+                r.wake_waits
+            );
+        }
         if r.unserved > 0 {
             say!(
                 "{:<28} ({} jobs never served before the run ended)",
