@@ -31,8 +31,13 @@ pub enum ReplicaState {
     Starting,
     /// Serving: its worker leases the pool's jobs.
     Ready,
-    /// Told to stop: takes no new jobs; in-flight jobs finish, then the process stops.
+    /// Told to stop or sleep: takes no new jobs; in-flight jobs finish, then the process
+    /// stops or sleeps.
     Draining,
+    /// Asleep: its process lives but holds no GPU memory; it takes no jobs.
+    Asleep,
+    /// Waking from sleep (faster than a cold start).
+    Waking,
 }
 
 /// One replica, as shown in the pool status.
@@ -55,6 +60,9 @@ pub struct ReplicaView {
     /// The GPUs it is placed on (empty without GPU limits).
     #[serde(default)]
     pub gpus: Vec<u32>,
+    /// Host memory its processes held when it last fell asleep, bytes (measured).
+    #[serde(default)]
+    pub asleep_host_bytes: Option<u64>,
 }
 
 /// One recorded scaling decision.
@@ -77,7 +85,7 @@ pub struct DecisionRecord {
 }
 
 /// Measured cold starts of a pool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ColdStarts {
     /// How many.
     pub count: u64,
@@ -122,6 +130,15 @@ pub struct PoolStatus {
     pub decisions: Vec<DecisionRecord>,
     /// Measured cold starts.
     pub cold_starts: ColdStarts,
+    /// Measured wakes from sleep (asleep → serving), for pools whose replicas sleep.
+    #[serde(default)]
+    pub wakes: ColdStarts,
+    /// Replicas put to sleep so far.
+    #[serde(default)]
+    pub sleeps: u64,
+    /// The sleep calls' engine (`vllm`, `llama.cpp`, `custom`), if its replicas sleep.
+    #[serde(default)]
+    pub sleep_engine: Option<String>,
     /// Replica-seconds used so far (every replica from its start to its stop).
     pub replica_seconds: f64,
     /// When the pool started (the period `replica_seconds` covers), Unix milliseconds.

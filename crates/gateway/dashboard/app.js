@@ -203,12 +203,19 @@ function poolCard(p, windowS) {
 
   const rows = [];
   if (replicas) {
-    rows.push(["replicas by state", `${count("starting")} starting, ${count("ready")} ready, ${count("draining")} draining (max ${p.max_replicas}, ${p.concurrency} jobs each)`, "replica-states"]);
+    const asleep = p.sleep_engine ? `, ${count("asleep")} asleep` : "";
+    rows.push(["replicas by state", `${count("starting") + count("waking")} starting, ${count("ready")} ready, ${count("draining")} draining${asleep} (max ${p.max_replicas}, ${p.concurrency} jobs each)`, "replica-states"]);
     const d = p.last_decision;
     rows.push(["last decision", d ? `${d.current} → ${d.desired}: ${d.reason} (${ago(d.at_ms)})` : "none yet", "decision"]);
     rows.push(["policy", p.policy]);
     const c = p.cold_starts || {};
     rows.push(["cold starts", c.count ? `${c.count}; last ${secs(c.last_s)}, p50 ${secs(c.p50_s)}` : "none yet", "cold-starts"]);
+    if (p.sleep_engine) {
+      const w = p.wakes || {};
+      const held = (p.replicas || []).map((r) => r.asleep_host_bytes).filter((b) => typeof b === "number");
+      const host = held.length ? `; a sleeper holds ${size(Math.max(...held))} of host memory` : "";
+      rows.push(["sleep", `${p.sleep_engine}: ${p.sleeps} sleeps, ${w.count || 0} wakes${w.count ? `, p50 ${secs(w.p50_s)}` : ""}${host}`, "sleep"]);
+    }
     if (p.last_failure) rows.push(["last failure", `${p.last_failure} (${p.failures_in_a_row} in a row)`, "failure"]);
     if (p.gpu_need) {
       const each = p.gpu_need.memory_bytes ? size(p.gpu_need.memory_bytes) : "a whole GPU";

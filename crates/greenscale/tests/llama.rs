@@ -543,3 +543,137 @@ async fn two_pools_that_fit_one_at_a_time_on_a_declared_gpu_swap_without_cutting
         let _ = std::fs::remove_file(m);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llama_cpp_router_sleeps_and_wakes_in_the_same_process_and_the_policy_plans_with_the_wake()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    // Router mode: llama-server with a models folder and no `-m`; its instance of the
+    // model is a child process, loaded by `POST /models/load` and gone after
+    // `/models/unload` (see greenscale_testkit::llama).
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let model = models.join("tiny.gguf");
+    std::fs::hard_link(llama::model(ModelSize::TINY), &model)
+        .or_else(|_| std::fs::copy(llama::model(ModelSize::TINY), &model).map(|_| ()))
+        .unwrap();
+    let command = format!(
+        "{} --models-dir {} --models-max 1 --host 127.0.0.1 --port {{port}} --threads 1 -c 512",
+        llama::server().binary.display(),
+        models.display()
+    );
+    let config = dir.path().join("pools.toml");
+    // cold_cost 1: a short keep-warm (about the priced wake); sleep_cost 0.01: then asleep
+    // for a while before it would stop.
+    std::fs::write(
+        &config,
+        format!(
+            "[[pool]]\nname = \"tiny\"\ncommand = \"{command}\"\nsleep = \"llama.cpp\"\nmax_replicas = 1\npolicy = \"greenscale:cold_cost=1,sleep_cost=0.01\"\n"
+        ),
+    )
+    .unwrap();
+    let up = Up::start(dir.path(), "up", &["--config", config.to_str().unwrap()]).await;
+    let run = |prompt: &'static str| {
+        let up = &up;
+        async move {
+            let id = up
+                .submit(json!({"prompt": prompt, "model": "tiny", "max_tokens": 8}))
+                .await;
+            up.wait_for("the job succeeds", Duration::from_secs(90), || async {
+                up.job(&id).await["status"] == "succeeded"
+            })
+            .await;
+            up.job(&id).await
+        }
+    };
+    let first = run("hello").await;
+    assert_eq!(first["attempts"], 1, "{first}");
+    let router = pgids(&up.pool().await)[0];
+
+    // Idle: the replica falls asleep; the router lives, the model's instance is gone.
+    up.wait_for("the replica is asleep", Duration::from_secs(30), || async {
+        up.pool().await["replicas"][0]["state"] == "asleep"
+    })
+    .await;
+    assert!(
+        holders_of(&model).is_empty(),
+        "asleep, nothing holds the model"
+    );
+    assert!(
+        !group_members(router).is_empty(),
+        "the router process lives"
+    );
+    let pool = up.pool().await;
+    assert_eq!(pool["sleeps"], 1, "{pool}");
+    assert_eq!(pool["sleep_engine"], "llama.cpp");
+    let host = pool["replicas"][0]["asleep_host_bytes"].as_u64().unwrap();
+    assert!(host > 0, "{pool}");
+    let reasons: Vec<String> = pool["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("asleep until")),
+        "the policy chose the sleep tier: {reasons:?}"
+    );
+
+    // A job wakes the same process: no new cold start, and the wake is measured.
+    let second = run("hello again").await;
+    assert_eq!(second["attempts"], 1, "{second}");
+    let pool = up.pool().await;
+    assert_eq!(pgids(&pool), [router], "the same router served: {pool}");
+    assert_eq!(pool["cold_starts"]["count"], 1, "{pool}");
+    assert_eq!(pool["wakes"]["count"], 1, "{pool}");
+    let wake = pool["wakes"]["last_s"].as_f64().unwrap();
+    let cold = pool["cold_starts"]["last_s"].as_f64().unwrap();
+    assert!(wake > 0.0, "{pool}");
+    assert!(!holders_of(&model).is_empty(), "awake, the model is loaded");
+
+    // The policy plans the next idle period with the measured wake: a sleep tier is worth
+    // having only while a wake costs less than a cold start. (The router loads a model by
+    // starting a process for it, so its wake saves only the router's own start; on these
+    // tiny models the two are close, and either branch may run.)
+    if wake < cold {
+        let planned = format!("wakes in {wake:.2} s");
+        up.wait_for(
+            "asleep again, planned with the measured wake",
+            Duration::from_secs(30),
+            || async {
+                let pool = up.pool().await;
+                let planned_with = pool["decisions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|d| d["reason"].as_str().is_some_and(|r| r.contains(&planned)));
+                planned_with && pool["sleeps"] == 2
+            },
+        )
+        .await;
+    } else {
+        up.wait_for(
+            "stopped without sleeping again",
+            Duration::from_secs(30),
+            || async { up.pool().await["replicas"].as_array().unwrap().is_empty() },
+        )
+        .await;
+        assert_eq!(up.pool().await["sleeps"], 1);
+    }
+    let metrics = up.metrics().await;
+    let sleeps = up.pool().await["sleeps"].as_u64().unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "greenscale_replica_sleeps_total{{pool=\"tiny\"}} {sleeps}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("greenscale_wake_seconds_count{pool=\"tiny\"} 1"),
+        "{metrics}"
+    );
+    println!(
+        "llama.cpp router: cold start {cold:.3} s, wake {wake:.3} s, asleep it holds {} of host memory",
+        greenscale_core::format_bytes(host)
+    );
+}

@@ -827,3 +827,165 @@ async fn gpu_energy_is_estimated_from_the_declared_board_power_and_labelled_so()
         "{metrics}"
     );
 }
+
+/// A pool of the vLLM emulator (`tests/python/vllm_sleep.py`, which lists the facts of
+/// vLLM's sleep API it encodes) with the `vllm` sleep preset.
+fn vllm_pool(name: &str, extra: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/vllm_sleep.py");
+    format!(
+        "[[pool]]\nname = \"{name}\"\ncommand = \"python3 {script} --port {{port}} --enable-sleep-mode --weights-mib 64 --load-s 1.5 --wake-s 0.2\"\nsleep = \"vllm\"\nmax_replicas = 1\nconcurrency = 2\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vllm_pool_drains_before_it_sleeps_holds_its_weights_in_host_memory_and_wakes_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pools.toml");
+    std::fs::write(
+        &config,
+        vllm_pool(
+            "emu",
+            "policy = \"greenscale:cold_cost=2,sleep_cost=0.01\"\n",
+        ),
+    )
+    .unwrap();
+    let up = Up::start(dir.path(), "up", &["--config", config.to_str().unwrap()]).await;
+    let run_all = |n: usize| {
+        let up = &up;
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                let body = json!({"prompt": format!("p{i}"), "model": "emu", "max_tokens": 20});
+                ids.push(up.submit(body).await);
+            }
+            for id in &ids {
+                up.wait_for("the job succeeds", Duration::from_secs(60), || async {
+                    up.job(id).await["status"] == "succeeded"
+                })
+                .await;
+                let job = up.job(id).await;
+                assert_eq!(job["attempts"], 1, "no request is cut by a sleep: {job}");
+            }
+        }
+    };
+    run_all(4).await;
+    let pgid = pgids(&up.pool().await)[0];
+    up.wait_for("the replica is asleep", Duration::from_secs(30), || async {
+        up.pool().await["replicas"][0]["state"] == "asleep"
+    })
+    .await;
+    let pool = up.pool().await;
+    assert_eq!(pool["sleep_engine"], "vllm");
+    // Level 1: the weights (64 MiB here) moved to host memory, which the sleeper holds.
+    let host = pool["replicas"][0]["asleep_host_bytes"].as_u64().unwrap();
+    assert!(
+        host >= 64 << 20,
+        "a level-1 sleeper holds its weights: {host} bytes"
+    );
+    let log = up.process.log();
+    assert!(
+        log.contains("sleep level=1; aborted 0 requests in flight"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("dev mode False"),
+        "VLLM_SERVER_DEV_MODE=1 was set: {log}"
+    );
+
+    // Jobs arriving while it sleeps wake the same process, far faster than its start.
+    run_all(3).await;
+    let pool = up.pool().await;
+    assert_eq!(pgids(&pool), [pgid], "{pool}");
+    assert_eq!(pool["cold_starts"]["count"], 1, "{pool}");
+    assert_eq!(pool["wakes"]["count"], 1, "{pool}");
+    let wake = pool["wakes"]["last_s"].as_f64().unwrap();
+    let cold = pool["cold_starts"]["last_s"].as_f64().unwrap();
+    assert!(
+        wake >= 0.2 && wake < cold,
+        "wake {wake} s, cold start {cold} s"
+    );
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_greenscale"))
+        .args(["status", "--url", &up.base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("sleep        vllm: 1 sleeps, 1 wakes"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_that_take_turns_on_a_gpu_put_each_other_to_sleep_instead_of_restarting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pools.toml");
+    let gpu = "gpu_memory = \"600MiB\"\npolicy = \"greenscale:cold_cost=120\"\n";
+    std::fs::write(
+        &config,
+        format!(
+            "[[gpu]]\nmemory = \"1GiB\"\n\n{}\n{}",
+            vllm_pool("a", gpu),
+            vllm_pool("b", gpu)
+        ),
+    )
+    .unwrap();
+    let up = Up::start(dir.path(), "up", &["--config", config.to_str().unwrap()]).await;
+    let pool_of = |pools: &Value, name: &str| -> Value {
+        pools
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let mut first_pgid = std::collections::HashMap::new();
+    for round in 0..4 {
+        let model = ["a", "b"][round % 2];
+        let id = up
+            .submit(json!({"prompt": "hi", "model": model, "max_tokens": 8}))
+            .await;
+        up.wait_for(
+            &format!("round {round}: the job for {model} succeeds"),
+            Duration::from_secs(60),
+            || async { up.job(&id).await["status"] == "succeeded" },
+        )
+        .await;
+        assert_eq!(up.job(&id).await["attempts"], 1);
+        let pools = up.get("/v1/pools").await;
+        let pool = pool_of(&pools, model);
+        let pgid = pgids(&pool)[0];
+        assert_eq!(
+            *first_pgid.entry(model).or_insert(pgid),
+            pgid,
+            "the same process: {pool}"
+        );
+        // The GPU holds the pool that answered, alone: the other sleeps, holding nothing.
+        let gpus = up.get("/v1/gpus").await;
+        let held: Vec<&str> = gpus[0]["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["pool"].as_str().unwrap())
+            .collect();
+        assert_eq!(held, [model], "{gpus}");
+    }
+    let pools = up.get("/v1/pools").await;
+    for name in ["a", "b"] {
+        let p = pool_of(&pools, name);
+        assert_eq!(p["cold_starts"]["count"], 1, "woken, not restarted: {p}");
+    }
+    let (a, b) = (pool_of(&pools, "a"), pool_of(&pools, "b"));
+    assert_eq!(
+        a["wakes"]["count"].as_u64().unwrap() + b["wakes"]["count"].as_u64().unwrap(),
+        2,
+        "{pools}"
+    );
+    assert_eq!(
+        a["evicted"].as_u64().unwrap() + b["evicted"].as_u64().unwrap(),
+        3,
+        "{pools}"
+    );
+    assert_eq!(b["replicas"][0]["state"], "ready");
+    assert_eq!(a["replicas"][0]["state"], "asleep", "{a}");
+}

@@ -10,6 +10,7 @@ use greenscale_core::status::{GpuNeed, GpuSource};
 use greenscale_core::{parse_bytes, parse_duration};
 
 use crate::placement::GpuDevice;
+use crate::sleep::{HttpCall, SLEEP_PRESETS, SleepCalls, SleepEngine};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -64,6 +65,9 @@ pub struct PoolConfig {
     pub demo: bool,
     /// What one replica needs of the GPUs (`gpus`, `gpu_memory`); `None`: no GPU limits.
     pub gpu: Option<GpuNeed>,
+    /// How its model servers sleep and wake (`sleep`); `None`: they are only started and
+    /// stopped.
+    pub sleep: Option<SleepCalls>,
 }
 
 /// A pools file: the pools, and the GPUs declared for them (`[[gpu]]`).
@@ -98,6 +102,7 @@ impl PoolConfig {
             drain_grace: Duration::from_secs(25),
             demo: false,
             gpu: None,
+            sleep: None,
         }
     }
 
@@ -167,6 +172,7 @@ struct RawPool {
     drain_grace: Option<Spanned<String>>,
     gpus: Option<Spanned<u32>>,
     gpu_memory: Option<Spanned<String>>,
+    sleep: Option<Spanned<toml::Value>>,
 }
 
 /// Reads and checks a pools file.
@@ -429,6 +435,22 @@ pub fn parse(file: &str, text: &str) -> Result<PoolsFile, ConfigError> {
         }
         pool.gpu = gpu_need(p.gpus, p.gpu_memory, &pool.backend)
             .map_err(|(span, f, m)| field(span, f, m))?;
+        if let Some(sleep) = p.sleep {
+            let span = sleep.span();
+            let PoolBackend::Command { command, .. } = &pool.backend else {
+                return Err(field(
+                    span,
+                    "sleep",
+                    "only for pools with a `command`".into(),
+                ));
+            };
+            let calls =
+                sleep_calls(sleep.get_ref()).map_err(|m| field(span.clone(), "sleep", m))?;
+            calls
+                .check_command(command)
+                .map_err(|m| field(span, "sleep", m))?;
+            pool.sleep = Some(calls);
+        }
         pools.push(pool);
     }
     Ok(PoolsFile {
@@ -483,6 +505,64 @@ fn gpu_need(
         devices,
         memory_bytes,
     }))
+}
+
+/// Reads a pool's `sleep`: a preset's name, or a table of `sleep` and `wake` calls
+/// (`"METHOD /path"`), an optional JSON `body` for both (`{model}` is the upstream model)
+/// and an optional `engine` preset whose way of telling "awake" they follow.
+fn sleep_calls(value: &toml::Value) -> Result<SleepCalls, String> {
+    let presets = SLEEP_PRESETS.join(", ");
+    let preset = |name: &str| {
+        SleepCalls::preset(name)
+            .ok_or_else(|| format!("unknown sleep preset {name:?} (known: {presets})"))
+    };
+    let table = match value {
+        toml::Value::String(name) => return preset(name),
+        toml::Value::Table(t) => t,
+        _ => {
+            return Err(format!(
+                "must be a preset ({presets}) or a table with `sleep` and `wake` calls"
+            ));
+        }
+    };
+    let text = |key: &str| -> Result<Option<String>, String> {
+        match table.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("`{key}` must be a string")),
+        }
+    };
+    if let Some(key) = table
+        .keys()
+        .find(|k| !["engine", "sleep", "wake", "body"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown key `{key}` (known: engine, sleep, wake, body)"
+        ));
+    }
+    let base = text("engine")?.map(|e| preset(&e)).transpose()?;
+    let body = text("body")?;
+    if let Some(b) = &body {
+        serde_json::from_str::<serde_json::Value>(&b.replace("{model}", "m"))
+            .map_err(|e| format!("`body` is not JSON: {e}"))?;
+    }
+    let call = |key: &str, fallback: Option<&HttpCall>| -> Result<HttpCall, String> {
+        match (text(key)?, fallback) {
+            (Some(t), fallback) => {
+                HttpCall::parse(&t, body.clone().or(fallback.and_then(|f| f.body.clone())))
+                    .map_err(|m| format!("`{key}`: {m}"))
+            }
+            (None, Some(f)) => Ok(f.clone()),
+            (None, None) => Err(format!(
+                "needs `{key}` (\"POST /path\") or an `engine` preset"
+            )),
+        }
+    };
+    Ok(SleepCalls {
+        engine: base.as_ref().map_or(SleepEngine::Custom, |b| b.engine),
+        sleep: call("sleep", base.as_ref().map(|b| &b.sleep))?,
+        wake: call("wake", base.as_ref().map(|b| &b.wake))?,
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -561,6 +641,57 @@ command = "llama-server --port {port}"
             e.starts_with("pools.toml:4: ") && e.contains("`gpu_memory`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sleep_calls_are_read_from_presets_or_declared() {
+        let file = parse(
+            "pools.toml",
+            r#"
+[[pool]]
+name = "v"
+command = "vllm serve m --port {port} --enable-sleep-mode"
+sleep = "vllm"
+
+[[pool]]
+name = "v2"
+command = "vllm serve m --port {port} --enable-sleep-mode"
+sleep = { engine = "vllm", sleep = "POST /sleep?level=2" }
+
+[[pool]]
+name = "own"
+command = "srv --port {port}"
+sleep = { sleep = "POST /offload", wake = "PUT /reload", body = '{"name": "{model}"}' }
+"#,
+        )
+        .unwrap();
+        let sleep = |i: usize| file.pools[i].sleep.clone().unwrap();
+        assert_eq!(sleep(0), SleepCalls::preset("vllm").unwrap());
+        assert_eq!(sleep(1).engine, SleepEngine::Vllm);
+        assert_eq!(sleep(1).sleep.path, "/sleep?level=2");
+        assert_eq!(sleep(1).wake.path, "/wake_up");
+        assert_eq!(sleep(2).engine, SleepEngine::Custom);
+        assert_eq!(sleep(2).wake.method, reqwest::Method::PUT);
+        assert_eq!(
+            sleep(2).sleep.body.as_deref(),
+            Some(r#"{"name": "{model}"}"#)
+        );
+        let pool = "[[pool]]\nname = \"a\"\ncommand = \"s --port {port}\"\n";
+        let e = err(&format!("{pool}sleep = \"ollama\"\n"));
+        assert!(
+            e.starts_with("pools.toml:4: ") && e.contains("vllm, llama.cpp"),
+            "{e}"
+        );
+        let e = err(&format!("{pool}sleep = \"vllm\"\n"));
+        assert!(e.contains("--enable-sleep-mode"), "{e}");
+        let e = err(&format!("{pool}sleep = {{ sleep = \"POST /s\" }}\n"));
+        assert!(e.contains("needs `wake`"), "{e}");
+        let e = err(&format!(
+            "{pool}sleep = {{ sleep = \"/s\", wake = \"/w\", body = \"{{\" }}\n"
+        ));
+        assert!(e.contains("not JSON"), "{e}");
+        let e = err("[[pool]]\nname = \"a\"\nurl = \"http://x\"\nsleep = \"vllm\"\n");
+        assert!(e.contains("`sleep`") && e.contains("command"), "{e}");
     }
 
     #[test]

@@ -177,6 +177,21 @@ impl Gpus {
         Placement::Wait
     }
 
+    /// Reserves room for `replica` of `pool` on exactly `devices` (see
+    /// [`Budget::reserve_on`]); whether it fit. Pools waiting longer come first.
+    pub(crate) fn reserve_on(
+        &self,
+        pool: &str,
+        replica: &str,
+        need: GpuNeed,
+        devices: &[u32],
+    ) -> bool {
+        if self.waiting().iter().any(|(p, _)| p != pool) {
+            return false;
+        }
+        self.budget().reserve_on(pool, replica, need, devices)
+    }
+
     /// `pool` no longer waits for room.
     pub(crate) fn stop_waiting(&self, pool: &str) {
         self.waiting().retain(|(p, _)| p != pool);

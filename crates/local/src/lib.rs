@@ -6,6 +6,7 @@
 //! - [`pool`]: a pool at run time — its replicas' lives and what it shows;
 //! - `pool_state`: a pool's records (decisions, cold starts, start backoff, usage) and
 //!   the choice of replicas to stop;
+//! - [`sleep`]: sleep tiers — the engines' sleep and wake calls;
 //! - [`autoscaler`]: the observe → decide → act loop;
 //! - [`metrics`]: Prometheus metrics of the pools.
 
@@ -17,6 +18,7 @@ pub mod placement;
 pub mod pool;
 mod pool_state;
 pub mod process;
+pub mod sleep;
 
 pub use config::{ConfigError, PoolBackend, PoolConfig};
 pub use metrics::AutoscalerMetrics;

@@ -1,10 +1,12 @@
 //! Prometheus metrics of the pools: replicas by state, cold-start durations, starts,
-//! failures, evictions, replica-seconds and desired replicas, each labelled with the pool.
+//! failures, evictions, sleeps and wakes, replica-seconds and desired replicas, each
+//! labelled with the pool.
 
 use greenscale_core::metrics::{PoolFamilies, PoolLabel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// The metric families, registered once; [`AutoscalerMetrics::pool`] hands out one pool's
@@ -19,6 +21,13 @@ pub struct AutoscalerMetrics {
     energy: Family<PoolLabel, Counter<f64>>,
     decisions: Family<PoolLabel, Counter>,
     replica_seconds: Family<PoolLabel, Counter<f64>>,
+    sleeps: Family<PoolLabel, Counter>,
+    wakes: Family<PoolLabel, Histogram, fn() -> Histogram>,
+}
+
+fn wake_histogram() -> Histogram {
+    // 10 ms … ~80 s: a llama.cpp router's load to a large vLLM model's level-2 wake.
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
 }
 
 impl AutoscalerMetrics {
@@ -33,7 +42,19 @@ impl AutoscalerMetrics {
             energy: Family::default(),
             decisions: Family::default(),
             replica_seconds: Family::default(),
+            sleeps: Family::default(),
+            wakes: Family::new_with_constructor(wake_histogram as fn() -> Histogram),
         };
+        registry.register(
+            "replica_sleeps",
+            "Replicas put to sleep (process kept, GPU memory given back)",
+            m.sleeps.clone(),
+        );
+        registry.register(
+            "wake_seconds",
+            "Wakes of sleeping replicas, seconds (the wake call until the server serves)",
+            m.wakes.clone(),
+        );
         registry.register(
             "desired_replicas",
             "Replicas the scaling policy last asked for",
@@ -91,16 +112,30 @@ impl PoolMetrics {
         }
     }
 
-    /// Sets the replica counts by state.
-    pub fn set_replicas(&self, starting: u32, ready: u32, draining: u32) {
+    /// Sets the replica counts by state (waking ones count as starting).
+    pub fn set_replicas(&self, starting: u32, ready: u32, draining: u32, asleep: u32) {
         self.families.pools.set_replicas(
             &self.pool,
             &[
                 ("starting", starting),
                 ("ready", ready),
                 ("draining", draining),
+                ("asleep", asleep),
             ],
         );
+    }
+
+    /// Counts a replica put to sleep.
+    pub fn slept(&self) {
+        self.families.sleeps.get_or_create(&self.label()).inc();
+    }
+
+    /// Records a measured wake.
+    pub fn woke(&self, seconds: f64) {
+        self.families
+            .wakes
+            .get_or_create(&self.label())
+            .observe(seconds);
     }
 
     /// Records a decision asking for `desired` replicas.

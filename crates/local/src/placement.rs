@@ -125,6 +125,36 @@ impl Budget {
         Some(placed.into_iter().map(|(i, _)| i).collect())
     }
 
+    /// Places `replica` of `pool` on exactly `devices` (a sleeper waking where its process
+    /// lives) if `need` fits on each of them now; whether it did.
+    pub fn reserve_on(
+        &mut self,
+        pool: &str,
+        replica: &str,
+        need: GpuNeed,
+        devices: &[u32],
+    ) -> bool {
+        let fits = devices.iter().all(|&index| {
+            self.devices.iter().any(|(d, holds)| {
+                d.index == index
+                    && need.memory_bytes.unwrap_or(d.memory) <= Self::free(d, holds, &[])
+            })
+        });
+        if !fits {
+            return false;
+        }
+        for (d, holds) in &mut self.devices {
+            if devices.contains(&d.index) {
+                holds.push(Hold {
+                    pool: pool.to_string(),
+                    replica: replica.to_string(),
+                    memory: need.memory_bytes.unwrap_or(d.memory),
+                });
+            }
+        }
+        true
+    }
+
     /// The board power `replica` accounts for, watts: on each device it holds, the device's
     /// power in the share of its memory the replica holds. `None` unless every such device
     /// has a declared power.

@@ -25,15 +25,36 @@ use crate::pool_state::{
     Candidate, ColdStartStats, DecisionLog, StartBackoff, Usage, scale_down_victims,
 };
 use crate::process::{
-    GuardProgram, ModelProcess, StartError, StopOutcome, free_port, wait_healthy,
+    GuardProgram, Launch, ModelProcess, StartError, StopOutcome, free_port, wait_healthy,
 };
+use crate::sleep::{Sleeper, group_rss_bytes};
 
-/// A replica's model server once it is ready: where its worker sends jobs, and its
-/// process (none for a remote API).
+/// A replica's model server once it is ready: where its worker sends jobs, its process
+/// (none for a remote API), and its sleep and wake calls (if the pool sleeps).
 struct Server {
     url: String,
     api_key: Option<String>,
     process: Option<ModelProcess>,
+    sleeper: Option<Sleeper>,
+}
+
+/// What a replica is told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Serve the pool's jobs (wake first if asleep).
+    Serve,
+    /// Drain, then sleep (its GPU memory given back, its process kept).
+    Sleep,
+    /// Drain, then stop.
+    Stop,
+}
+
+/// How a sleep ended.
+enum Slept {
+    /// Woken: serve again.
+    Woken,
+    /// Told to stop, or the sleep or wake failed (logged): stop the server.
+    Stop,
 }
 
 /// How a replica's serving ended.
@@ -65,7 +86,19 @@ struct ReplicaEntry {
     power_w: Option<f64>,
     started: Instant,
     report: Arc<WorkerReport>,
-    stop: watch::Sender<bool>,
+    want: watch::Sender<Want>,
+}
+
+impl ReplicaEntry {
+    /// Tells the replica what to do.
+    fn tell(&self, want: Want) {
+        let _ = self.want.send(want);
+    }
+
+    /// Whether it is asleep or on its way there.
+    fn sleeping(&self) -> bool {
+        *self.want.borrow() == Want::Sleep
+    }
 }
 
 /// Everything a pool keeps at run time, under one lock.
@@ -75,6 +108,8 @@ struct PoolState {
     next_replica: u64,
     decisions: DecisionLog,
     cold_starts: ColdStartStats,
+    wakes: ColdStartStats,
+    sleeps: u64,
     backoff: StartBackoff,
     usage: Usage,
     gpu: GpuWait,
@@ -183,7 +218,9 @@ impl Pool {
         }
         let count =
             |s: ReplicaState| st.replicas.iter().filter(|r| r.view.state == s).count() as u32;
-        let (ready, starting) = (count(ReplicaState::Ready), count(ReplicaState::Starting));
+        let ready = count(ReplicaState::Ready);
+        let starting = count(ReplicaState::Starting) + count(ReplicaState::Waking);
+        let asleep = count(ReplicaState::Asleep);
         let busy = st
             .replicas
             .iter()
@@ -204,30 +241,33 @@ impl Pool {
                 ready,
                 starting,
                 busy,
-                asleep: 0,
+                asleep,
             },
             PoolShape {
                 concurrency: self.config.concurrency,
                 max_replicas: self.config.max_replicas,
-                can_sleep: false,
+                can_sleep: self.config.sleep.is_some(),
             },
             Measured {
                 cold_start: st.cold_starts.mean(),
                 service_time: (runs > 0).then(|| run_us as f64 / 1e6 / runs as f64),
-                wake: None,
+                wake: st.wakes.mean(),
             },
         ))
     }
 
-    /// Applies a decision: starts or drains replicas to reach `desired` within the pool's
-    /// limits, and records the decision when it differs from the last one.
+    /// Applies a decision: wakes, starts, puts to sleep or drains replicas to reach
+    /// `desired` warm (and up to `asleep` asleep) within the pool's limits, and records the
+    /// decision when it differs from the last one.
     pub fn apply(self: &Arc<Self>, decision: &Decision, obs: &Observation, on_arrival: bool) {
         let desired = decision
             .desired
             .clamp(self.config.min_replicas, self.config.max_replicas);
         let mut st = self.lock();
-        let active: Vec<usize> = (0..st.replicas.len())
-            .filter(|&i| st.replicas[i].view.state != ReplicaState::Draining)
+        let mut active: Vec<usize> = (0..st.replicas.len())
+            .filter(|&i| {
+                st.replicas[i].view.state != ReplicaState::Draining && !st.replicas[i].sleeping()
+            })
             .collect();
         let current = active.len() as u32;
         let record = DecisionRecord {
@@ -255,6 +295,31 @@ impl Pool {
         {
             g.stop_waiting(&self.config.name);
         }
+        let mut current = current;
+        if desired > current && !(st.gpu.idle_after_eviction && obs.work() == 0) {
+            current += self.wake_sleepers(&mut st, desired - current, &mut active);
+        }
+        // Sleepers beyond what the policy keeps asleep (and the warm replicas it wants but
+        // cannot have awake now) are stopped, the oldest first.
+        let keep = decision.asleep + desired.saturating_sub(current);
+        let mut sleepers: Vec<usize> = (0..st.replicas.len())
+            .filter(|&i| st.replicas[i].view.state == ReplicaState::Asleep)
+            .collect();
+        sleepers.sort_by_key(|&i| std::cmp::Reverse(st.replicas[i].started));
+        let draining_to_sleep = st
+            .replicas
+            .iter()
+            .filter(|r| r.sleeping() && r.view.state != ReplicaState::Asleep)
+            .count();
+        for &i in sleepers
+            .iter()
+            .skip((keep as usize).saturating_sub(draining_to_sleep))
+        {
+            let r = &mut st.replicas[i];
+            tracing::info!(pool = %self.config.name, replica = %r.view.name, "stopping a sleeping replica");
+            r.view.state = ReplicaState::Draining;
+            r.tell(Want::Stop);
+        }
         if desired > current {
             let starts = st.backoff.starts_allowed(desired - current, Instant::now());
             match (self.config.gpu, self.gpus.clone()) {
@@ -280,14 +345,54 @@ impl Pool {
                     }
                 })
                 .collect();
+            let can_sleep = self.config.sleep.is_some();
+            let mut sleepers = st.replicas.iter().filter(|r| r.sleeping()).count() as u32;
             for v in scale_down_victims(&candidates, (current - desired) as usize) {
                 let r = &mut st.replicas[active[v]];
-                tracing::info!(pool = %self.config.name, replica = %r.view.name, "draining replica");
+                let idle = r.view.state == ReplicaState::Ready
+                    && r.report.in_flight.load(Ordering::Relaxed) == 0;
+                let want = if can_sleep && idle && sleepers < decision.asleep {
+                    sleepers += 1;
+                    Want::Sleep
+                } else {
+                    Want::Stop
+                };
+                tracing::info!(pool = %self.config.name, replica = %r.view.name, then = ?want, "draining replica");
                 r.view.state = ReplicaState::Draining;
-                let _ = r.stop.send(true);
+                r.tell(want);
             }
             self.update_gauges(&st);
         }
+    }
+
+    /// Wakes up to `count` sleeping replicas (newest first; on GPUs, only those whose
+    /// devices have room again); returns how many. Each joins `active`.
+    fn wake_sleepers(&self, st: &mut PoolState, count: u32, active: &mut Vec<usize>) -> u32 {
+        let mut asleep: Vec<usize> = (0..st.replicas.len())
+            .filter(|&i| st.replicas[i].view.state == ReplicaState::Asleep)
+            .collect();
+        asleep.sort_by_key(|&i| std::cmp::Reverse(st.replicas[i].started));
+        let mut woken = 0;
+        for i in asleep {
+            if woken == count {
+                break;
+            }
+            let r = &mut st.replicas[i];
+            if let (Some(need), Some(gpus)) = (self.config.gpu, &self.gpus)
+                && !gpus.reserve_on(&self.config.name, &r.view.name, need, &r.view.gpus)
+            {
+                continue;
+            }
+            tracing::info!(pool = %self.config.name, replica = %r.view.name, "waking replica");
+            r.view.state = ReplicaState::Waking;
+            r.tell(Want::Serve);
+            active.push(i);
+            woken += 1;
+        }
+        if woken > 0 {
+            self.update_gauges(st);
+        }
+        woken
     }
 
     /// Starts up to `starts` replicas where the GPUs have room, making room for a pool with
@@ -345,7 +450,7 @@ impl Pool {
         }
         st.next_replica += 1;
         let name = self.replica_name(st.next_replica);
-        let (stop, stop_rx) = watch::channel(false);
+        let (want, want_rx) = watch::channel(Want::Serve);
         let report = Arc::new(WorkerReport::default());
         st.replicas.push(ReplicaEntry {
             view: ReplicaView {
@@ -357,26 +462,28 @@ impl Pool {
                 pgid: None,
                 in_flight: 0,
                 gpus: gpus.clone(),
+                asleep_host_bytes: None,
             },
             power_w,
             started: Instant::now(),
             report: report.clone(),
-            stop,
+            want,
         });
         st.usage.peak_replicas = st.usage.peak_replicas.max(st.replicas.len() as u32);
         self.metrics.replica_started();
         self.update_gauges(st);
         tracing::info!(pool = %self.config.name, replica = %name, ?gpus, "starting replica");
-        tokio::spawn(self.clone().run_replica(name, stop_rx, report, gpus));
+        tokio::spawn(self.clone().run_replica(name, want_rx, report, gpus));
     }
 
     fn update_gauges(&self, st: &PoolState) {
         let count =
             |s: ReplicaState| st.replicas.iter().filter(|r| r.view.state == s).count() as u32;
         self.metrics.set_replicas(
-            count(ReplicaState::Starting),
+            count(ReplicaState::Starting) + count(ReplicaState::Waking),
             count(ReplicaState::Ready),
             count(ReplicaState::Draining),
+            count(ReplicaState::Asleep),
         );
     }
 
@@ -404,12 +511,12 @@ impl Pool {
     }
 
     /// The life of one replica: start (its server, until healthy), serve (a worker until
-    /// told to stop or the server dies), stop (the server). However it ends, it is retired
-    /// once, when `_retire` goes.
+    /// told to stop or sleep, or the server dies), sleep and wake as told, stop (the
+    /// server). However it ends, it is retired once, when `_retire` goes.
     async fn run_replica(
         self: Arc<Self>,
         name: String,
-        mut stop: watch::Receiver<bool>,
+        mut want: watch::Receiver<Want>,
         report: Arc<WorkerReport>,
         gpus: Vec<u32>,
     ) {
@@ -418,11 +525,80 @@ impl Pool {
             name: &name,
             started: Instant::now(),
         };
-        let Some(mut server) = self.start(&name, &mut stop, &gpus).await else {
+        let Some(mut server) = self.start(&name, &mut want, &gpus).await else {
             return;
         };
-        let served = self.serve(&name, &mut server, stop, report).await;
+        let served = loop {
+            let served = self
+                .serve(&name, &mut server, want.clone(), report.clone())
+                .await;
+            if !matches!(served, Served::Stopped) || *want.borrow() != Want::Sleep {
+                break served;
+            }
+            match self.sleep_until_woken(&name, &mut server, &mut want).await {
+                Slept::Woken => continue,
+                Slept::Stop => break Served::Stopped,
+            }
+        };
         self.stop_server(&name, server.process, served).await;
+    }
+
+    /// Puts the drained replica's server to sleep, gives its GPU memory back, and waits
+    /// until it is told to serve again (then wakes it, measuring the wake) or to stop.
+    async fn sleep_until_woken(
+        &self,
+        name: &str,
+        server: &mut Server,
+        want: &mut watch::Receiver<Want>,
+    ) -> Slept {
+        let (Some(sleeper), Some(process)) = (&server.sleeper, server.process.as_mut()) else {
+            return Slept::Stop;
+        };
+        let timeout = self.config.startup_timeout;
+        if let Err(e) = sleeper.sleep(timeout).await {
+            tracing::warn!(pool = %self.config.name, replica = name, error = %e, "could not put the model server to sleep; stopping it instead");
+            return Slept::Stop;
+        }
+        let host = group_rss_bytes(process.pid());
+        self.with_replica(name, |r| {
+            r.view.state = ReplicaState::Asleep;
+            r.view.asleep_host_bytes = host;
+        });
+        {
+            let mut st = self.lock();
+            st.sleeps += 1;
+        }
+        self.metrics.slept();
+        if let Some(g) = &self.gpus {
+            g.release(name);
+        }
+        tracing::info!(pool = %self.config.name, replica = name, host_memory = host.map(greenscale_core::format_bytes).unwrap_or_else(|| "unknown".into()), "replica asleep (its GPU memory given back)");
+        let told = tokio::select! {
+            w = want.wait_for(|w| *w != Want::Sleep) => w.map(|w| *w).unwrap_or(Want::Stop),
+            status = process.exited() => {
+                tracing::warn!(pool = %self.config.name, replica = name, status = ?status, "a sleeping model server exited");
+                Want::Stop
+            }
+        };
+        if told != Want::Serve {
+            return Slept::Stop;
+        }
+        match sleeper.wake(timeout).await {
+            Ok(took) => {
+                let secs = took.as_secs_f64();
+                let mut st = self.lock();
+                st.wakes.add(secs);
+                drop(st);
+                self.metrics.woke(secs);
+                tracing::info!(pool = %self.config.name, replica = name, wake_s = secs, "replica awake");
+                self.with_replica(name, |r| r.view.state = ReplicaState::Ready);
+                Slept::Woken
+            }
+            Err(e) => {
+                self.failed(name, format!("replica {name}: waking failed: {e}"));
+                Slept::Stop
+            }
+        }
     }
 
     /// Starts the replica's model server and waits until it is healthy (a remote API is
@@ -431,7 +607,7 @@ impl Pool {
     async fn start(
         &self,
         name: &str,
-        stop: &mut watch::Receiver<bool>,
+        want: &mut watch::Receiver<Want>,
         gpus: &[u32],
     ) -> Option<Server> {
         let started = Instant::now();
@@ -442,6 +618,7 @@ impl Pool {
                     url: url.clone(),
                     api_key: api_key.clone(),
                     process: None,
+                    sleeper: None,
                 });
             }
             PoolBackend::Command {
@@ -449,13 +626,22 @@ impl Pool {
                 health_path,
             } => (command, health_path),
         };
+        let env = self
+            .config
+            .sleep
+            .as_ref()
+            .map(|s| s.env())
+            .unwrap_or_default();
         let spawned = free_port().and_then(|port| {
             ModelProcess::spawn(
                 &self.guard,
-                command,
-                port,
-                gpus,
-                self.config.stop_timeout,
+                Launch {
+                    command,
+                    port,
+                    gpus,
+                    env: &env,
+                    stop_timeout: self.config.stop_timeout,
+                },
                 &self.config.name,
                 name,
             )
@@ -473,18 +659,41 @@ impl Pool {
             r.view.port = Some(port);
             r.view.pgid = Some(pgid);
         });
-        let health = format!("http://127.0.0.1:{port}{health_path}");
+        let base = format!("http://127.0.0.1:{port}");
+        let health = format!("{base}{health_path}");
+        let sleeper = self.config.sleep.clone().map(|calls| {
+            Sleeper::new(
+                base.clone(),
+                calls,
+                self.config.upstream_model().to_string(),
+                health_path.clone(),
+            )
+        });
+        let timeout = self.config.startup_timeout;
+        let loaded = async {
+            let healthy = wait_healthy(&mut process, &health, started, timeout).await?;
+            match &sleeper {
+                // A router starts with no model loaded: loading it is part of the start.
+                Some(s) if s.wake_at_start() => s
+                    .wake(timeout)
+                    .await
+                    .map(|_| started.elapsed())
+                    .map_err(|e| StartError::Spawn(format!("loading the model: {e}"))),
+                _ => Ok(healthy),
+            }
+        };
         let outcome = tokio::select! {
-            r = wait_healthy(&mut process, &health, started, self.config.startup_timeout) => Some(r),
-            _ = stop.wait_for(|s| *s) => None,
+            r = loaded => Some(r),
+            _ = want.wait_for(|w| *w == Want::Stop) => None,
         };
         match outcome {
             Some(Ok(cold_start)) => {
                 self.ready(name, Some(cold_start));
                 Some(Server {
-                    url: format!("http://127.0.0.1:{port}/v1"),
+                    url: format!("{base}/v1"),
                     api_key: None,
                     process: Some(process),
+                    sleeper,
                 })
             }
             Some(Err(e)) => {
@@ -507,7 +716,7 @@ impl Pool {
         self: &Arc<Self>,
         name: &str,
         server: &mut Server,
-        mut stop: watch::Receiver<bool>,
+        mut want: watch::Receiver<Want>,
         report: Arc<WorkerReport>,
     ) -> Served {
         let model = self.config.upstream_model().to_string();
@@ -530,7 +739,7 @@ impl Pool {
             let (pool, name, server_gone) = (self.clone(), name.to_string(), server_gone.clone());
             async move {
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => {}
+                    _ = want.wait_for(|w| *w != Want::Serve) => {}
                     _ = server_gone.notified() => {}
                 }
                 pool.with_replica(&name, |r| r.view.state = ReplicaState::Draining);
@@ -662,9 +871,14 @@ impl Pool {
             return;
         };
         let in_flight = r.report.in_flight.load(Ordering::Relaxed);
-        tracing::info!(pool = %self.config.name, replica, for_pool, in_flight, "evicting replica to make room on the GPU");
+        let then = if self.config.sleep.is_some() {
+            Want::Sleep
+        } else {
+            Want::Stop
+        };
+        tracing::info!(pool = %self.config.name, replica, for_pool, in_flight, ?then, "evicting replica to make room on the GPU");
         r.view.state = ReplicaState::Draining;
-        let _ = r.stop.send(true);
+        r.tell(then);
         st.gpu.evicted += 1;
         st.gpu.idle_after_eviction = true;
         self.metrics.evicted();
@@ -698,7 +912,7 @@ impl Pool {
                 tracing::info!(pool = %self.config.name, replica = %r.view.name, "draining replica");
             }
             r.view.state = ReplicaState::Draining;
-            let _ = r.stop.send(true);
+            r.tell(Want::Stop);
         }
         self.update_gauges(&st);
     }
@@ -748,6 +962,13 @@ impl Pool {
             last_decision: st.decisions.last.clone(),
             decisions: st.decisions.kept.iter().cloned().collect(),
             cold_starts: st.cold_starts.view(),
+            wakes: st.wakes.view(),
+            sleeps: st.sleeps,
+            sleep_engine: self
+                .config
+                .sleep
+                .as_ref()
+                .map(|s| s.engine.name().to_string()),
             replica_seconds: st.usage.retired_replica_seconds + live,
             since_ms: self.since_ms,
             peak_replicas: st.usage.peak_replicas,

@@ -36,19 +36,39 @@ pub struct ModelProcess {
     pub port: u16,
 }
 
+/// What to start a model server with.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    /// Shell command line with `{port}` and optionally `{gpu}`.
+    pub command: &'a str,
+    /// The port it is told to listen on.
+    pub port: u16,
+    /// Its GPUs (empty without GPU limits).
+    pub gpus: &'a [u32],
+    /// Extra environment variables.
+    pub env: &'a [(String, String)],
+    /// After SIGTERM, how long the guard waits before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
 impl ModelProcess {
-    /// Starts `command` under the guard, in a new process group, with `{port}` replaced and
-    /// `{gpu}` by the devices in `gpus` (also its `CUDA_VISIBLE_DEVICES` when there are any).
-    /// Output lines are logged with `pool` and `replica`.
+    /// Starts `launch.command` under the guard, in a new process group, with `{port}`
+    /// replaced and `{gpu}` by the devices in `launch.gpus` (also its `CUDA_VISIBLE_DEVICES`
+    /// when there are any), with `launch.env` set. Output lines are logged with `pool` and
+    /// `replica`.
     pub fn spawn(
         guard: &GuardProgram,
-        command: &str,
-        port: u16,
-        gpus: &[u32],
-        stop_timeout: Duration,
+        launch: Launch<'_>,
         pool: &str,
         replica: &str,
     ) -> std::io::Result<ModelProcess> {
+        let Launch {
+            command,
+            port,
+            gpus,
+            env,
+            stop_timeout,
+        } = launch;
         let devices = gpus
             .iter()
             .map(u32::to_string)
@@ -61,6 +81,7 @@ impl ModelProcess {
         if !gpus.is_empty() {
             guarded.env("CUDA_VISIBLE_DEVICES", &devices);
         }
+        guarded.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = guarded
             .args(&guard.args)
             .arg("--stop-timeout")

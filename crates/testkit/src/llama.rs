@@ -9,7 +9,12 @@
 //! answers 503 `{"error":{"code":503,"message":"Loading model"}}` while the model loads and
 //! 200 once it is ready; `/v1/chat/completions` streams one SSE chunk per generated token and
 //! reports `usage` (`prompt_tokens`, `completion_tokens`); a prompt longer than the context
-//! is refused with 400 and `"type":"exceed_context_size_error"`.
+//! is refused with 400 and `"type":"exceed_context_size_error"`. In router mode (started with
+//! `--models-dir DIR` and no `-m`), `/health` answers 200 with no model loaded; `GET /models`
+//! lists each file of DIR by name without `.gguf`, with `status.value` `unloaded`, `loading`
+//! or `loaded`; `POST /models/load` and `/models/unload` with `{"model": NAME}` answer
+//! `{"success":true}` at once and change the status later; a loaded model runs in a child
+//! llama-server process (`--model DIR/NAME.gguf`) that unloading ends.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -539,6 +539,7 @@ impl Policy for GreenScale {
                     idle_s,
                     warm_s: l.keep_until - since,
                     until_s: l.sleep_until - since,
+                    wake_s: sleep.map_or(0.0, |t| t.wake),
                 },
                 _ if desired == 0 => Reason::ScaleToZero {
                     idle_s,

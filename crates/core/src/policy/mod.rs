@@ -209,6 +209,8 @@ pub enum Reason {
         warm_s: f64,
         /// Idle time at which sleepers are stopped.
         until_s: f64,
+        /// The wake time planned with (measured, or assumed before the first wake).
+        wake_s: f64,
     },
     /// Idle past the keep-alive window: the last replica goes.
     ScaleToZero {
@@ -332,9 +334,10 @@ impl fmt::Display for Reason {
                 idle_s,
                 warm_s,
                 until_s,
+                wake_s,
             } => write!(
                 f,
-                "idle {idle_s:.0} s, past the {warm_s:.0} s keep-warm: asleep until {until_s:.0} s idle"
+                "idle {idle_s:.0} s, past the {warm_s:.0} s keep-warm: asleep until {until_s:.0} s idle (wakes in {wake_s:.2} s)"
             ),
             Reason::Prewarm { idle_s, from_s } => write!(
                 f,

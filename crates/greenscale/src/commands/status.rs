@@ -134,11 +134,34 @@ fn print_pool(p: &PoolStatus) {
         p.concurrency,
     );
     say!(
-        "  replicas     {} starting, {} ready, {} draining",
-        count(ReplicaState::Starting),
+        "  replicas     {} starting, {} ready, {} draining{}",
+        count(ReplicaState::Starting) + count(ReplicaState::Waking),
         count(ReplicaState::Ready),
-        count(ReplicaState::Draining)
+        count(ReplicaState::Draining),
+        match &p.sleep_engine {
+            Some(_) => format!(", {} asleep", count(ReplicaState::Asleep)),
+            None => String::new(),
+        }
     );
+    if let Some(engine) = &p.sleep_engine {
+        let host: Option<u64> = p.replicas.iter().filter_map(|r| r.asleep_host_bytes).max();
+        say!(
+            "  sleep        {engine}: {} sleeps, {} wakes{}{}",
+            p.sleeps,
+            p.wakes.count,
+            match p.wakes.p50_s {
+                Some(w) => format!(" (p50 {w:.2} s)"),
+                None => String::new(),
+            },
+            match host {
+                Some(b) => format!(
+                    "; a sleeper holds {} of host memory",
+                    greenscale_core::format_bytes(b)
+                ),
+                None => String::new(),
+            }
+        );
+    }
     let cold = &p.cold_starts;
     match cold.p50_s {
         Some(p50) => say!(
