@@ -68,6 +68,8 @@ fn spec_strategy() -> impl Strategy<Value = String> {
         Just("knative".to_string()),
         Just("keepalive:45s".to_string()),
         Just("histogram".to_string()),
+        Just("llama-swap:ttl=30s".to_string()),
+        Just("ollama".to_string()),
     ]
 }
 

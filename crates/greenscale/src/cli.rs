@@ -529,6 +529,14 @@ pub struct SimArgs {
         requires = "wake"
     )]
     pub sleep_cost: f64,
+    /// The trace's pools share GPUs that hold this many replicas at once: pools wait for
+    /// room and evict each other (each policy family in its own order; see docs/scaling.md).
+    #[arg(long, env = "GREENSCALE_SIM_GPU_SLOTS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub gpu_slots: Option<u32>,
+    /// With --gpu-slots: how long a pool with work waits before GreenScale drains a busy
+    /// replica of another pool for it.
+    #[arg(long, env = "GREENSCALE_SIM_GPU_TURN", default_value = "30s", value_parser = parse_duration, requires = "gpu_slots")]
+    pub gpu_turn: Duration,
     /// The pool's replica limit, shared by every policy.
     #[arg(long, env = "GREENSCALE_SIM_MAX_REPLICAS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_replicas: u32,

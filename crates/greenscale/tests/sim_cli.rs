@@ -216,3 +216,86 @@ fn a_sleep_tier_is_used_by_greenscale_and_reported() {
     let bad = sim(&["--synthetic", "cron", "--sleep-cost", "0.5"]);
     assert!(!bad.status.success(), "--sleep-cost needs --wake");
 }
+
+#[test]
+fn many_pools_sharing_gpus_compare_tiers_and_the_peers_policies() {
+    // A synthetic day of 24 pools in the Azure Functions format, on GPUs that hold four
+    // replicas at once (see greenscale_core::sim::synthetic::functions_day).
+    let dir = tempfile::tempdir().unwrap();
+    let day = dir.path().join("functions-day.csv");
+    std::fs::write(&day, greenscale_core::sim::synthetic::functions_day(24, 1)).unwrap();
+    let policies = "greenscale,llama-swap,ollama:max_loaded=4,keepalive:10m";
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec![
+            "--trace",
+            day.to_str().unwrap(),
+            "--gpu-slots",
+            "4",
+            "--policy",
+            policies,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = sim(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        rows.as_array().unwrap().clone()
+    };
+    let plain = run(&[]);
+    let tiered = run(&["--wake", "5s"]);
+    let n = |row: &serde_json::Value, key: &str| row[key].as_f64().unwrap();
+    for row in plain.iter().chain(&tiered) {
+        assert_eq!(row["unserved"], 0, "{row}");
+        assert_eq!(
+            row["interrupted"], 0,
+            "nothing is cut by an eviction: {row}"
+        );
+        assert!(n(row, "peak_replicas") <= 4.0, "{row}");
+        assert!(n(row, "evictions") > 0.0, "{row}");
+    }
+    // llama-swap runs one model at a time by default: far fewer GPU-seconds, far longer waits.
+    assert_eq!(plain[1]["peak_replicas"], 1);
+    assert!(n(&plain[1], "wait_p50") > 4.0 * n(&plain[2], "wait_p50"));
+    // With a sleep tier, evicted and idle GreenScale replicas sleep and are woken instead
+    // of cold-started, and its callers wait less.
+    let (ours, ours_tiered) = (&plain[0], &tiered[0]);
+    assert!(n(ours_tiered, "wakes") > 0.0, "{ours_tiered}");
+    assert!(n(ours_tiered, "cold_starts") < n(ours, "cold_starts"));
+    assert!(n(ours_tiered, "wait_p50") < n(ours, "wait_p50"));
+    // Each pool on a GPU of its own instead: what the shared budget changes.
+    let out = sim(&[
+        "--trace",
+        day.to_str().unwrap(),
+        "--policy",
+        "greenscale",
+        "--json",
+    ]);
+    let apart: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(apart[0]["evictions"], 0);
+    assert!(n(&apart[0], "wait_p50") < n(ours, "wait_p50"));
+    let apart = apart.as_array().unwrap().clone();
+    for (label, rows) in [
+        ("no sleep tier", &plain),
+        ("wake 5 s", &tiered),
+        ("no shared budget", &apart),
+    ] {
+        println!("{label}:");
+        for r in rows.iter() {
+            println!(
+                "  {:<22} {:>9.0} GPU-s  wait p50 {:>6.1} s  p95 {:>6.1} s  p99 {:>6.1} s  {:>5} cold starts  {:>5} wakes  {:>5} evictions",
+                r["policy"].as_str().unwrap(),
+                n(r, "gpu_seconds"),
+                n(r, "wait_p50"),
+                n(r, "wait_p95"),
+                n(r, "wait_p99"),
+                r["cold_starts"],
+                r["wakes"],
+                r["evictions"]
+            );
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! Fixed keep-alive: each level of capacity is kept for a fixed window after it was last
-//! needed (like Ollama's or llama-swap's per-model TTL).
+//! needed. With one replica at most, it is Ollama's `keep_alive` and llama-swap's `ttl`.
 
 use super::window::SlidingMax;
 use super::{Decision, Observation, Policy, Reason};
@@ -9,6 +9,7 @@ use super::{Decision, Observation, Policy, Reason};
 pub struct KeepAlive {
     name: String,
     window: f64,
+    max: Option<u32>,
     levels: SlidingMax,
     idle_since: Option<f64>,
 }
@@ -19,9 +20,16 @@ impl KeepAlive {
         KeepAlive {
             name: name.into(),
             window,
+            max: None,
             levels: SlidingMax::default(),
             idle_since: None,
         }
+    }
+
+    /// At most `max` replicas (one per model, as Ollama and llama-swap run).
+    pub fn at_most(mut self, max: u32) -> Self {
+        self.max = Some(max);
+        self
     }
 }
 
@@ -31,7 +39,11 @@ impl Policy for KeepAlive {
     }
 
     fn decide(&mut self, obs: &Observation) -> Decision {
-        let need = obs.slots_needed().max(obs.busy).min(obs.max_replicas);
+        let need = obs
+            .slots_needed()
+            .max(obs.busy)
+            .min(obs.max_replicas)
+            .min(self.max.unwrap_or(u32::MAX).max(obs.busy));
         self.levels.push(obs.now, need);
         let kept = self.levels.max_since(obs.now - self.window);
         if need > 0 {

@@ -287,6 +287,11 @@ pub enum Reason {
     },
 }
 
+/// Pools sharing GPUs take turns of at least this many cold starts (of the pool that
+/// waits) before a busy replica is drained for another pool, so that loading takes at most
+/// a fifth of the GPUs' time while they take turns.
+pub const TURN_COLD_STARTS: f64 = 4.0;
+
 /// `n` and the noun for it, singular or plural (`1 job`, `3 jobs`).
 fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
     let n = n.into();
@@ -421,6 +426,8 @@ pub const POLICY_NAMES: &[&str] = &[
     "knative",
     "keepalive",
     "histogram",
+    "llama-swap",
+    "ollama",
 ];
 
 /// A checked policy spec, `name:key=value,...` (for example `keda:poll=5s,cooldown=30s`):
@@ -436,7 +443,21 @@ pub struct Spec {
 enum Params {
     Keda(KedaParams),
     Knative(KnativeParams),
-    KeepAlive { window: f64 },
+    KeepAlive {
+        window: f64,
+    },
+    /// One replica per model kept `ttl` after its last request (0: until another model
+    /// needs the room), at most `loaded` models at once.
+    LlamaSwap {
+        ttl: f64,
+        loaded: u32,
+    },
+    /// One replica per model kept `keep_alive` after its last request, at most `max_loaded`
+    /// models at once.
+    Ollama {
+        keep_alive: f64,
+        max_loaded: u32,
+    },
     Histogram(HistogramParams),
     GreenScale(GreenScaleParams),
 }
@@ -564,6 +585,40 @@ impl<'a> Syntax<'a> {
                 })?;
                 Params::KeepAlive { window }
             }
+            "llama-swap" => {
+                // llama-swap's defaults: no ttl (models stay until swapped out), and one
+                // model at a time outside groups.
+                let (mut ttl, mut loaded) = (0.0, 1);
+                self.read_params(&["ttl", "loaded"], |k, v| {
+                    match k {
+                        "ttl" => ttl = secs(v)?,
+                        _ => loaded = num(v)?,
+                    }
+                    Ok(())
+                })?;
+                if loaded == 0 {
+                    return Err(self.error("loaded must be at least 1".into()));
+                }
+                Params::LlamaSwap { ttl, loaded }
+            }
+            "ollama" => {
+                // Ollama's defaults: OLLAMA_KEEP_ALIVE 5m, OLLAMA_MAX_LOADED_MODELS 3.
+                let (mut keep_alive, mut max_loaded) = (300.0, 3);
+                self.read_params(&["keep_alive", "max_loaded"], |k, v| {
+                    match k {
+                        "keep_alive" => keep_alive = secs(v)?,
+                        _ => max_loaded = num(v)?,
+                    }
+                    Ok(())
+                })?;
+                if max_loaded == 0 {
+                    return Err(self.error("max_loaded must be at least 1".into()));
+                }
+                Params::Ollama {
+                    keep_alive,
+                    max_loaded,
+                }
+            }
             "histogram" => {
                 let mut p = HistogramParams::default();
                 self.read_params(
@@ -671,8 +726,33 @@ impl Spec {
             Params::Keda(p) => Box::new(Keda::new(name, p.clone())),
             Params::Knative(p) => Box::new(Knative::new(name, p.clone())),
             Params::KeepAlive { window } => Box::new(KeepAlive::new(name, *window)),
+            Params::LlamaSwap { ttl, .. } => {
+                let window = if *ttl == 0.0 { f64::INFINITY } else { *ttl };
+                Box::new(KeepAlive::new(name, window).at_most(1))
+            }
+            Params::Ollama { keep_alive, .. } => {
+                Box::new(KeepAlive::new(name, *keep_alive).at_most(1))
+            }
             Params::Histogram(p) => Box::new(Histogram::new(name, p.clone())),
             Params::GreenScale(p) => Box::new(GreenScale::new(name, p.clone())),
+        }
+    }
+}
+
+impl Spec {
+    /// Whether pools sharing GPUs under this policy evict by expected loss, with a turn
+    /// bound and sleep (GreenScale's), rather than the least recently used idle model.
+    pub fn evicts_by_value(&self) -> bool {
+        matches!(self.params, Params::GreenScale(_))
+    }
+
+    /// How many models may be loaded at once under this policy's own limit, if it has one
+    /// (llama-swap's `loaded`, Ollama's `max_loaded`).
+    pub fn max_loaded(&self) -> Option<u32> {
+        match self.params {
+            Params::LlamaSwap { loaded, .. } => Some(loaded),
+            Params::Ollama { max_loaded, .. } => Some(max_loaded),
+            _ => None,
         }
     }
 }

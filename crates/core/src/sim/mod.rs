@@ -14,6 +14,7 @@
 mod engine;
 pub mod oracle;
 pub mod plot;
+pub mod shared;
 pub mod synthetic;
 pub mod trace;
 
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 use crate::policy::Spec;
 pub use engine::simulate_pool;
+pub use shared::{SharedBudget, simulate_shared};
 pub use trace::{Format, Job, Pool, ServiceModel, Trace, TraceError};
 
 /// Settings of one simulation (shared by every policy in a run).
@@ -39,6 +41,8 @@ pub struct SimConfig {
     pub horizon: f64,
     /// The pool's sleep tier, if its replicas can sleep.
     pub sleep: Option<SleepConfig>,
+    /// A GPU budget shared by all the trace's pools, if any (see [`shared`]).
+    pub shared: Option<SharedBudget>,
 }
 
 /// A sleep tier in the simulator.
@@ -59,6 +63,7 @@ impl Default for SimConfig {
             max_replicas: 20,
             horizon: 4.0 * 3600.0,
             sleep: None,
+            shared: None,
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct PoolOutcome {
     pub sleeps: u64,
     /// Sleepers woken.
     pub wakes: u64,
+    /// Replicas of this pool evicted for other pools (a shared GPU budget).
+    pub evictions: u64,
     /// Jobs that waited on a cold start.
     pub cold_start_waits: u64,
     /// Jobs that waited on a sleeper's wake.
@@ -145,6 +152,8 @@ pub struct Report {
     pub sleeps: u64,
     /// Sleepers woken.
     pub wakes: u64,
+    /// Replicas evicted for other pools (with a shared GPU budget).
+    pub evictions: u64,
 }
 
 /// The q-quantile (nearest rank) of `values`, reordering them.
@@ -166,20 +175,40 @@ pub fn oracle(trace: &Trace, cfg: &SimConfig) -> f64 {
         .sum()
 }
 
-/// Simulates every pool of `trace` under a fresh instance of the policy in `spec`, on all
-/// cores, and sums the results. Deterministic: the same inputs give the same report.
+/// Simulates every pool of `trace` under a fresh instance of the policy in `spec` and sums
+/// the results: on all cores when the pools are independent; together in one thread when
+/// they share a GPU budget (`cfg.shared`, or the policy's own limit on loaded models).
+/// Deterministic: the same inputs give the same report.
 pub fn simulate(
     trace: &Trace,
     spec: &Spec,
     cfg: &SimConfig,
     oracle_gpu_seconds: f64,
 ) -> (Report, Vec<Sample>) {
+    let budget = cfg.shared.or_else(|| {
+        spec.max_loaded().map(|slots| SharedBudget {
+            slots,
+            turn: DEFAULT_GPU_TURN,
+        })
+    });
+    let outcomes = match budget {
+        Some(budget) => simulate_shared(trace, spec, cfg, budget),
+        None => simulate_apart(trace, spec, cfg),
+    };
+    summarize(trace, spec, oracle_gpu_seconds, outcomes)
+}
+
+/// The starvation bound `greenscale up` uses by default (`gpu_turn`), seconds.
+pub const DEFAULT_GPU_TURN: f64 = 30.0;
+
+/// Each pool on its own, on all cores.
+fn simulate_apart(trace: &Trace, spec: &Spec, cfg: &SimConfig) -> Vec<PoolOutcome> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(trace.pools.len().max(1));
     let record = trace.pools.len() == 1;
     let chunk = trace.pools.len().div_ceil(threads);
-    let outcomes: Vec<PoolOutcome> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = trace
             .pools
             .chunks(chunk.max(1))
@@ -199,7 +228,16 @@ pub fn simulate(
             .into_iter()
             .flat_map(|h| h.join().expect("simulation thread"))
             .collect()
-    });
+    })
+}
+
+/// The report over every pool's outcome.
+fn summarize(
+    trace: &Trace,
+    spec: &Spec,
+    oracle_gpu_seconds: f64,
+    outcomes: Vec<PoolOutcome>,
+) -> (Report, Vec<Sample>) {
     let mut waits: Vec<f32> = Vec::with_capacity(trace.jobs());
     let mut changes: Vec<(f64, i8)> = Vec::new();
     let mut report = Report {
@@ -221,6 +259,7 @@ pub fn simulate(
         cold_starts: 0,
         sleeps: 0,
         wakes: 0,
+        evictions: 0,
     };
     let mut timeline = Vec::new();
     for o in outcomes {
@@ -233,6 +272,7 @@ pub fn simulate(
         report.cold_starts += o.cold_starts;
         report.sleeps += o.sleeps;
         report.wakes += o.wakes;
+        report.evictions += o.evictions;
         report.peak_replicas = report.peak_replicas.max(o.peak_replicas);
         waits.extend_from_slice(&o.waits);
         if trace.pools.len() > 1 {

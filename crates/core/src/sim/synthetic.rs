@@ -16,6 +16,54 @@ fn exp(rng: &mut StdRng, rate: f64) -> f64 {
     -(1.0 - rng.random::<f64>()).ln() / rate
 }
 
+/// A day of many small pools in the Azure Functions format (per-minute counts, one row per
+/// function): `pools` functions of four kinds in turn — busy in business hours (6 a
+/// minute from 08:00 to 18:00, 0.3 otherwise), an hourly batch (40 a minute in the first
+/// two minutes of each hour), rare (one every 20 minutes on average) and a gentle diurnal
+/// wave (0 to 3 a minute) — each minute's count drawn from a Poisson law. It is what a
+/// machine serving many models sees: most of them idle most of the time, and not all of
+/// them fit at once.
+pub fn functions_day(pools: usize, seed: u64) -> String {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let minutes = 1440;
+    let mut csv = String::from("HashOwner,HashApp,HashFunction,Trigger");
+    for m in 1..=minutes {
+        csv.push_str(&format!(",{m}"));
+    }
+    csv.push('\n');
+    for p in 0..pools {
+        csv.push_str(&format!("owner,app{p},function{p},http"));
+        for m in 0..minutes {
+            let hour = m as f64 / 60.0;
+            let rate = match p % 4 {
+                0 if (8.0..18.0).contains(&hour) => 6.0,
+                0 => 0.3,
+                1 if m % 60 < 2 => 40.0,
+                1 => 0.0,
+                2 => 0.05,
+                _ => 1.5 * (1.0 + ((hour - 6.0) / 24.0 * std::f64::consts::TAU).sin()),
+            };
+            csv.push_str(&format!(",{}", poisson_count(&mut rng, rate)));
+        }
+        csv.push('\n');
+    }
+    csv
+}
+
+/// A Poisson-distributed count with mean `rate` (Knuth's method; `rate` is small here).
+fn poisson_count(rng: &mut StdRng, rate: f64) -> u32 {
+    let limit = (-rate).exp();
+    let mut product = 1.0;
+    let mut count = 0;
+    loop {
+        product *= rng.random::<f64>();
+        if product < limit {
+            return count;
+        }
+        count += 1;
+    }
+}
+
 /// Poisson arrivals at `rate` per second for `duration` seconds.
 pub fn poisson(rate: f64, duration: f64, seed: u64) -> Vec<Job> {
     let mut rng = StdRng::seed_from_u64(seed);

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use greenscale_core::policy::Spec;
 use greenscale_core::sim::{
-    self, Pool, Report, ServiceModel, SimConfig, SleepConfig, Trace, plot, synthetic,
+    self, Pool, Report, ServiceModel, SharedBudget, SimConfig, SleepConfig, Trace, plot, synthetic,
 };
 
 use crate::cli::SimArgs;
@@ -71,6 +71,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         sleep: args.wake.map(|w| SleepConfig {
             wake: w.as_secs_f64(),
             rate: args.sleep_cost,
+        }),
+        shared: args.gpu_slots.map(|slots| SharedBudget {
+            slots,
+            turn: args.gpu_turn.as_secs_f64(),
         }),
         ..SimConfig::default()
     };
@@ -137,6 +141,13 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         cfg.max_replicas,
         cfg.tick
     );
+    if let Some(b) = cfg.shared {
+        say!(
+            "shared GPUs: {} replicas at once over all pools; GreenScale drains a busy one after {:.0} s of waiting",
+            b.slots,
+            b.turn
+        );
+    }
     if let Some(t) = cfg.sleep {
         say!(
             "sleep tier: wakes in {:.1} s, a sleeper costs {:.0}% of a warm replica (GPU-s counts it so)",
@@ -172,14 +183,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             r.peak_replicas,
             r.scale_ups
         );
-        if cfg.sleep.is_some() {
+        if cfg.sleep.is_some() || cfg.shared.is_some() || r.evictions > 0 {
             say!(
-                "{:<28} {} cold starts, {} sleeps, {} wakes; {} jobs waited on a wake",
+                "{:<28} {} cold starts, {} sleeps, {} wakes ({} jobs waited on one), {} evictions",
                 "",
                 r.cold_starts,
                 r.sleeps,
                 r.wakes,
-                r.wake_waits
+                r.wake_waits,
+                r.evictions
             );
         }
         if r.unserved > 0 {
