@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use greenscale_core::policy::{Decision, Measured, Observation, PoolShape, ReplicaCounts};
+use greenscale_core::policy::{
+    Decision, Measured, Observation, PoolShape, ReplicaCounts, TURN_COLD_STARTS,
+};
 use greenscale_core::status::{
     DecisionRecord, Energy, GpuNeed, PoolKind, PoolStatus, ReplicaState, ReplicaView,
 };
@@ -416,13 +418,17 @@ impl Pool {
                 return;
             }
             let has_work = obs.pending > 0;
+            // A turn lasts at least a few of this pool's cold starts: swaps must not eat
+            // the GPU's time.
+            let cold = obs.cold_start.unwrap_or(0.0) * TURN_COLD_STARTS;
+            let turn = gpus.turn().max(Duration::from_secs_f64(cold));
             match gpus.place(
                 self,
                 &name,
                 need,
                 since,
                 has_work,
-                has_work && waited >= gpus.turn(),
+                has_work && waited >= turn,
             ) {
                 Placement::On(devices) => {
                     let power = gpus.power_of(&name);
