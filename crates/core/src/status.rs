@@ -224,6 +224,10 @@ pub struct GpuStatus {
     pub memory_bytes: u64,
     /// Bytes not held by any replica.
     pub free_bytes: u64,
+    /// Its power draw now, watts, read from the driver (its idle power when nothing is
+    /// held); `None` where the driver does not tell.
+    #[serde(default)]
+    pub power_w: Option<f64>,
     /// What the replicas placed on it hold.
     pub held: Vec<GpuHold>,
 }

@@ -244,7 +244,7 @@ function poolCard(p, windowS) {
     const energy = [];
     if (p.energy) {
       const e = p.energy;
-      const label = e.estimated ? " (estimated from the GPUs' board power)" : "";
+      const label = e.estimated ? " (estimated from the GPUs' board power)" : " (read from the GPUs' energy counters)";
       const co2 = (kwh) => (typeof e.grid_g_per_kwh === "number" ? `, ${(kwh * e.grid_g_per_kwh).toFixed(1)} gCO2e` : "");
       energy.push(["energy", `${e.kwh.toFixed(4)} kWh${co2(e.kwh)}${label}`, "energy-used"]);
       energy.push(["energy always on", `${e.always_on_kwh.toFixed(4)} kWh${co2(e.always_on_kwh)}${label}`, "energy-always-on"]);
@@ -277,7 +277,8 @@ function gpuCard(g) {
     el("h3", {}, `GPU ${g.index}`, el("span", { class: "badge" }, g.source === "declared" ? "declared" : g.name)));
   const rows = [["memory", `${size(g.memory_bytes)}, ${size(g.free_bytes)} free`, "gpu-free"]];
   for (const h of g.held) rows.push([h.replica, `${size(h.memory_bytes)} (${h.state})`, "gpu-held"]);
-  if (!g.held.length) rows.push(["held", "nothing: every pool on it is at zero"]);
+  if (!g.held.length) rows.push(["held", "nothing: every pool on it is at zero or asleep"]);
+  if (typeof g.power_w === "number") rows.push([g.held.length ? "drawing" : "idle power", `${g.power_w.toFixed(0)} W (read from the driver)`, "gpu-power"]);
   card.append(facts(rows));
   return card;
 }

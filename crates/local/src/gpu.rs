@@ -3,6 +3,7 @@
 //! every pool — a replica starts only where its memory fits, and idle replicas of other
 //! pools are evicted to make room for one with work waiting.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -11,18 +12,55 @@ use greenscale_core::status::{GpuHold, GpuNeed, GpuSource, GpuStatus, ReplicaSta
 use crate::placement::{Budget, Candidate, GpuDevice};
 use crate::pool::Pool;
 
-/// The machine's GPUs as the driver reports them; empty where NVML cannot be loaded (no
-/// NVIDIA driver) or reports no device.
-pub fn detect() -> Vec<GpuDevice> {
+/// Reads the GPUs' own energy figures.
+pub trait EnergyMeter: Send + Sync {
+    /// Device `index`'s energy counter, joules (since the driver loaded); `None` when it
+    /// cannot be read.
+    fn joules(&self, index: u32) -> Option<f64>;
+    /// Device `index`'s power draw now, watts.
+    fn watts(&self, index: u32) -> Option<f64>;
+}
+
+/// NVML's counters: total energy consumption (millijoules, Volta and later) and power
+/// usage (milliwatts).
+struct NvmlMeter(nvml_wrapper::Nvml);
+
+impl EnergyMeter for NvmlMeter {
+    fn joules(&self, index: u32) -> Option<f64> {
+        let device = self.0.device_by_index(index).ok()?;
+        let mj = device.total_energy_consumption().ok()?;
+        Some(mj as f64 / 1000.0)
+    }
+
+    fn watts(&self, index: u32) -> Option<f64> {
+        let device = self.0.device_by_index(index).ok()?;
+        Some(f64::from(device.power_usage().ok()?) / 1000.0)
+    }
+}
+
+/// What the driver reports: the GPUs, and their energy meter where every one has a
+/// readable energy counter.
+pub struct Detected {
+    /// The devices; empty where NVML cannot be loaded (no NVIDIA driver) or reports none.
+    pub devices: Vec<GpuDevice>,
+    /// Their energy counters, if readable.
+    pub meter: Option<Arc<dyn EnergyMeter>>,
+}
+
+/// The machine's GPUs as the driver reports them.
+pub fn detect() -> Detected {
     let nvml = match nvml_wrapper::Nvml::init() {
         Ok(n) => n,
         Err(e) => {
             tracing::debug!(error = %e, "no NVML: no GPUs detected");
-            return Vec::new();
+            return Detected {
+                devices: Vec::new(),
+                meter: None,
+            };
         }
     };
     let count = nvml.device_count().unwrap_or(0);
-    (0..count)
+    let devices: Vec<GpuDevice> = (0..count)
         .filter_map(|i| {
             let device = nvml.device_by_index(i).ok()?;
             let memory = device.memory_info().ok()?.total;
@@ -35,8 +73,18 @@ pub fn detect() -> Vec<GpuDevice> {
                 power_w: device.enforced_power_limit().ok().map(|mw| mw / 1000),
             })
         })
-        .collect()
+        .collect();
+    let meter = NvmlMeter(nvml);
+    let readable = !devices.is_empty() && devices.iter().all(|d| meter.joules(d.index).is_some());
+    Detected {
+        devices,
+        meter: readable.then(|| Arc::new(meter) as Arc<dyn EnergyMeter>),
+    }
 }
+
+/// Where a replica's energy is counted from: per device, its share of the device (the
+/// memory it holds over the device's) and the counter when it was placed.
+type EnergyMark = Vec<(u32, f64, f64)>;
 
 /// The GPU budget shared by the pools of one `greenscale up`.
 pub struct Gpus {
@@ -47,6 +95,10 @@ pub struct Gpus {
     /// Pools with work that found no room, and since when: room goes to the one that has
     /// waited longest, not to whichever pool decides first when memory frees.
     waiting: Mutex<Vec<(String, Instant)>>,
+    /// The GPUs' energy counters, when the driver has them.
+    meter: Option<Arc<dyn EnergyMeter>>,
+    /// Each placed replica's energy mark (with a meter).
+    marks: Mutex<HashMap<String, EnergyMark>>,
 }
 
 /// Where a replica may go.
@@ -61,15 +113,60 @@ pub enum Placement {
 impl Gpus {
     /// A budget over `devices`. A pool with work that has found no room for `turn` gets
     /// busy replicas of other pools drained for it (the starvation bound);
-    /// `grid_g_per_kwh`, the grid's carbon intensity, gives the emissions figures.
-    pub fn new(devices: Vec<GpuDevice>, turn: Duration, grid_g_per_kwh: Option<f64>) -> Arc<Gpus> {
+    /// `grid_g_per_kwh`, the grid's carbon intensity, gives the emissions figures; with a
+    /// `meter`, each replica's energy is read from the GPUs' counters instead of estimated.
+    pub fn new(
+        devices: Vec<GpuDevice>,
+        turn: Duration,
+        grid_g_per_kwh: Option<f64>,
+        meter: Option<Arc<dyn EnergyMeter>>,
+    ) -> Arc<Gpus> {
         Arc::new(Gpus {
             budget: Mutex::new(Budget::new(devices)),
             pools: Mutex::default(),
             turn,
             grid_g_per_kwh,
             waiting: Mutex::default(),
+            meter,
+            marks: Mutex::default(),
         })
+    }
+
+    /// Whether energy is read from the GPUs' counters (else estimated from board power).
+    pub fn measures_energy(&self) -> bool {
+        self.meter.is_some()
+    }
+
+    fn marks(&self) -> std::sync::MutexGuard<'_, HashMap<String, EnergyMark>> {
+        self.marks.lock().expect("GPU energy marks lock")
+    }
+
+    /// Starts counting `replica`'s energy where it was just placed.
+    fn mark(&self, budget: &Budget, replica: &str) {
+        let Some(meter) = &self.meter else {
+            return;
+        };
+        let mut mark = EnergyMark::new();
+        for (d, holds) in budget.devices() {
+            for h in holds.iter().filter(|h| h.replica == replica) {
+                let Some(joules) = meter.joules(d.index) else {
+                    return;
+                };
+                mark.push((d.index, h.memory as f64 / d.memory as f64, joules));
+            }
+        }
+        self.marks().insert(replica.to_string(), mark);
+    }
+
+    /// The energy `replica` used since it was placed, joules, read from the counters: its
+    /// share of each device's energy over that time. `None` without a meter.
+    pub(crate) fn measured_joules(&self, replica: &str) -> Option<f64> {
+        let meter = self.meter.as_ref()?;
+        let marks = self.marks();
+        let mark = marks.get(replica)?;
+        mark.iter()
+            .map(|&(index, share, start)| Some(share * (meter.joules(index)? - start).max(0.0)))
+            .sum()
     }
 
     /// How long a pool with work waits for room while others are busy.
@@ -135,6 +232,7 @@ impl Gpus {
         let mut budget = self.budget();
         let ahead = self.waiting().iter().any(|(p, s)| p != name && *s < since);
         if !ahead && let Some(devices) = budget.reserve(name, replica, need) {
+            self.mark(&budget, replica);
             self.stop_waiting(name);
             return Placement::On(devices);
         }
@@ -189,7 +287,12 @@ impl Gpus {
         if self.waiting().iter().any(|(p, _)| p != pool) {
             return false;
         }
-        self.budget().reserve_on(pool, replica, need, devices)
+        let mut budget = self.budget();
+        let placed = budget.reserve_on(pool, replica, need, devices);
+        if placed {
+            self.mark(&budget, replica);
+        }
+        placed
     }
 
     /// `pool` no longer waits for room.
@@ -197,12 +300,16 @@ impl Gpus {
         self.waiting().retain(|(p, _)| p != pool);
     }
 
-    /// Gives back what `replica` held, and tells every pool that memory is free.
-    pub(crate) fn release(&self, replica: &str) {
+    /// Gives back what `replica` held, and tells every pool that memory is free. Returns
+    /// the energy it used while placed, joules, when the counters tell.
+    pub(crate) fn release(&self, replica: &str) -> Option<f64> {
+        let used = self.measured_joules(replica);
+        self.marks().remove(replica);
         self.budget().release(replica);
         for p in self.pools() {
             p.capacity_changed();
         }
+        used
     }
 
     /// Each GPU and what is placed on it, with the holders' states.
@@ -223,6 +330,7 @@ impl Gpus {
                     source: d.source,
                     memory_bytes: d.memory,
                     free_bytes: d.memory.saturating_sub(held),
+                    power_w: self.meter.as_ref().and_then(|m| m.watts(d.index)),
                     held: holds
                         .iter()
                         .map(|h| GpuHold {
@@ -239,5 +347,69 @@ impl Gpus {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counters the test sets by hand.
+    #[derive(Default)]
+    struct FakeMeter(Mutex<HashMap<u32, f64>>);
+
+    impl FakeMeter {
+        fn set(&self, index: u32, joules: f64) {
+            self.0.lock().unwrap().insert(index, joules);
+        }
+    }
+
+    impl EnergyMeter for FakeMeter {
+        fn joules(&self, index: u32) -> Option<f64> {
+            self.0.lock().unwrap().get(&index).copied()
+        }
+        fn watts(&self, _: u32) -> Option<f64> {
+            Some(61.5)
+        }
+    }
+
+    #[test]
+    fn a_replica_s_energy_is_its_share_of_its_gpu_s_counter_while_it_is_placed() {
+        let meter = Arc::new(FakeMeter::default());
+        meter.set(0, 10_000.0);
+        let device = GpuDevice {
+            index: 0,
+            name: "test".into(),
+            memory: 1 << 30,
+            source: GpuSource::Detected,
+            power_w: Some(300),
+        };
+        let gpus = Gpus::new(
+            vec![device],
+            Duration::from_secs(30),
+            None,
+            Some(meter.clone()),
+        );
+        assert!(gpus.measures_energy());
+        let quarter = GpuNeed {
+            devices: 1,
+            memory_bytes: Some(256 << 20),
+        };
+        assert!(gpus.reserve_on("a", "a-1", quarter, &[0]));
+        // The device used 400 J meanwhile: a quarter of it is the replica's.
+        meter.set(0, 10_400.0);
+        assert_eq!(gpus.measured_joules("a-1"), Some(100.0));
+        assert_eq!(gpus.release("a-1"), Some(100.0));
+        // Gone: nothing more is counted for it, and the GPU's draw is what the driver says.
+        meter.set(0, 20_000.0);
+        assert_eq!(gpus.measured_joules("a-1"), None);
+        assert_eq!(gpus.release("a-1"), None);
+        let status = gpus.status();
+        assert_eq!(status[0].power_w, Some(61.5));
+        assert!(status[0].held.is_empty());
+        // Without a meter, nothing is measured.
+        let plain = Gpus::new(Vec::new(), Duration::from_secs(30), None, None);
+        assert!(!plain.measures_energy());
+        assert_eq!(plain.measured_joules("a-1"), None);
     }
 }

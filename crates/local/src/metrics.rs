@@ -68,7 +68,7 @@ impl AutoscalerMetrics {
         );
         registry.register(
             "replica_energy_joules",
-            "GPU energy of stopped replicas, joules, estimated from the GPUs' board power (each replica's share of it over its lifetime)",
+            "GPU energy of replicas' ended awake periods (stopped or asleep), joules: each replica's share of its GPUs' energy counters where the driver has them, else estimated from their board power",
             m.energy.clone(),
         );
         registry.register(
@@ -162,7 +162,7 @@ impl PoolMetrics {
         self.families.failures.get_or_create(&self.label()).inc();
     }
 
-    /// Adds a stopped replica's estimated GPU energy, joules.
+    /// Adds the GPU energy of a replica's ended awake period, joules.
     pub fn energy(&self, joules: f64) {
         self.families
             .energy

@@ -86,12 +86,22 @@ struct ReplicaEntry {
     view: ReplicaView,
     /// Its share of its GPUs' board power, watts, when known.
     power_w: Option<f64>,
+    /// Since when it holds its GPUs (not while asleep): its estimated energy runs from here.
+    awake_since: Option<Instant>,
     started: Instant,
     report: Arc<WorkerReport>,
     want: watch::Sender<Want>,
 }
 
 impl ReplicaEntry {
+    /// The estimated energy of its current awake period, joules.
+    fn awake_joules(&self) -> f64 {
+        match (self.power_w, self.awake_since) {
+            (Some(w), Some(since)) => w * since.elapsed().as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
     /// Tells the replica what to do.
     fn tell(&self, want: Want) {
         let _ = self.want.send(want);
@@ -471,6 +481,7 @@ impl Pool {
                 asleep_host_bytes: None,
             },
             power_w,
+            awake_since: Some(Instant::now()),
             started: Instant::now(),
             report: report.clone(),
             want,
@@ -575,9 +586,7 @@ impl Pool {
             st.sleeps += 1;
         }
         self.metrics.slept();
-        if let Some(g) = &self.gpus {
-            g.release(name);
-        }
+        self.gpus_released(name);
         tracing::info!(pool = %self.config.name, replica = name, host_memory = host.map(greenscale_core::format_bytes).unwrap_or_else(|| "unknown".into()), "replica asleep (its GPU memory given back)");
         let told = tokio::select! {
             w = want.wait_for(|w| *w != Want::Sleep) => w.map(|w| *w).unwrap_or(Want::Stop),
@@ -597,7 +606,10 @@ impl Pool {
                 drop(st);
                 self.metrics.woke(secs);
                 tracing::info!(pool = %self.config.name, replica = name, wake_s = secs, "replica awake");
-                self.with_replica(name, |r| r.view.state = ReplicaState::Ready);
+                self.with_replica(name, |r| {
+                    r.view.state = ReplicaState::Ready;
+                    r.awake_since = Some(Instant::now());
+                });
                 Slept::Woken
             }
             Err(e) => {
@@ -818,16 +830,12 @@ impl Pool {
     }
 
     fn retire(&self, name: &str, started: Instant) {
+        self.gpus_released(name);
         let mut st = self.lock();
         if let Some(i) = st.replicas.iter().position(|r| r.view.name == name) {
             let r = st.replicas.remove(i);
             st.usage.retired_runs += r.report.runs.load(Ordering::Relaxed);
             st.usage.retired_run_time_us += r.report.run_time_us.load(Ordering::Relaxed);
-            if let Some(w) = r.power_w {
-                let joules = w * started.elapsed().as_secs_f64();
-                st.usage.retired_joules += joules;
-                self.metrics.energy(joules);
-            }
         }
         let lived = started.elapsed().as_secs_f64();
         st.usage.retired_replica_seconds += lived;
@@ -835,8 +843,35 @@ impl Pool {
         self.update_gauges(&st);
         drop(st);
         self.changed.notify_one();
-        if let Some(g) = &self.gpus {
-            g.release(name);
+    }
+
+    /// `replica` gave its GPUs back (asleep or gone): the energy of its awake period is
+    /// counted — read from the GPUs' counters where the driver has them, else estimated
+    /// from its share of their board power. Called without the pool's lock (the budget is
+    /// locked before pools' states elsewhere).
+    fn gpus_released(&self, replica: &str) {
+        let Some(g) = &self.gpus else {
+            return;
+        };
+        let measured = g.release(replica);
+        let mut st = self.lock();
+        let estimated = st
+            .replicas
+            .iter_mut()
+            .find(|r| r.view.name == replica)
+            .map(|r| {
+                let j = r.awake_joules();
+                r.awake_since = None;
+                j
+            })
+            .unwrap_or(0.0);
+        st.usage.retired_joules += estimated;
+        match measured {
+            Some(j) => {
+                st.usage.measured_joules += j;
+                self.metrics.energy(j);
+            }
+            None => self.metrics.energy(estimated),
         }
     }
 
@@ -983,21 +1018,47 @@ impl Pool {
             gpu_need: self.config.gpu,
             evicted: st.gpu.evicted,
             waiting_for_gpu_since_ms: st.gpu.since.map(|(_, ms)| ms),
-            energy: st.usage.replica_power_w.map(|peak_w| {
-                let live: f64 = st
-                    .replicas
-                    .iter()
-                    .filter_map(|r| Some(r.power_w? * r.started.elapsed().as_secs_f64()))
-                    .sum();
-                let period_s = self.epoch.elapsed().as_secs_f64();
-                Energy {
-                    kwh: (st.usage.retired_joules + live) / 3.6e6,
-                    always_on_kwh: f64::from(st.usage.peak_replicas) * peak_w * period_s / 3.6e6,
-                    estimated: true,
-                    grid_g_per_kwh: self.gpus.as_ref().and_then(|g| g.grid_intensity()),
-                }
-            }),
+            energy: self.energy(&st, live),
         }
+    }
+
+    /// The pool's GPU energy so far, next to its peak of replicas always on: read from the
+    /// GPUs' counters where the driver has them (always-on at the mean power its replicas
+    /// drew), else estimated from board power; `None` when neither is known.
+    /// `live_s` is the replica-seconds of the replicas still there.
+    fn energy(&self, st: &PoolState, live_s: f64) -> Option<Energy> {
+        let gpus = self.gpus.as_ref()?;
+        let period_s = self.epoch.elapsed().as_secs_f64();
+        let peak = f64::from(st.usage.peak_replicas);
+        let grid_g_per_kwh = gpus.grid_intensity();
+        if gpus.measures_energy() {
+            let live: f64 = st
+                .replicas
+                .iter()
+                .filter_map(|r| gpus.measured_joules(&r.view.name))
+                .sum();
+            let joules = st.usage.measured_joules + live;
+            let replica_s = st.usage.retired_replica_seconds + live_s;
+            let mean_w = if replica_s > 0.0 {
+                joules / replica_s
+            } else {
+                0.0
+            };
+            return Some(Energy {
+                kwh: joules / 3.6e6,
+                always_on_kwh: peak * mean_w * period_s / 3.6e6,
+                estimated: false,
+                grid_g_per_kwh,
+            });
+        }
+        let peak_w = st.usage.replica_power_w?;
+        let live: f64 = st.replicas.iter().map(ReplicaEntry::awake_joules).sum();
+        Some(Energy {
+            kwh: (st.usage.retired_joules + live) / 3.6e6,
+            always_on_kwh: peak * peak_w * period_s / 3.6e6,
+            estimated: true,
+            grid_g_per_kwh,
+        })
     }
 
     pub(crate) async fn wait_for_event(&self, tick: Duration) -> bool {

@@ -138,8 +138,10 @@ pub(crate) struct Usage {
     pub last_pending: u64,
     /// Jobs running at the last observation.
     pub last_in_flight: u64,
-    /// GPU energy of replicas that are gone, joules.
+    /// Estimated GPU energy of replicas' ended awake periods, joules (board power × time).
     pub retired_joules: f64,
+    /// Their GPU energy read from the GPUs' counters, joules (where the driver has them).
+    pub measured_joules: f64,
     /// The largest board-power share one replica accounted for, watts.
     pub replica_power_w: Option<f64>,
 }

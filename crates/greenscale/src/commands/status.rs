@@ -199,7 +199,7 @@ fn print_pool(p: &PoolStatus) {
             if e.estimated {
                 ", estimated from the GPUs' board power"
             } else {
-                ""
+                ", read from the GPUs' energy counters"
             }
         );
     }

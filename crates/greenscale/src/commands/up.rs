@@ -40,6 +40,7 @@ fn pools(args: &UpArgs) -> anyhow::Result<PoolsFile> {
 /// replica could not fit even on empty GPUs.
 fn gpus(args: &UpArgs, file: &PoolsFile) -> anyhow::Result<Option<Arc<Gpus>>> {
     let (declared, pools) = (file.gpus.clone(), &file.pools);
+    let mut meter = None;
     let devices = if !args.gpus.is_empty() {
         args.gpus
             .iter()
@@ -55,7 +56,9 @@ fn gpus(args: &UpArgs, file: &PoolsFile) -> anyhow::Result<Option<Arc<Gpus>>> {
     } else if !declared.is_empty() {
         declared
     } else if pools.iter().any(|p| p.gpu.is_some()) {
-        greenscale_local::gpu::detect()
+        let detected = greenscale_local::gpu::detect();
+        meter = detected.meter;
+        detected.devices
     } else {
         Vec::new()
     };
@@ -69,7 +72,10 @@ fn gpus(args: &UpArgs, file: &PoolsFile) -> anyhow::Result<Option<Arc<Gpus>>> {
         tracing::info!(gpu = d.index, name = %d.name, memory = %format_bytes(d.memory), source = ?d.source, "GPU");
     }
     let turn = args.gpu_turn.or(file.gpu_turn).unwrap_or(DEFAULT_GPU_TURN);
-    let gpus = Gpus::new(devices, turn, file.grid_intensity);
+    if meter.is_some() {
+        tracing::info!("GPU energy is read from the driver's energy counters");
+    }
+    let gpus = Gpus::new(devices, turn, file.grid_intensity, meter);
     for p in pools {
         if let Some(need) = p.gpu
             && !gpus.could_fit(need)
