@@ -483,16 +483,12 @@ async fn two_pools_that_fit_one_at_a_time_on_a_declared_gpu_swap_without_cutting
     let mut environ_checked = false;
     for round in 0..4 {
         let model = ["a", "b"][round % 2];
-        let id = up
-            .submit(json!({"prompt": "hello", "model": model, "max_tokens": 8}))
+        let job = up
+            .run_job(
+                json!({"prompt": "hello", "model": model, "max_tokens": 8}),
+                Duration::from_secs(90),
+            )
             .await;
-        up.wait_for(
-            &format!("round {round}: the job for {model} succeeds"),
-            Duration::from_secs(90),
-            || async { up.job(&id).await["status"] == "succeeded" },
-        )
-        .await;
-        let job = up.job(&id).await;
         assert_eq!(job["attempts"], 1, "no request is cut: {job}");
         if !environ_checked {
             // The replica got its device in its environment.
@@ -507,14 +503,8 @@ async fn two_pools_that_fit_one_at_a_time_on_a_declared_gpu_swap_without_cutting
             environ_checked = true;
         }
         // What the GPU holds now: the pool that answered, alone.
+        assert_eq!(up.first_gpu_holders().await, [model]);
         let gpus = up.get("/v1/gpus").await;
-        let held: Vec<&str> = gpus[0]["held"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["pool"].as_str().unwrap())
-            .collect();
-        assert_eq!(held, [model], "{gpus}");
         assert_eq!(gpus[0]["memory_bytes"], 1u64 << 30);
     }
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -574,17 +564,10 @@ async fn a_llama_cpp_router_sleeps_and_wakes_in_the_same_process_and_the_policy_
     .unwrap();
     let up = Up::start(dir.path(), "up", &["--config", config.to_str().unwrap()]).await;
     let run = |prompt: &'static str| {
-        let up = &up;
-        async move {
-            let id = up
-                .submit(json!({"prompt": prompt, "model": "tiny", "max_tokens": 8}))
-                .await;
-            up.wait_for("the job succeeds", Duration::from_secs(90), || async {
-                up.job(&id).await["status"] == "succeeded"
-            })
-            .await;
-            up.job(&id).await
-        }
+        up.run_job(
+            json!({"prompt": prompt, "model": "tiny", "max_tokens": 8}),
+            Duration::from_secs(90),
+        )
     };
     let first = run("hello").await;
     assert_eq!(first["attempts"], 1, "{first}");

@@ -10,6 +10,18 @@ fn sim(args: &[&str]) -> std::process::Output {
         .expect("run greenscale sim")
 }
 
+/// The `--json` report of `greenscale sim` with `args`, one object per policy.
+fn sim_rows(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = sim(&[args, &["--json"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    rows.as_array().unwrap().clone()
+}
+
 fn trace(name: &str) -> String {
     format!(
         "{}/../../../shared/traces/{name}",
@@ -177,25 +189,11 @@ fn without_a_trace_it_names_both_sources_and_its_table_stays_aligned() {
 
 #[test]
 fn a_sleep_tier_is_used_by_greenscale_and_reported() {
-    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
-        let mut args = vec![
-            "--trace",
-            "X",
-            "--policy",
-            "greenscale,keepalive:5m",
-            "--json",
-        ];
-        let path = trace("AzureLLMInferenceTrace_code.csv");
-        args[1] = &path;
+    let path = trace("AzureLLMInferenceTrace_code.csv");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--trace", &path, "--policy", "greenscale,keepalive:5m"];
         args.extend_from_slice(extra);
-        let out = sim(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        rows.as_array().unwrap().clone()
+        sim_rows(&args)
     };
     let plain = run(&[]);
     let tiered = run(&["--wake", "3s"]);
@@ -225,7 +223,7 @@ fn many_pools_sharing_gpus_compare_tiers_and_the_peers_policies() {
     let day = dir.path().join("functions-day.csv");
     std::fs::write(&day, greenscale_core::sim::synthetic::functions_day(24, 1)).unwrap();
     let policies = "greenscale,llama-swap,ollama:max_loaded=4,keepalive:10m";
-    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+    let run = |extra: &[&str]| {
         let mut args = vec![
             "--trace",
             day.to_str().unwrap(),
@@ -233,17 +231,9 @@ fn many_pools_sharing_gpus_compare_tiers_and_the_peers_policies() {
             "4",
             "--policy",
             policies,
-            "--json",
         ];
         args.extend_from_slice(extra);
-        let out = sim(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        rows.as_array().unwrap().clone()
+        sim_rows(&args)
     };
     let plain = run(&[]);
     let tiered = run(&["--wake", "5s"]);
@@ -267,17 +257,9 @@ fn many_pools_sharing_gpus_compare_tiers_and_the_peers_policies() {
     assert!(n(ours_tiered, "cold_starts") < n(ours, "cold_starts"));
     assert!(n(ours_tiered, "wait_p50") < n(ours, "wait_p50"));
     // Each pool on a GPU of its own instead: what the shared budget changes.
-    let out = sim(&[
-        "--trace",
-        day.to_str().unwrap(),
-        "--policy",
-        "greenscale",
-        "--json",
-    ]);
-    let apart: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let apart = sim_rows(&["--trace", day.to_str().unwrap(), "--policy", "greenscale"]);
     assert_eq!(apart[0]["evictions"], 0);
     assert!(n(&apart[0], "wait_p50") < n(ours, "wait_p50"));
-    let apart = apart.as_array().unwrap().clone();
     for (label, rows) in [
         ("no sleep tier", &plain),
         ("wake 5 s", &tiered),

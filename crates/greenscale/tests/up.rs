@@ -942,16 +942,13 @@ async fn pools_that_take_turns_on_a_gpu_put_each_other_to_sleep_instead_of_resta
     let mut first_pgid = std::collections::HashMap::new();
     for round in 0..4 {
         let model = ["a", "b"][round % 2];
-        let id = up
-            .submit(json!({"prompt": "hi", "model": model, "max_tokens": 8}))
+        let job = up
+            .run_job(
+                json!({"prompt": "hi", "model": model, "max_tokens": 8}),
+                Duration::from_secs(60),
+            )
             .await;
-        up.wait_for(
-            &format!("round {round}: the job for {model} succeeds"),
-            Duration::from_secs(60),
-            || async { up.job(&id).await["status"] == "succeeded" },
-        )
-        .await;
-        assert_eq!(up.job(&id).await["attempts"], 1);
+        assert_eq!(job["attempts"], 1, "round {round}: {job}");
         let pools = up.get("/v1/pools").await;
         let pool = pool_of(&pools, model);
         let pgid = pgids(&pool)[0];
@@ -961,14 +958,7 @@ async fn pools_that_take_turns_on_a_gpu_put_each_other_to_sleep_instead_of_resta
             "the same process: {pool}"
         );
         // The GPU holds the pool that answered, alone: the other sleeps, holding nothing.
-        let gpus = up.get("/v1/gpus").await;
-        let held: Vec<&str> = gpus[0]["held"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["pool"].as_str().unwrap())
-            .collect();
-        assert_eq!(held, [model], "{gpus}");
+        assert_eq!(up.first_gpu_holders().await, [model]);
     }
     let pools = up.get("/v1/pools").await;
     for name in ["a", "b"] {

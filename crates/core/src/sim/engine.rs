@@ -375,6 +375,19 @@ impl<'a> Engine<'a> {
         self.dispatch(now);
     }
 
+    /// When the next completion, readiness and arrival happen, and the earliest of them and
+    /// the next tick.
+    fn upcoming(&self) -> (f64, f64, f64, f64) {
+        let t_completion = self.completions.peek().map_or(f64::INFINITY, |c| c.at);
+        let t_ready = self.starting_queue.front().map_or(f64::INFINITY, |s| s.0);
+        let t_arrival = self
+            .jobs
+            .get(self.next_job)
+            .map_or(f64::INFINITY, |j| j.arrival);
+        let next = t_completion.min(t_ready).min(t_arrival).min(self.tick);
+        (t_completion, t_ready, t_arrival, next)
+    }
+
     /// When the next event happens; `None` once the pool's run is over (every job done and
     /// nothing left running or asleep, or past the horizon after the last arrival).
     pub(crate) fn next_time(&self) -> Option<f64> {
@@ -383,26 +396,14 @@ impl<'a> Engine<'a> {
         if done && self.replicas.is_empty() && self.sleepers.is_empty() {
             return None;
         }
-        let t_completion = self.completions.peek().map_or(f64::INFINITY, |c| c.at);
-        let t_ready = self.starting_queue.front().map_or(f64::INFINITY, |s| s.0);
-        let t_arrival = self
-            .jobs
-            .get(self.next_job)
-            .map_or(f64::INFINITY, |j| j.arrival);
-        let next = t_completion.min(t_ready).min(t_arrival).min(self.tick);
+        let (.., next) = self.upcoming();
         // A policy that keeps replicas (or never serves) stops being charged.
         (next <= self.last_arrival + self.cfg.horizon).then_some(next)
     }
 
     /// Handles the next event (at [`Engine::next_time`]).
     pub(crate) fn step(&mut self, policy: &mut dyn Policy, room: &mut dyn Room) {
-        let t_completion = self.completions.peek().map_or(f64::INFINITY, |c| c.at);
-        let t_ready = self.starting_queue.front().map_or(f64::INFINITY, |s| s.0);
-        let t_arrival = self
-            .jobs
-            .get(self.next_job)
-            .map_or(f64::INFINITY, |j| j.arrival);
-        let next = t_completion.min(t_ready).min(t_arrival).min(self.tick);
+        let (t_completion, t_ready, t_arrival, next) = self.upcoming();
         if t_completion <= next {
             let c = self.completions.pop().expect("peeked");
             self.complete(c, room);

@@ -258,25 +258,26 @@ mod tests {
         }
     }
 
+    /// Two pools taking turns: `n` jobs each, one every 100 s, pool 1 50 s after pool 0.
+    fn alternating(n: usize) -> Trace {
+        let pool = |offset: f64| {
+            (0..n)
+                .map(|i| Job {
+                    arrival: offset + i as f64 * 100.0,
+                    service: 2.0,
+                })
+                .collect()
+        };
+        trace(vec![pool(0.0), pool(50.0)])
+    }
+
     fn run(t: &Trace, spec: &str, cfg: SimConfig) -> crate::sim::Report {
         simulate(t, &Spec::parse(spec).unwrap(), &cfg, 0.0).0
     }
 
     #[test]
     fn alternating_pools_on_one_place_swap_and_all_jobs_are_served() {
-        let a: Vec<Job> = (0..5)
-            .map(|i| Job {
-                arrival: i as f64 * 100.0,
-                service: 2.0,
-            })
-            .collect();
-        let b: Vec<Job> = (0..5)
-            .map(|i| Job {
-                arrival: 50.0 + i as f64 * 100.0,
-                service: 2.0,
-            })
-            .collect();
-        let t = trace(vec![a, b]);
+        let t = alternating(5);
         for spec in [
             "greenscale",
             "llama-swap",
@@ -330,19 +331,7 @@ mod tests {
 
     #[test]
     fn an_evicted_greenscale_replica_sleeps_when_the_pool_can() {
-        let a: Vec<Job> = (0..6)
-            .map(|i| Job {
-                arrival: i as f64 * 100.0,
-                service: 2.0,
-            })
-            .collect();
-        let b: Vec<Job> = (0..6)
-            .map(|i| Job {
-                arrival: 50.0 + i as f64 * 100.0,
-                service: 2.0,
-            })
-            .collect();
-        let t = trace(vec![a, b]);
+        let t = alternating(6);
         let mut c = cfg(1);
         c.sleep = Some(SleepConfig {
             wake: 1.0,

@@ -194,6 +194,27 @@ impl Up {
             .to_string()
     }
 
+    /// Submits `body`, waits until the job succeeds (up to `within`; the log on timeout)
+    /// and returns its record.
+    pub async fn run_job(&self, body: Value, within: Duration) -> Value {
+        let id = self.submit(body.clone()).await;
+        self.wait_for(&format!("the job {body} succeeds"), within, || async {
+            self.job(&id).await["status"] == "succeeded"
+        })
+        .await;
+        self.job(&id).await
+    }
+
+    /// The pools holding memory on the first GPU, in placement order.
+    pub async fn first_gpu_holders(&self) -> Vec<String> {
+        self.get("/v1/gpus").await[0]["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["pool"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     pub async fn job(&self, id: &str) -> Value {
         self.get(&format!("/v1/jobs/{id}")).await
     }
