@@ -446,17 +446,11 @@ enum Params {
     KeepAlive {
         window: f64,
     },
-    /// One replica per model kept `ttl` after its last request (0: until another model
-    /// needs the room), at most `loaded` models at once.
-    LlamaSwap {
-        ttl: f64,
+    /// One replica per model kept `keep` seconds after its last request, at most `loaded`
+    /// models at once (llama-swap's and Ollama's way).
+    PerModel {
+        keep: f64,
         loaded: u32,
-    },
-    /// One replica per model kept `keep_alive` after its last request, at most `max_loaded`
-    /// models at once.
-    Ollama {
-        keep_alive: f64,
-        max_loaded: u32,
     },
     Histogram(HistogramParams),
     GreenScale(GreenScaleParams),
@@ -526,6 +520,37 @@ impl<'a> Syntax<'a> {
         Ok(())
     }
 
+    /// Reads a per-model keep-alive policy's two parameters, each `(key, default)`: how
+    /// long a model stays after its last request (with `zero_keeps`, 0 means until its room
+    /// is needed) and how many models may be loaded at once.
+    fn per_model(
+        &self,
+        keep: (&str, f64),
+        loaded: (&str, u32),
+        zero_keeps: bool,
+    ) -> Result<Params, SpecError> {
+        let (mut keep_s, mut limit) = (keep.1, loaded.1);
+        self.read_params(&[keep.0, loaded.0], |k, v| {
+            if k == keep.0 {
+                keep_s = secs(v)?;
+            } else {
+                limit = num(v)?;
+            }
+            Ok(())
+        })?;
+        if limit == 0 {
+            return Err(self.error(format!("{} must be at least 1", loaded.0)));
+        }
+        Ok(Params::PerModel {
+            keep: if zero_keeps && keep_s == 0.0 {
+                f64::INFINITY
+            } else {
+                keep_s
+            },
+            loaded: limit,
+        })
+    }
+
     /// Reads and checks the parameters of the named policy.
     fn check(&self) -> Result<Params, SpecError> {
         Ok(match self.name {
@@ -585,40 +610,11 @@ impl<'a> Syntax<'a> {
                 })?;
                 Params::KeepAlive { window }
             }
-            "llama-swap" => {
-                // llama-swap's defaults: no ttl (models stay until swapped out), and one
-                // model at a time outside groups.
-                let (mut ttl, mut loaded) = (0.0, 1);
-                self.read_params(&["ttl", "loaded"], |k, v| {
-                    match k {
-                        "ttl" => ttl = secs(v)?,
-                        _ => loaded = num(v)?,
-                    }
-                    Ok(())
-                })?;
-                if loaded == 0 {
-                    return Err(self.error("loaded must be at least 1".into()));
-                }
-                Params::LlamaSwap { ttl, loaded }
-            }
-            "ollama" => {
-                // Ollama's defaults: OLLAMA_KEEP_ALIVE 5m, OLLAMA_MAX_LOADED_MODELS 3.
-                let (mut keep_alive, mut max_loaded) = (300.0, 3);
-                self.read_params(&["keep_alive", "max_loaded"], |k, v| {
-                    match k {
-                        "keep_alive" => keep_alive = secs(v)?,
-                        _ => max_loaded = num(v)?,
-                    }
-                    Ok(())
-                })?;
-                if max_loaded == 0 {
-                    return Err(self.error("max_loaded must be at least 1".into()));
-                }
-                Params::Ollama {
-                    keep_alive,
-                    max_loaded,
-                }
-            }
+            // llama-swap's defaults: no ttl (0: models stay until swapped out), one model
+            // at a time outside groups.
+            "llama-swap" => self.per_model(("ttl", 0.0), ("loaded", 1), true)?,
+            // Ollama's defaults: OLLAMA_KEEP_ALIVE 5m, OLLAMA_MAX_LOADED_MODELS 3.
+            "ollama" => self.per_model(("keep_alive", 300.0), ("max_loaded", 3), false)?,
             "histogram" => {
                 let mut p = HistogramParams::default();
                 self.read_params(
@@ -726,13 +722,7 @@ impl Spec {
             Params::Keda(p) => Box::new(Keda::new(name, p.clone())),
             Params::Knative(p) => Box::new(Knative::new(name, p.clone())),
             Params::KeepAlive { window } => Box::new(KeepAlive::new(name, *window)),
-            Params::LlamaSwap { ttl, .. } => {
-                let window = if *ttl == 0.0 { f64::INFINITY } else { *ttl };
-                Box::new(KeepAlive::new(name, window).at_most(1))
-            }
-            Params::Ollama { keep_alive, .. } => {
-                Box::new(KeepAlive::new(name, *keep_alive).at_most(1))
-            }
+            Params::PerModel { keep, .. } => Box::new(KeepAlive::new(name, *keep).at_most(1)),
             Params::Histogram(p) => Box::new(Histogram::new(name, p.clone())),
             Params::GreenScale(p) => Box::new(GreenScale::new(name, p.clone())),
         }
@@ -750,8 +740,7 @@ impl Spec {
     /// (llama-swap's `loaded`, Ollama's `max_loaded`).
     pub fn max_loaded(&self) -> Option<u32> {
         match self.params {
-            Params::LlamaSwap { loaded, .. } => Some(loaded),
-            Params::Ollama { max_loaded, .. } => Some(max_loaded),
+            Params::PerModel { loaded, .. } => Some(loaded),
             _ => None,
         }
     }
@@ -860,6 +849,10 @@ mod tests {
         assert!(e.message.contains("unknown parameter"), "{e}");
         let e = Spec::parse("keda:poll=soon").unwrap_err();
         assert!(e.message.contains("poll"), "{e}");
+        let e = Spec::parse("ollama:max_loaded=0").unwrap_err();
+        assert!(e.message.contains("max_loaded"), "{e}");
+        assert_eq!(Spec::parse("llama-swap").unwrap().max_loaded(), Some(1));
+        assert_eq!(Spec::parse("ollama").unwrap().max_loaded(), Some(3));
         let e = Spec::parse("greenscale:cold_cost=-1").unwrap_err();
         assert!(e.message.contains("cold_cost"), "{e}");
     }
