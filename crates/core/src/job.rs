@@ -1,6 +1,7 @@
 //! The job model: what producers put on the queue and what the queue records about it.
 
 use crate::InvalidInput;
+use crate::tenant::{DEFAULT_TENANT, Priority, validate_tenant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -42,6 +43,16 @@ pub struct JobSpec {
     /// Publish the job's events (start, tokens, end) as it runs, for streaming clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
+    /// The tenant the job belongs to; [`DEFAULT_TENANT`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Its priority class; `interactive` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// When the job must have started (Unix milliseconds); an unstarted job past it becomes
+    /// `expired` and never runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at_ms: Option<u64>,
 }
 
 impl JobSpec {
@@ -56,7 +67,20 @@ impl JobSpec {
             temperature: None,
             metadata: None,
             stream: None,
+            tenant: None,
+            priority: None,
+            deadline_at_ms: None,
         }
+    }
+
+    /// The tenant the job belongs to.
+    pub fn tenant(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(DEFAULT_TENANT)
+    }
+
+    /// The job's priority class.
+    pub fn priority(&self) -> Priority {
+        self.priority.unwrap_or_default()
     }
 
     /// True when the job's events are published as it runs.
@@ -129,6 +153,9 @@ impl JobSpec {
         if self.max_tokens == Some(0) {
             return Err("max_tokens must be at least 1".into());
         }
+        if let Some(t) = &self.tenant {
+            validate_tenant(t)?;
+        }
         Ok(())
     }
 }
@@ -149,6 +176,10 @@ impl Default for Limits {
             max_prompt_chars: 200_000,
         }
     }
+}
+
+fn default_tenant() -> String {
+    DEFAULT_TENANT.to_string()
 }
 
 /// A fresh, unique job id.
@@ -220,6 +251,8 @@ pub enum JobStatus {
     Dead,
     /// Cancelled by a user before it finished.
     Cancelled,
+    /// Not started before its deadline; it never runs.
+    Expired,
 }
 
 impl JobStatus {
@@ -232,6 +265,7 @@ impl JobStatus {
             JobStatus::Failed => "failed",
             JobStatus::Dead => "dead",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::Expired => "expired",
         }
     }
 
@@ -244,6 +278,7 @@ impl JobStatus {
             "failed" => JobStatus::Failed,
             "dead" => JobStatus::Dead,
             "cancelled" => JobStatus::Cancelled,
+            "expired" => JobStatus::Expired,
             _ => return None,
         })
     }
@@ -252,7 +287,11 @@ impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Dead | JobStatus::Cancelled
+            JobStatus::Succeeded
+                | JobStatus::Failed
+                | JobStatus::Dead
+                | JobStatus::Cancelled
+                | JobStatus::Expired
         )
     }
 }
@@ -277,6 +316,9 @@ pub struct Usage {
 pub struct JobRecord {
     /// The job id.
     pub id: String,
+    /// The tenant it belongs to.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     /// Current status.
     pub status: JobStatus,
     /// Runs started so far (a retry or a re-delivery after a lost lease adds one).

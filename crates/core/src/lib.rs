@@ -11,6 +11,7 @@ pub mod queue;
 pub mod sim;
 pub mod size;
 pub mod status;
+pub mod tenant;
 
 pub use duration::parse_duration;
 pub use error::InvalidInput;
@@ -24,3 +25,7 @@ pub use queue::{
     Reader, WorkerQueue, cursor_after, parse_cursor,
 };
 pub use size::{format_bytes, parse_bytes};
+pub use tenant::{
+    DEFAULT_TENANT, FairClock, Priority, Quota, TenantSettings, TenantStats, Tenants,
+    validate_tenant,
+};

@@ -7,6 +7,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{ErrorKind, JobEvent, JobRecord, JobSpec, JobStatus, Limits, Usage};
+use crate::tenant::{Quota, TenantStats, Tenants};
 
 /// Settings shared by every queue backend.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +134,17 @@ pub enum Cancelled {
 pub struct QueueStats {
     /// Entries waiting to be leased.
     pub pending: u64,
+    /// Of those, entries of deferrable classes (below `interactive`): their backlog alone
+    /// does not wake a pool from zero.
+    #[serde(default)]
+    pub deferrable: u64,
+    /// Milliseconds until the earliest deadline of a queued job (0 when one has passed),
+    /// if any has one.
+    #[serde(default)]
+    pub deadline_in_ms: Option<u64>,
+    /// How long the oldest waiting job of a deferrable class has waited, milliseconds.
+    #[serde(default)]
+    pub oldest_deferrable_ms: Option<u64>,
     /// Entries held by workers.
     pub in_flight: u64,
     /// Jobs waiting for a retry.
@@ -209,6 +221,18 @@ pub enum QueueError {
     /// A job with this id already exists.
     #[error("a job with id {0:?} already exists")]
     Duplicate(String),
+    /// The tenant is over one of its quotas; the job was not stored.
+    #[error("tenant {tenant:?} is over its {} quota ({limit}); try again in {} s", quota.as_str(), retry_after.as_secs().max(1))]
+    OverQuota {
+        /// The tenant.
+        tenant: String,
+        /// Which quota.
+        quota: Quota,
+        /// The quota's value.
+        limit: u64,
+        /// When trying again may succeed.
+        retry_after: Duration,
+    },
 }
 
 impl From<crate::InvalidInput> for QueueError {
@@ -217,7 +241,8 @@ impl From<crate::InvalidInput> for QueueError {
     }
 }
 
-/// The durable job queue (DESIGN §4): FIFO, at-least-once, leases with heartbeats,
+/// The durable job queue (DESIGN §4): priority classes, fair shares between tenants and FIFO
+/// within a tenant's class (see [`crate::FairClock`]), quotas and deadlines, at-least-once, leases with heartbeats,
 /// retries with backoff, dead-letter list, idempotent results. Every backend implements each
 /// role below; a caller takes only the role it needs ([`Reader`] for a scaler,
 /// [`WorkerQueue`] for a worker) or the whole queue.
@@ -267,13 +292,17 @@ pub trait Reader: Send + Sync {
     /// The record of one job.
     async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError>;
 
-    /// Job records, newest first, optionally only those with `status`.
+    /// Job records, newest first, optionally only those with `status` or of one `tenant`.
     async fn list_jobs(
         &self,
+        tenant: Option<&str>,
         status: Option<JobStatus>,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<JobPage, QueueError>;
+
+    /// Every tenant that has had jobs within the retention period or is configured, by name.
+    async fn tenants(&self) -> Result<Vec<TenantStats>, QueueError>;
 
     /// How many runs ended how since the queue was created: `succeeded`, `retry`, `failed`,
     /// `dead`, `cancelled`, and `error:<kind>` per error kind. Monotonic, shared by every
@@ -308,9 +337,11 @@ pub trait EventBus: Send + Sync {
 /// run.
 #[async_trait]
 pub trait Consumer: Send + Sync {
-    /// Leases up to `max` jobs for `worker`, oldest first, waiting up to `wait` for the first.
-    /// Malformed entries are dead-lettered and jobs that already finished are dropped here,
-    /// so everything returned is to be run.
+    /// Leases up to `max` jobs for `worker`, waiting up to `wait` for the first: from the
+    /// highest non-empty class, tenants by the fair rule, each tenant's oldest first, none of
+    /// a tenant at its `max_running`. Malformed entries are dead-lettered, jobs that already
+    /// finished are dropped and jobs past their deadline become `expired` here, so
+    /// everything returned is to be run.
     async fn lease(
         &self,
         worker: &str,
@@ -347,9 +378,13 @@ pub trait Consumer: Send + Sync {
     async fn maintain(&self) -> Result<Maintenance, QueueError>;
 }
 
-/// An operator's actions: cancelling jobs and handling dead letters.
+/// An operator's actions: tenants' settings, cancelling jobs and handling dead letters.
 #[async_trait]
 pub trait Admin: Send + Sync {
+    /// Stores every tenant's weight and quotas (replacing what was stored), for every
+    /// process sharing the queue; tenants not named get the defaults.
+    async fn set_tenants(&self, tenants: &Tenants) -> Result<(), QueueError>;
+
     /// Cancels a queued job, or also a running one when `running_too`.
     async fn cancel(&self, id: &str, running_too: bool) -> Result<Cancelled, QueueError>;
 

@@ -283,11 +283,23 @@ function gpuCard(g) {
   return card;
 }
 
+// The tenants: what each has waiting and running, and how its runs ended.
+function tenantRows(tenants) {
+  if (!tenants.length) return [];
+  const head = el("tr", {}, ...["tenant", "queued", "running", "succeeded", "failed", "expired", "tokens this minute"].map((h) => el("th", {}, h)));
+  const rows = tenants.map((t) => el("tr", { "data-tenant": t.tenant },
+    el("td", {}, t.tenant), el("td", {}, String(t.queued)), el("td", {}, String(t.running)),
+    el("td", {}, String(t.outcomes.succeeded || 0)), el("td", {}, String((t.outcomes.failed || 0) + (t.outcomes.dead || 0))),
+    el("td", {}, String(t.outcomes.expired || 0)), el("td", {}, String(t.tokens_this_minute))));
+  return [el("table", { class: "tenants", "aria-label": "tenants" }, el("thead", {}, head), el("tbody", {}, ...rows))];
+}
+
 function renderOverview(o) {
   overview = o;
   const box = $("pools");
   box.replaceChildren(...o.pools.map((p) => poolCard(p, o.timings_window_s)));
   $("gpus").replaceChildren(...(o.gpus || []).map(gpuCard));
+  $("tenants").replaceChildren(...tenantRows(o.tenants || []));
   $("connection").textContent = `live — updated ${new Date(o.now_ms).toLocaleTimeString()}`;
   renderDeploy();
 }

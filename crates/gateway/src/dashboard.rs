@@ -7,17 +7,18 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use greenscale_core::status::{GpuStatus, PoolStatus};
-use greenscale_core::{JobRecord, JobStatus, QueueStats};
+use greenscale_core::{JobRecord, JobStatus, QueueStats, TenantStats};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::Gateway;
+use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// Live state of the pools behind a gateway (supplied by `greenscale up`).
@@ -123,6 +124,8 @@ struct Overview {
     timings_window_s: u64,
     pools: Vec<PoolOverview>,
     gpus: Vec<GpuStatus>,
+    /// Each tenant's counts (a tenant's key sees only its own row).
+    tenants: Vec<TenantStats>,
 }
 
 /// The dashboard's shared state: the latest overview and the sampled timeline.
@@ -216,6 +219,7 @@ async fn build_overview(
         timings_window_s: TIMINGS_WINDOW.as_secs(),
         pools,
         gpus: g.pools.as_ref().map(|p| p.gpus()).unwrap_or_default(),
+        tenants: g.routes.tenants().await?,
     })
 }
 
@@ -267,7 +271,7 @@ fn spread(mut values: Vec<f64>) -> Spread {
 async fn recent_timings(g: &Gateway) -> HashMap<String, Timings> {
     let since = unix_ms().saturating_sub(TIMINGS_WINDOW.as_millis() as u64);
     let mut by_pool: HashMap<String, Vec<JobRecord>> = HashMap::new();
-    let Ok(page) = g.routes.list_jobs(None, 1000, None).await else {
+    let Ok(page) = g.routes.list_jobs(None, None, 1000, None).await else {
         return HashMap::new();
     };
     // A job whose model names no pool ran in the first (the default) one.
@@ -323,21 +327,18 @@ async fn recent_timings(g: &Gateway) -> HashMap<String, Timings> {
 /// change (about once a second), until the client goes or the gateway stops.
 pub async fn events(
     State(g): State<Gateway>,
+    Extension(caller): Extension<Caller>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = g.dashboard.overview.subscribe();
     let first = build_overview(&g, Some(&recent_timings(&g).await))
         .await
         .ok()
         .map(Arc::new);
-    let event = |v: &Overview| {
-        let json = serde_json::to_string(v).expect("the overview serializes");
-        Ok(Event::default().event("overview").data(json))
-    };
     let stream = futures::stream::unfold(
-        (rx, g.shutdown.clone(), first),
-        move |(mut rx, mut shutdown, first)| async move {
+        (rx, g.shutdown.clone(), first, caller),
+        move |(mut rx, mut shutdown, first, caller)| async move {
             if let Some(v) = first {
-                return Some((event(&v), (rx, shutdown, None)));
+                return Some((overview_event(&v, &caller), (rx, shutdown, None, caller)));
             }
             let changed = tokio::select! {
                 changed = rx.changed() => changed.is_ok(),
@@ -347,10 +348,23 @@ pub async fn events(
                 return None;
             }
             let v = rx.borrow_and_update().clone();
-            Some((event(&v), (rx, shutdown, None)))
+            Some((overview_event(&v, &caller), (rx, shutdown, None, caller)))
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// The overview as `caller` may see it (a tenant's key: only its own tenant's row).
+fn overview_event(v: &Overview, caller: &Caller) -> Result<Event, Infallible> {
+    let json = if caller.admin {
+        serde_json::to_string(v)
+    } else {
+        let mut own = v.clone();
+        own.tenants.retain(|t| caller.may_see(&t.tenant));
+        serde_json::to_string(&own)
+    };
+    let json = json.expect("the overview serializes");
+    Ok(Event::default().event("overview").data(json))
 }
 
 /// A change of a pool's replica count, as the timeline marks it.

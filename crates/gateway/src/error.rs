@@ -79,6 +79,18 @@ impl From<QueueError> for ApiError {
                 "conflict",
                 format!("a job with id {id:?} already exists"),
             ),
+            QueueError::OverQuota {
+                ref retry_after, ..
+            } => {
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let mut out = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "quota_exceeded",
+                    e.to_string(),
+                );
+                out.retry_after = Some(seconds);
+                out
+            }
             QueueError::Unavailable(m) => {
                 tracing::warn!(error = %m, "queue unavailable");
                 let mut e = ApiError::new(

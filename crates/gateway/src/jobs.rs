@@ -4,19 +4,20 @@ use std::convert::Infallible;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use greenscale_core::{
-    ChatMessage, ErrorKind, JobRecord, JobSpec, JobStatus, QueueStats, new_job_id,
+    ChatMessage, ErrorKind, JobRecord, JobSpec, JobStatus, Priority, QueueStats, new_job_id,
 };
 use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::Gateway;
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::watch::{Update, WatchOptions, watch};
 
@@ -43,6 +44,14 @@ pub struct JobRequest {
     pub metadata: Option<serde_json::Value>,
     /// Publish tokens as they are generated (for `GET /v1/jobs/{id}/events`).
     pub stream: Option<bool>,
+    /// Priority class: `interactive` (default), `batch`, or a whole number from -100 to 100
+    /// (higher is served first; below 0 may wait for warm capacity).
+    #[schema(value_type = Option<String>, example = "batch")]
+    pub priority: Option<Priority>,
+    /// The job must start within this many milliseconds, or it becomes `expired` and never
+    /// runs (also the `Deadline` header).
+    #[schema(minimum = 1)]
+    pub deadline_ms: Option<u64>,
 }
 
 /// One chat message.
@@ -68,7 +77,13 @@ pub struct UsageView {
 pub struct JobView {
     /// Job id.
     pub id: String,
-    /// queued, running, succeeded, failed, dead or cancelled.
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// Its priority class.
+    pub priority: String,
+    /// When it must have started, Unix milliseconds.
+    pub deadline_at_ms: Option<u64>,
+    /// queued, running, succeeded, failed, dead, cancelled or expired.
     #[schema(value_type = String, example = "queued")]
     pub status: JobStatus,
     /// Runs started.
@@ -102,6 +117,13 @@ impl From<JobRecord> for JobView {
     fn from(r: JobRecord) -> Self {
         JobView {
             id: r.id,
+            tenant: r.tenant,
+            priority: r
+                .spec
+                .as_ref()
+                .map_or(Priority::INTERACTIVE, JobSpec::priority)
+                .name(),
+            deadline_at_ms: r.spec.as_ref().and_then(|s| s.deadline_at_ms),
             status: r.status,
             attempts: r.attempts,
             enqueued_at_ms: r.enqueued_at_ms,
@@ -165,11 +187,14 @@ pub struct QueueView {
     pub dead_letter: u64,
     /// Workers with a current heartbeat.
     pub live_workers: u64,
+    /// Of `pending`, jobs of deferrable classes (below interactive).
+    pub deferrable: u64,
 }
 
 impl From<QueueStats> for QueueView {
     fn from(s: QueueStats) -> Self {
         QueueView {
+            deferrable: s.deferrable,
             pending: s.pending,
             in_flight: s.in_flight,
             delayed: s.delayed,
@@ -177,6 +202,45 @@ impl From<QueueStats> for QueueView {
             live_workers: s.live_workers,
         }
     }
+}
+
+/// One tenant's counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    /// The tenant.
+    pub tenant: String,
+    /// Jobs waiting (retries included).
+    pub queued: u64,
+    /// Jobs running.
+    pub running: u64,
+    /// Tokens its jobs used this minute.
+    pub tokens_this_minute: u64,
+    /// Runs by how they ended (succeeded, retry, failed, dead, cancelled, expired).
+    #[schema(value_type = Object)]
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+}
+
+/// The tenants' counts: every tenant for an admin key, the caller's own otherwise.
+#[utoipa::path(get, path = "/v1/tenants",
+    responses((status = 200, body = [TenantView]), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn tenants(
+    State(g): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) -> Result<axum::Json<Vec<TenantView>>, ApiError> {
+    let all = g.routes.tenants().await?;
+    Ok(axum::Json(
+        all.into_iter()
+            .filter(|t| caller.may_see(&t.tenant))
+            .map(|t| TenantView {
+                tenant: t.tenant,
+                queued: t.queued,
+                running: t.running,
+                tokens_this_minute: t.tokens_this_minute,
+                outcomes: t.outcomes,
+            })
+            .collect(),
+    ))
 }
 
 /// Reads a JSON body, turning every failure into a JSON error.
@@ -259,6 +323,7 @@ pub(crate) async fn admit(g: &Gateway) -> Result<(), ApiError> {
     security(("bearer" = [])))]
 pub async fn create_job(
     State(g): State<Gateway>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -292,10 +357,17 @@ pub async fn create_job(
         temperature: req.temperature,
         metadata: req.metadata,
         stream: req.stream,
+        tenant: Some(caller.tenant.clone()),
+        priority: match req.priority {
+            Some(p) => Some(p),
+            None => priority_header(&headers)?,
+        },
+        deadline_at_ms: deadline_at(&headers, req.deadline_ms)?,
     };
     spec.validate(&g.config.limits)
         .map_err(|e| ApiError::invalid(e.0))?;
     admit(&g).await?;
+    crate::admission::check_deadline(&g, &spec)?;
     let id = match key {
         Some(k) => g.routes.enqueue_idempotent(spec, &k).await?.0,
         None => g.routes.enqueue(spec).await?,
@@ -320,14 +392,60 @@ pub async fn create_job(
     security(("bearer" = [])))]
 pub async fn get_job(
     State(g): State<Gateway>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let record = g
-        .routes
-        .job(&id)
+    Ok(axum::Json(visible_job(&g, &caller, &id).await?.into()))
+}
+
+/// The record of a job the caller may see; another tenant's job is "not found", as if it
+/// did not exist.
+async fn visible_job(g: &Gateway, caller: &Caller, id: &str) -> Result<JobRecord, ApiError> {
+    g.routes
+        .job(id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no job with id {id:?}")))?;
-    Ok(axum::Json(record.into()))
+        .filter(|r| caller.may_see(&r.tenant))
+        .ok_or_else(|| ApiError::not_found(format!("no job with id {id:?}")))
+}
+
+/// Reads the `X-GreenScale-Priority` header (as the `priority` field).
+pub(crate) fn priority_header(headers: &HeaderMap) -> Result<Option<Priority>, ApiError> {
+    match headers.get("x-greenscale-priority") {
+        None => Ok(None),
+        Some(v) => {
+            let text = v.to_str().map_err(|_| {
+                ApiError::invalid("X-GreenScale-Priority must be visible characters")
+            })?;
+            Priority::parse(text)
+                .map(Some)
+                .map_err(|e| ApiError::invalid(e.0))
+        }
+    }
+}
+
+/// The deadline of a job, Unix milliseconds: `deadline_ms` of the body, else the
+/// `Deadline` header (milliseconds from now), counted from now.
+pub(crate) fn deadline_at(
+    headers: &HeaderMap,
+    body_ms: Option<u64>,
+) -> Result<Option<u64>, ApiError> {
+    let ms = match (body_ms, headers.get("deadline")) {
+        (Some(ms), _) => ms,
+        (None, None) => return Ok(None),
+        (None, Some(v)) => v
+            .to_str()
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::invalid("the Deadline header must be a number of milliseconds from now")
+            })?,
+    };
+    if ms == 0 || ms > 366 * 24 * 3600 * 1000 {
+        return Err(ApiError::invalid(
+            "a deadline must be 1 ms to 366 days from now",
+        ));
+    }
+    Ok(Some(crate::admission::now_ms() + ms))
 }
 
 /// Cancel a queued or running job.
@@ -338,8 +456,10 @@ pub async fn get_job(
     security(("bearer" = [])))]
 pub async fn cancel_job(
     State(g): State<Gateway>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<JobView>, ApiError> {
+    visible_job(&g, &caller, &id).await?;
     match g.routes.cancel(&id, true).await? {
         greenscale_core::Cancelled::NotFound => {
             return Err(ApiError::not_found(format!("no job with id {id:?}")));
@@ -353,15 +473,18 @@ pub async fn cancel_job(
         }
         _ => {}
     }
-    get_job(State(g), Path(id)).await
+    get_job(State(g), Extension(caller), Path(id)).await
 }
 
 /// Filters of the job list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only jobs with this status (queued, running, succeeded, failed, dead, cancelled).
+    /// Only jobs with this status (queued, running, succeeded, failed, dead, cancelled,
+    /// expired).
     pub status: Option<String>,
+    /// Only this tenant's jobs (an admin key's choice; other keys see only their own).
+    pub tenant: Option<String>,
     /// Page size, 1 to 1000 (default 50).
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
@@ -374,6 +497,7 @@ pub struct ListQuery {
     security(("bearer" = [])))]
 pub async fn list_jobs(
     State(g): State<Gateway>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<JobList>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("bad query: {e}")))?;
@@ -381,7 +505,7 @@ pub async fn list_jobs(
         None | Some("") => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
             ApiError::invalid(format!(
-                "unknown status {s:?} (queued, running, succeeded, failed, dead, cancelled)"
+                "unknown status {s:?} (queued, running, succeeded, failed, dead, cancelled, expired)"
             ))
         })?),
     };
@@ -389,9 +513,14 @@ pub async fn list_jobs(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
     }
+    let tenant = if caller.admin {
+        q.tenant.as_deref().filter(|t| !t.is_empty())
+    } else {
+        Some(caller.tenant.as_str())
+    };
     let page = g
         .routes
-        .list_jobs(status, limit, q.cursor.as_deref())
+        .list_jobs(tenant, status, limit, q.cursor.as_deref())
         .await?;
     Ok(axum::Json(JobList {
         jobs: page.jobs.into_iter().map(JobView::from).collect(),
@@ -419,14 +548,11 @@ fn sse_event(name: &str, data: serde_json::Value) -> Result<Event, Infallible> {
     security(("bearer" = [])))]
 pub async fn job_events(
     State(g): State<Gateway>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let sub = g.hub.subscribe(&id);
-    let record = g
-        .routes
-        .job(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no job with id {id:?}")))?;
+    let record = visible_job(&g, &caller, &id).await?;
     let first = match record.status {
         JobStatus::Queued => sse_event("queued", serde_json::json!({"id": id})),
         JobStatus::Running => sse_event("started", serde_json::json!({"id": id})),

@@ -2,6 +2,7 @@
 //! the worker pool wakes, API keys, limits and backpressure, Prometheus metrics and an
 //! OpenAPI document. It works with any queue backend through the `Queue` trait.
 
+mod admission;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
@@ -24,7 +25,7 @@ use axum::routing::get;
 use greenscale_core::Limits;
 use utoipa::OpenApi;
 
-pub use auth::ApiKeys;
+pub use auth::{ApiKeys, Caller};
 pub use dashboard::PoolsStatus;
 pub use error::ApiError;
 use events::EventHub;
@@ -155,6 +156,7 @@ impl Gateway {
         jobs::cancel_job,
         jobs::job_events,
         jobs::queue_stats,
+        jobs::tenants,
         openai::chat_completions,
         openai::list_models,
         dashboard::pools,
@@ -172,6 +174,7 @@ impl Gateway {
         jobs::UsageView,
         jobs::JobList,
         jobs::QueueView,
+        jobs::TenantView,
         jobs::SseEvent,
         openai::ChatRequest,
         openai::ChatResponse,
@@ -211,6 +214,7 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
         .route("/v1/jobs/{id}/events", get(jobs::job_events))
         .route("/v1/queue", get(jobs::queue_stats))
+        .route("/v1/tenants", get(jobs::tenants))
         .route(
             "/v1/chat/completions",
             axum::routing::post(openai::chat_completions),
@@ -259,12 +263,13 @@ async fn readyz(State(g): State<Gateway>) -> Response {
 async fn metrics(State(g): State<Gateway>) -> Response {
     let stats = g.routes.stats().await.ok();
     let counters = g.routes.counters().await.unwrap_or_default();
+    let tenants = g.routes.tenants().await.unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        g.metrics.render(stats, &counters),
+        g.metrics.render(stats, &counters, &tenants),
     )
         .into_response()
 }

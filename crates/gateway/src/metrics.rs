@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use greenscale_core::{JobRecord, QueueStats};
+use greenscale_core::{JobRecord, QueueStats, TenantStats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,6 +14,15 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     /// The outcome (succeeded, retry, failed, dead, cancelled), error kind or token kind.
+    pub status: String,
+}
+
+/// Labels of a tenant's counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    /// The tenant.
+    pub tenant: String,
+    /// `queued` or `running` (jobs), or an outcome (runs).
     pub status: String,
 }
 
@@ -33,6 +42,9 @@ pub struct Metrics {
     delayed: Gauge,
     dead_letter: Gauge,
     live_workers: Gauge,
+    tenant_jobs: Family<TenantLabel, Gauge>,
+    tenant_outcomes: Family<TenantLabel, Counter>,
+    tenant_tokens: Family<TenantLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -59,7 +71,25 @@ impl Metrics {
             delayed: Gauge::default(),
             dead_letter: Gauge::default(),
             live_workers: Gauge::default(),
+            tenant_jobs: Family::default(),
+            tenant_outcomes: Family::default(),
+            tenant_tokens: Family::default(),
         };
+        r.register(
+            "tenant_jobs",
+            "A tenant's jobs waiting (queued, retries included) and running, all workers",
+            m.tenant_jobs.clone(),
+        );
+        r.register(
+            "tenant_outcomes",
+            "A tenant's job runs by how they ended (succeeded, retry, failed, dead, cancelled, expired), all workers",
+            m.tenant_outcomes.clone(),
+        );
+        r.register(
+            "tenant_tokens_this_minute",
+            "Tokens a tenant's jobs used in the current minute (what tokens_per_minute limits)",
+            m.tenant_tokens.clone(),
+        );
         r.register(
             "jobs_submitted",
             "Jobs accepted by this gateway",
@@ -159,9 +189,36 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition, with queue gauges from `stats` and the queue's
-    /// outcome `counters` (monotonic totals shared by all processes).
-    pub fn render(&self, stats: Option<QueueStats>, counters: &[(String, u64)]) -> String {
+    /// The Prometheus text exposition, with queue gauges from `stats`, the queue's outcome
+    /// `counters` (monotonic totals shared by all processes) and each tenant's counts.
+    pub fn render(
+        &self,
+        stats: Option<QueueStats>,
+        counters: &[(String, u64)],
+        tenants: &[TenantStats],
+    ) -> String {
+        for t in tenants {
+            let label = |status: &str| TenantLabel {
+                tenant: t.tenant.clone(),
+                status: status.to_string(),
+            };
+            self.tenant_jobs
+                .get_or_create(&label("queued"))
+                .set(t.queued as i64);
+            self.tenant_jobs
+                .get_or_create(&label("running"))
+                .set(t.running as i64);
+            self.tenant_tokens
+                .get_or_create(&label("used"))
+                .set(t.tokens_this_minute as i64);
+            for (outcome, total) in &t.outcomes {
+                let counter = self.tenant_outcomes.get_or_create(&label(outcome));
+                let seen = counter.get();
+                if *total > seen {
+                    counter.inc_by(total - seen);
+                }
+            }
+        }
         for (name, total) in counters {
             let (family, label) = match name.strip_prefix("error:") {
                 Some(kind) => (&self.errors, kind),

@@ -7,19 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use greenscale_core::{ChatMessage, JobRecord, JobSpec, JobStatus, new_job_id};
+use greenscale_core::{ChatMessage, JobRecord, JobSpec, JobStatus, Priority, new_job_id};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
 use crate::Gateway;
+use crate::auth::Caller;
 use crate::dashboard::PoolsStatus;
 use crate::error::{ApiError, ErrorBody};
 use crate::jobs::{admit, json_body};
@@ -82,6 +83,9 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
+    /// OpenAI's processing tier: `flex` runs as the `batch` class (it may wait for warm
+    /// capacity), `priority` above interactive; `auto` and `default` are interactive.
+    pub service_tier: Option<String>,
 }
 
 /// The assistant's message.
@@ -189,7 +193,29 @@ pub async fn list_models(State(g): State<Gateway>) -> Result<axum::Json<ModelLis
     }))
 }
 
-fn to_spec(g: &Gateway, req: ChatRequest) -> Result<JobSpec, ApiError> {
+/// The priority class a request asks for: the `X-GreenScale-Priority` header, else its
+/// `service_tier`.
+fn priority_of(headers: &HeaderMap, tier: Option<&str>) -> Result<Option<Priority>, ApiError> {
+    if let Some(p) = crate::jobs::priority_header(headers)? {
+        return Ok(Some(p));
+    }
+    match tier {
+        None | Some("auto" | "default") => Ok(None),
+        Some("flex") => Ok(Some(Priority::BATCH)),
+        Some("priority") => Ok(Some(Priority(10))),
+        Some(t) => Err(ApiError::invalid(format!(
+            "service_tier {t:?} is not one of auto, default, flex, priority"
+        ))),
+    }
+}
+
+fn to_spec(
+    g: &Gateway,
+    caller: &Caller,
+    headers: &HeaderMap,
+    req: ChatRequest,
+) -> Result<JobSpec, ApiError> {
+    let priority = priority_of(headers, req.service_tier.as_deref())?;
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in req.messages {
         let content = match m.content {
@@ -215,6 +241,9 @@ fn to_spec(g: &Gateway, req: ChatRequest) -> Result<JobSpec, ApiError> {
         temperature: req.temperature,
         metadata: None,
         stream: Some(true),
+        tenant: Some(caller.tenant.clone()),
+        priority,
+        deadline_at_ms: crate::jobs::deadline_at(headers, None)?,
     };
     spec.validate(&g.config.limits)
         .map_err(|e| ApiError::invalid(e.0))?;
@@ -261,6 +290,7 @@ fn not_started(g: &Gateway) -> ApiError {
     security(("bearer" = [])))]
 pub async fn chat_completions(
     State(g): State<Gateway>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -274,8 +304,9 @@ pub async fn chat_completions(
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let mut spec = to_spec(&g, req)?;
+    let mut spec = to_spec(&g, &caller, &headers, req)?;
     admit(&g).await?;
+    crate::admission::check_deadline(&g, &spec)?;
     if spec.model.is_none() {
         // No model named and none configured: the one workers announced last, so the
         // response names the model that answers.

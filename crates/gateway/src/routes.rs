@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use greenscale_core::{
-    Cancelled, JobPage, JobRecord, JobSpec, JobStatus, Queue, QueueStats, cursor_after,
+    Cancelled, JobPage, JobRecord, JobSpec, JobStatus, Queue, QueueError, QueueStats, TenantStats,
+    Tenants, cursor_after,
 };
 
 use crate::error::ApiError;
@@ -146,10 +147,39 @@ impl Routes {
         Ok(self.routes[0].queue.cancel(id, running_too).await?)
     }
 
+    /// Stores the tenants' settings in every pool's queue.
+    pub async fn set_tenants(&self, tenants: &Tenants) -> Result<(), QueueError> {
+        for r in self.routes.iter() {
+            r.queue.set_tenants(tenants).await?;
+        }
+        Ok(())
+    }
+
+    /// Every tenant's counts, summed over the pools' queues.
+    pub async fn tenants(&self) -> Result<Vec<TenantStats>, QueueError> {
+        let mut all: std::collections::BTreeMap<String, TenantStats> = Default::default();
+        for r in self.routes.iter() {
+            for t in r.queue.tenants().await? {
+                let sum = all.entry(t.tenant.clone()).or_insert_with(|| TenantStats {
+                    tenant: t.tenant.clone(),
+                    ..TenantStats::default()
+                });
+                sum.queued += t.queued;
+                sum.running += t.running;
+                sum.tokens_this_minute += t.tokens_this_minute;
+                for (k, v) in t.outcomes {
+                    *sum.outcomes.entry(k).or_default() += v;
+                }
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+
     /// Job records, newest first, across pools (every backend orders by enqueue time and id
     /// and shares one cursor format, so pages merge).
     pub async fn list_jobs(
         &self,
+        tenant: Option<&str>,
         status: Option<JobStatus>,
         limit: usize,
         cursor: Option<&str>,
@@ -157,13 +187,13 @@ impl Routes {
         if self.routes.len() == 1 {
             return Ok(self.routes[0]
                 .queue
-                .list_jobs(status, limit, cursor)
+                .list_jobs(tenant, status, limit, cursor)
                 .await?);
         }
         let mut jobs = Vec::new();
         let mut more = false;
         for r in self.routes.iter() {
-            let page = r.queue.list_jobs(status, limit, cursor).await?;
+            let page = r.queue.list_jobs(tenant, status, limit, cursor).await?;
             more |= page.next_cursor.is_some();
             jobs.extend(page.jobs);
         }

@@ -35,6 +35,7 @@ pub enum LogFormat {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run everything on this machine: gateway, embedded queue, autoscaler, and local model
     /// servers started and stopped on demand (or remote APIs).
@@ -188,12 +189,13 @@ pub struct GatewayArgs {
 }
 
 /// The HTTP API's settings (`gateway` and `up`).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct HttpArgs {
     /// Address to listen on. A non-loopback address needs API keys.
     #[arg(long, env = "GREENSCALE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// Accepted API key (repeat, or comma-separate in GREENSCALE_API_KEYS).
+    /// Accepted API key, `TENANT:KEY` (a bare KEY is tenant `default`); a tenant sees only
+    /// its own jobs (repeat, or comma-separate in GREENSCALE_API_KEYS).
     #[arg(
         long = "api-key",
         env = "GREENSCALE_API_KEYS",
@@ -201,6 +203,20 @@ pub struct HttpArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+    /// Admin API key: sees every tenant's jobs (`KEY`, or `TENANT:KEY` to name the tenant
+    /// its own jobs belong to; repeat, or comma-separate in GREENSCALE_ADMIN_KEYS).
+    #[arg(
+        long = "admin-key",
+        env = "GREENSCALE_ADMIN_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_keys: Vec<String>,
+    /// A tenant's share and quotas, `NAME:weight=2,max_running=4,max_queued=1000,tokens_per_minute=50000`
+    /// (any of them; unnamed tenants get weight 1 and no quotas). Stored in the queue for
+    /// every process that shares it (repeat, or `;`-separate in GREENSCALE_TENANTS).
+    #[arg(long = "tenant", env = "GREENSCALE_TENANTS", value_delimiter = ';', value_parser = parse_tenant)]
+    pub tenants: Vec<(String, greenscale_core::TenantSettings)>,
     /// How long an OpenAI-compatible request waits for a worker to start it.
     #[arg(long, env = "GREENSCALE_WAIT_DEADLINE", default_value = "300s", value_parser = parse_duration)]
     pub wait_deadline: Duration,
@@ -427,6 +443,13 @@ pub struct SubmitArgs {
     /// Sampling temperature (default: the worker's).
     #[arg(long)]
     pub temperature: Option<f32>,
+    /// Priority class: `interactive` (default), `batch` (may wait for warm capacity), or a
+    /// whole number from -100 to 100 (higher first).
+    #[arg(long, value_parser = parse_priority)]
+    pub priority: Option<greenscale_core::Priority>,
+    /// The job must start within this long (e.g. `30s`), or it expires unrun.
+    #[arg(long, value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
 }
 
 /// `greenscale status`.
@@ -540,6 +563,12 @@ pub struct SimArgs {
     /// The pool's replica limit, shared by every policy.
     #[arg(long, env = "GREENSCALE_SIM_MAX_REPLICAS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_replicas: u32,
+    /// Share of the trace's jobs (0 to 1) of the batch class: they start after waiting
+    /// interactive jobs, and `greenscale` lets them wait for warm capacity (its
+    /// `batch_max_wait`); waits are reported per class. The same jobs are batch for every
+    /// policy.
+    #[arg(long, env = "GREENSCALE_SIM_BATCH_SHARE", default_value_t = 0.0)]
+    pub batch_share: f64,
     /// Seed for spreading per-minute counts and for synthetic traces.
     #[arg(long, env = "GREENSCALE_SIM_SEED", default_value_t = 1)]
     pub seed: u64,
@@ -582,6 +611,42 @@ fn parse_gpu_memory(text: &str) -> Result<u64, greenscale_core::InvalidInput> {
     }
 }
 
+/// Reads `interactive`, `batch` or a number.
+fn parse_priority(text: &str) -> Result<greenscale_core::Priority, String> {
+    greenscale_core::Priority::parse(text).map_err(|e| e.0)
+}
+
+/// Reads `NAME:weight=2,max_running=4,max_queued=1000,tokens_per_minute=50000`.
+fn parse_tenant(text: &str) -> Result<(String, greenscale_core::TenantSettings), String> {
+    let (name, rest) = text.split_once(':').unwrap_or((text, ""));
+    let name = name.trim();
+    greenscale_core::validate_tenant(name).map_err(|e| e.0)?;
+    let mut settings = greenscale_core::TenantSettings::default();
+    for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not key=value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{key}={value}: {e}");
+        match key.trim() {
+            "weight" => settings.weight = value.trim().parse().map_err(|e| bad(&e))?,
+            "max_running" => {
+                settings.max_running = Some(value.trim().parse().map_err(|e| bad(&e))?)
+            }
+            "max_queued" => settings.max_queued = Some(value.trim().parse().map_err(|e| bad(&e))?),
+            "tokens_per_minute" => {
+                settings.tokens_per_minute = Some(value.trim().parse().map_err(|e| bad(&e))?)
+            }
+            other => {
+                return Err(format!(
+                    "unknown tenant setting {other:?} (weight, max_running, max_queued, tokens_per_minute)"
+                ));
+            }
+        }
+    }
+    settings.validate().map_err(|e| e.0)?;
+    Ok((name.to_string(), settings))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,5 +655,26 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tenant_settings_are_read_and_checked() {
+        let (name, s) = parse_tenant("team-a:weight=2,max_running=4,max_queued=100").unwrap();
+        assert_eq!(name, "team-a");
+        assert_eq!(
+            (s.weight, s.max_running, s.max_queued),
+            (2.0, Some(4), Some(100))
+        );
+        assert_eq!(
+            parse_tenant("b").unwrap().1,
+            greenscale_core::TenantSettings::default()
+        );
+        assert!(parse_tenant("a:weight=0").unwrap_err().contains("weight"));
+        assert!(
+            parse_tenant("a:speed=3")
+                .unwrap_err()
+                .contains("unknown tenant setting")
+        );
+        assert!(parse_tenant("a b:weight=1").is_err());
     }
 }

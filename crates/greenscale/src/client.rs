@@ -96,11 +96,16 @@ impl JobsClient {
         match self {
             JobsClient::Queue(q) => Ok(q.enqueue(spec).await?),
             JobsClient::Http { .. } => {
+                let deadline_ms = spec
+                    .deadline_at_ms
+                    .map(|at| at.saturating_sub(crate::commands::shared::now_ms()).max(1));
                 let body = json!({
                     "prompt": spec.prompt,
                     "model": spec.model,
                     "max_tokens": spec.max_tokens,
                     "temperature": spec.temperature,
+                    "priority": spec.priority,
+                    "deadline_ms": deadline_ms,
                 });
                 let v = self
                     .call(reqwest::Method::POST, "/v1/jobs", Some(body))

@@ -281,3 +281,42 @@ fn many_pools_sharing_gpus_compare_tiers_and_the_peers_policies() {
         }
     }
 }
+
+#[test]
+fn a_batch_share_goes_after_interactive_work_and_its_waits_are_reported_apart() {
+    let code = trace("AzureLLMInferenceTrace_code.csv");
+    let one_class = sim_rows(&["--trace", &code, "--policy", "greenscale"]);
+    let rows = sim_rows(&[
+        "--trace",
+        &code,
+        "--policy",
+        "greenscale",
+        "--batch-share",
+        "0.3",
+    ]);
+    let r = &rows[0];
+    let batch = r["batch_jobs"].as_u64().unwrap();
+    assert!(
+        (2400..=2900).contains(&batch),
+        "about 30 % of 8819: {batch}"
+    );
+    let interactive_p95 = r["interactive_wait_p95"].as_f64().unwrap();
+    assert!(
+        interactive_p95 < r["batch_wait_p95"].as_f64().unwrap(),
+        "interactive jobs start first: {r}"
+    );
+    assert!(
+        interactive_p95 < one_class[0]["wait_p95"].as_f64().unwrap(),
+        "with batch jobs behind them, interactive ones wait less than all jobs in one class"
+    );
+    let out = sim(&[
+        "--trace",
+        &code,
+        "--policy",
+        "greenscale",
+        "--batch-share",
+        "1.5",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch-share"));
+}

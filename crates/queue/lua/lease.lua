@@ -1,19 +1,31 @@
--- lease.lua: lease up to ARGV[2] entries for one worker, oldest first, and renew its heartbeat.
--- Producers LPUSH onto the pending list, so its oldest entry is at the right end.
--- KEYS[1]  pending list
+-- lease.lua: lease up to ARGV[2] entries for one worker by the fair rule (flows.lua), and
+-- renew its heartbeat.
+-- KEYS[1]  pending list (producers LPUSH; the tail of the default tenant's interactive flow)
 -- KEYS[2]  the worker's in-flight list
 -- KEYS[3]  workers sorted set (member: worker id, score: lease deadline, Unix ms)
 -- ARGV[1]  worker id
 -- ARGV[2]  the most entries to lease
 -- ARGV[3]  lease duration in ms
--- Returns the leased raw entries, oldest first.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+-- ARGV[4]  key prefix P
+-- ARGV[5]  job record key prefix
+-- Entries of jobs that already finished (cancelled while queued, or answered by a worker
+-- thought dead) are dropped here; they count among the ARGV[2] taken.
+-- Returns the leased raw entries, in the order taken.
+local P = ARGV[4]
+redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
 local leased = {}
 for _ = 1, tonumber(ARGV[2]) do
-  local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  local entry, tenant = pick(P, KEYS[1])
   if not entry then break end
-  leased[#leased + 1] = entry
+  local ok, job = pcall(cjson.decode, entry)
+  local status = nil
+  if ok and type(job) == 'table' and (type(job.job_id) == 'string' or type(job.job_id) == 'number') then
+    status = redis.call('HGET', ARGV[5] .. tostring(job.job_id), 'status')
+  end
+  if not (status and TERMINAL[status]) then
+    redis.call('LPUSH', KEYS[2], entry)
+    tcount(P, tenant, 'running', 1)
+    leased[#leased + 1] = entry
+  end
 end
 return leased

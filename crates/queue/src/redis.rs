@@ -1,13 +1,25 @@
 //! The Redis queue backend, compatible with the prototype's `LPUSH jobs` / `GET result:{id}`.
 //!
 //! Keys, for a pending list named `L` (default `jobs`):
-//! - `L`: pending entries; producers `LPUSH`, the oldest entry is at the right end.
+//! - `L`: entries pushed by producers (`LPUSH`, the oldest at the right end, leased next):
+//!   the flow of the default tenant's interactive class, handed-back jobs included.
+//! - `greenscale:L:flow:{class}:{tenant}`: the other jobs waiting, one list per tenant and
+//!   priority class (the front is leased next).
+//! - `greenscale:L:class:{class}`: the tenants with work in a class, by their head's tag;
+//!   `greenscale:L:classes` the classes with work; `greenscale:L:clock:{class}` the class's
+//!   virtual clock and each tenant's finish tag (the fair rule, `FairClock`).
+//! - `greenscale:L:tenants`: every tenant's settings (weight, quotas), JSON;
+//!   `greenscale:L:tenant:{tenant}`: its queued and running counts and outcomes;
+//!   `greenscale:L:tokens:{tenant}:{minute}`: tokens used; `greenscale:L:tenant_names`.
+//! - `greenscale:L:deadlines`: queued jobs with a deadline, by deadline.
+//! - `greenscale:L:arrivals`: pub/sub channel told when a job waits outside `L`.
 //! - `greenscale:L:inflight:{worker}`: entries a worker holds (moved there atomically).
 //! - `greenscale:L:workers`: sorted set of workers by lease deadline (heartbeats).
 //! - `greenscale:L:models`: the models workers serve, with when one last announced each.
 //! - `greenscale:L:delayed`: retries by due time.
 //! - `greenscale:L:dead`: the dead-letter list (JSON items, newest first).
-//! - `greenscale:L:index`: job ids by enqueue time (for listing), trimmed after retention.
+//! - `greenscale:L:index`: job ids by enqueue time (for listing), trimmed after retention;
+//!   `greenscale:L:index:{tenant}` the same for one tenant.
 //! - `greenscale:L:events`: pub/sub channel of job events (jobs with `stream`).
 //! - `greenscale:L:counters`: how many runs ended how (`succeeded`, `retry`, `failed`,
 //!   `dead`, `cancelled`, `error:<kind>`), for metrics.
@@ -22,13 +34,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures::StreamExt;
 use greenscale_core::{
-    Admin, Cancelled, Consumer, DeadLetter, ErrorKind, EventBus, EventStream, Finished, JobError,
-    JobEvent, JobPage, JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance, Outcome, Producer,
-    QueueConfig, QueueError, QueueStats, Reader, Usage, parse_cursor, parse_entry,
+    Admin, Cancelled, Consumer, DEFAULT_TENANT, DeadLetter, ErrorKind, EventBus, EventStream,
+    Finished, JobError, JobEvent, JobPage, JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance,
+    Outcome, Producer, QueueConfig, QueueError, QueueStats, Quota, Reader, TenantStats, Tenants,
+    Usage, parse_cursor, parse_entry,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
-use tokio::sync::Mutex;
+use tokio::sync::Notify;
 
 /// Prefix of job record keys.
 pub const RECORD_PREFIX: &str = "greenscale:job:";
@@ -45,22 +58,36 @@ struct Scripts {
     enqueue: Script,
     cancel: Script,
     retry_dead: Script,
+    expire: Script,
+    counts: Script,
+}
+
+/// A script with the fair queue's shared steps (`lua/flows.lua`) in front of it.
+macro_rules! with_flows {
+    ($name:literal) => {
+        Script::new(concat!(
+            include_str!("../lua/flows.lua"),
+            include_str!(concat!("../lua/", $name, ".lua"))
+        ))
+    };
 }
 
 impl Scripts {
     fn load() -> Self {
         Scripts {
-            lease: Script::new(include_str!("../lua/lease.lua")),
+            lease: with_flows!("lease"),
             heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
-            start: Script::new(include_str!("../lua/start.lua")),
-            finish: Script::new(include_str!("../lua/finish.lua")),
-            release: Script::new(include_str!("../lua/release.lua")),
-            reclaim: Script::new(include_str!("../lua/reclaim.lua")),
-            reclaim_unknown: Script::new(include_str!("../lua/reclaim_unknown.lua")),
-            promote: Script::new(include_str!("../lua/promote.lua")),
-            enqueue: Script::new(include_str!("../lua/enqueue.lua")),
-            cancel: Script::new(include_str!("../lua/cancel.lua")),
-            retry_dead: Script::new(include_str!("../lua/retry_dead.lua")),
+            start: with_flows!("start"),
+            finish: with_flows!("finish"),
+            release: with_flows!("release"),
+            reclaim: with_flows!("reclaim"),
+            reclaim_unknown: with_flows!("reclaim_unknown"),
+            promote: with_flows!("promote"),
+            enqueue: with_flows!("enqueue"),
+            cancel: with_flows!("cancel"),
+            retry_dead: with_flows!("retry_dead"),
+            expire: with_flows!("expire"),
+            counts: with_flows!("counts"),
         }
     }
 }
@@ -77,6 +104,8 @@ struct Keys {
     events: String,
     counters: String,
     inflight_prefix: String,
+    /// `greenscale:L:`, from which the scripts name the fair queue's keys.
+    prefix: String,
 }
 
 impl Keys {
@@ -91,7 +120,12 @@ impl Keys {
             events: format!("greenscale:{list}:events"),
             counters: format!("greenscale:{list}:counters"),
             inflight_prefix: format!("greenscale:{list}:inflight:"),
+            prefix: format!("greenscale:{list}:"),
         }
+    }
+
+    fn named(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
     }
 
     fn inflight(&self, worker: &str) -> String {
@@ -122,8 +156,10 @@ fn now_ms() -> u64 {
 pub struct RedisQueue {
     client: redis::Client,
     conn: ConnectionManager,
-    /// A separate connection for blocking waits, so they never hold up other commands.
-    blocking: Mutex<ConnectionManager>,
+    /// Told when a job arrives (see [`Reader::arrivals`]); wakes waiting leases.
+    arrived: std::sync::Arc<Notify>,
+    /// Whether the task feeding `arrived` runs.
+    listening: std::sync::OnceLock<()>,
     keys: Keys,
     config: QueueConfig,
     scripts: Scripts,
@@ -137,8 +173,9 @@ impl std::fmt::Debug for RedisQueue {
     }
 }
 
-/// Longest blocking wait in one call; keeps shutdown and heartbeats responsive.
-const MAX_BLOCK: Duration = Duration::from_secs(1);
+/// Longest wait for an arrival before looking again (a missed notification, or a server
+/// that sends none, costs at most this).
+const MAX_BLOCK: Duration = Duration::from_millis(500);
 
 impl RedisQueue {
     /// Connects to `url` (`redis://[:password@]host:port[/db]`), using `list` as the pending
@@ -158,7 +195,8 @@ impl RedisQueue {
         Ok(RedisQueue {
             client: client.clone(),
             conn: manager(Duration::from_secs(10))?,
-            blocking: Mutex::new(manager(MAX_BLOCK + Duration::from_secs(5))?),
+            arrived: std::sync::Arc::new(Notify::new()),
+            listening: std::sync::OnceLock::new(),
             keys: Keys::new(list),
             config,
             scripts: Scripts::load(),
@@ -180,21 +218,51 @@ impl RedisQueue {
             .map_err(unavailable)
     }
 
-    async fn move_one_blocking(
-        &self,
-        worker: &str,
-        wait: Duration,
-    ) -> Result<Option<String>, QueueError> {
-        let mut c = self.blocking.lock().await;
-        c.blmove(
-            &self.keys.pending,
-            self.keys.inflight(worker),
-            redis::Direction::Right,
-            redis::Direction::Left,
-            wait.min(MAX_BLOCK).as_secs_f64(),
-        )
-        .await
-        .map_err(unavailable)
+    /// Starts, once, the task that wakes waiting leases when a job arrives. Without it
+    /// (the server sends no notifications), leases look again every [`MAX_BLOCK`].
+    fn listen_for_arrivals(&self) {
+        self.listening.get_or_init(|| {
+            let (client, keys, arrived) =
+                (self.client.clone(), self.keys.clone(), self.arrived.clone());
+            tokio::spawn(async move {
+                let mut pause = Duration::from_secs(1);
+                loop {
+                    match arrival_stream(&client, &keys).await {
+                        Ok(mut stream) => {
+                            pause = Duration::from_secs(1);
+                            while stream.next().await.is_some() {
+                                arrived.notify_waiters();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no arrival notifications; leases look again every 500 ms");
+                            pause = (pause * 2).min(Duration::from_secs(60));
+                        }
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            });
+        });
+    }
+
+    /// Leases what is there now, without waiting.
+    async fn lease_now(&self, worker: &str, max: usize) -> Result<Vec<LeasedJob>, QueueError> {
+        let mut c = self.conn.clone();
+        let raw: Vec<String> = self
+            .scripts
+            .lease
+            .key(&self.keys.pending)
+            .key(self.keys.inflight(worker))
+            .key(&self.keys.workers)
+            .arg(worker)
+            .arg(max)
+            .arg(self.config.lease.as_millis() as u64)
+            .arg(&self.keys.prefix)
+            .arg(RECORD_PREFIX)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        self.start_all(worker, raw).await
     }
 
     /// Turns raw leased entries into jobs to run: parses them, dead-letters the malformed,
@@ -230,14 +298,17 @@ impl RedisQueue {
         invocation
             .key(self.keys.inflight(worker))
             .key(&self.keys.index)
-            .arg(worker);
+            .arg(worker)
+            .arg(&self.keys.prefix)
+            .arg(self.config.retention.as_secs().max(1));
         let normalized: Vec<String> = parsed.iter().map(|(_, spec)| spec.to_entry()).collect();
         for ((entry, spec), norm) in parsed.iter().zip(&normalized) {
             invocation
                 .key(record_key(&spec.job_id))
                 .arg(entry)
                 .arg(norm)
-                .arg(&spec.job_id);
+                .arg(&spec.job_id)
+                .arg(spec.deadline_at_ms.map_or(String::new(), |d| d.to_string()));
         }
         let mut c = self.conn.clone();
         let verdicts: Vec<String> = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
@@ -287,6 +358,7 @@ impl RedisQueue {
         delay: Duration,
         answer: &str,
         dead_item: &str,
+        tokens: u64,
         fields: &[(&str, String)],
     ) -> Result<String, QueueError> {
         let id = job_id.unwrap_or("");
@@ -304,7 +376,9 @@ impl RedisQueue {
             .arg(delay.as_millis() as u64)
             .arg(answer)
             .arg(dead_item)
-            .arg(if job_id.is_some() { "1" } else { "0" });
+            .arg(if job_id.is_some() { "1" } else { "0" })
+            .arg(&self.keys.prefix)
+            .arg(tokens);
         for (k, v) in fields {
             inv.arg(*k).arg(v);
         }
@@ -343,6 +417,7 @@ impl RedisQueue {
             Duration::ZERO,
             "",
             &item,
+            0,
             &fields,
         )
         .await
@@ -358,7 +433,7 @@ impl RedisQueue {
             .checked_entry(&self.config.limits)
             .map_err(QueueError::from)?;
         let mut c = self.conn.clone();
-        let (code, id): (i64, String) = self
+        let reply: Vec<String> = self
             .scripts
             .enqueue
             .key(record_key(&spec.job_id))
@@ -369,13 +444,28 @@ impl RedisQueue {
             .arg(&spec.job_id)
             .arg(self.config.retention.as_secs().max(1))
             .arg(if idempotency_key.is_some() { "1" } else { "0" })
+            .arg(&self.keys.prefix)
+            .arg(spec.tenant())
+            .arg(spec.priority().0)
+            .arg(spec.deadline_at_ms.map_or(String::new(), |d| d.to_string()))
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
+        let text = |i: usize| reply.get(i).cloned().unwrap_or_default();
+        let code: i64 = text(0).parse().unwrap_or(0);
         match code {
-            1 => Ok((id, true)),
-            0 => Ok((id, false)),
-            _ => Ok((id, false)),
+            1 => Ok((text(1), true)),
+            -2 => Err(QueueError::OverQuota {
+                tenant: spec.tenant().to_string(),
+                quota: if text(1) == "max_queued" {
+                    Quota::Queued
+                } else {
+                    Quota::Tokens
+                },
+                limit: text(2).parse().unwrap_or(0),
+                retry_after: Duration::from_millis(text(3).parse().unwrap_or(1000)),
+            }),
+            _ => Ok((text(1), false)),
         }
     }
 
@@ -389,6 +479,7 @@ impl RedisQueue {
             .arg(worker)
             .arg(mode)
             .arg(RECORD_PREFIX)
+            .arg(&self.keys.prefix)
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)
@@ -404,6 +495,72 @@ impl RedisQueue {
     }
 }
 
+/// Yields whenever a job arrives: Redis keyspace notifications of the pending list (turned
+/// on when the server's `notify-keyspace-events` lacks them; fails when the server
+/// refuses) and the arrivals channel the scripts publish on.
+async fn arrival_stream(
+    client: &redis::Client,
+    keys: &Keys,
+) -> Result<futures::stream::BoxStream<'static, ()>, QueueError> {
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(unavailable)?;
+    let (_, flags): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(&mut c)
+        .await
+        .map_err(unavailable)?;
+    let has_list_events = (flags.contains('K') && (flags.contains('l') || flags.contains('A')))
+        || flags.contains("KA");
+    if !has_list_events {
+        let mut wanted = flags.clone();
+        for f in ['K', 'l'] {
+            if !wanted.contains(f) {
+                wanted.push(f);
+            }
+        }
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(&wanted)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| {
+                QueueError::Unavailable(format!(
+                    "cannot turn on keyspace notifications (notify-keyspace-events {wanted:?}): {e}"
+                ))
+            })?;
+    }
+    let escaped: String = keys
+        .pending
+        .chars()
+        .flat_map(|ch| match ch {
+            '*' | '?' | '[' | ']' | '\\' => vec!['\\', ch],
+            _ => vec![ch],
+        })
+        .collect();
+    let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+    pubsub
+        .psubscribe(format!("__keyspace@*__:{escaped}"))
+        .await
+        .map_err(unavailable)?;
+    let channel = keys.named("arrivals");
+    pubsub.subscribe(&channel).await.map_err(unavailable)?;
+    let stream = pubsub.into_on_message().filter_map(move |msg| {
+        let wanted = msg.get_channel_name() == channel
+            || msg.get_payload::<String>().is_ok_and(|event| {
+                matches!(
+                    event.as_str(),
+                    "lpush" | "rpush" | "linsert" | "lmove" | "rpoplpush"
+                )
+            });
+        async move { wanted.then_some(()) }
+    });
+    Ok(Box::pin(stream))
+}
+
 fn parse_record(id: &str, map: std::collections::HashMap<String, String>) -> JobRecord {
     let num = |k: &str| map.get(k).and_then(|v| v.parse::<u64>().ok());
     let text = |k: &str| map.get(k).filter(|v| !v.is_empty()).cloned();
@@ -416,6 +573,7 @@ fn parse_record(id: &str, map: std::collections::HashMap<String, String>) -> Job
     };
     JobRecord {
         id: id.to_string(),
+        tenant: text("tenant").unwrap_or_else(|| DEFAULT_TENANT.to_string()),
         status: map
             .get("status")
             .and_then(|s| JobStatus::parse(s))
@@ -447,60 +605,53 @@ impl Producer for RedisQueue {
 
 #[async_trait]
 impl Reader for RedisQueue {
-    // Redis keyspace notifications; turns list notifications on when the server's
-    // `notify-keyspace-events` lacks them, and fails when the server refuses.
+    // Redis keyspace notifications of the pending list, and the arrivals channel.
     async fn arrivals(&self) -> Result<futures::stream::BoxStream<'static, ()>, QueueError> {
+        arrival_stream(&self.client, &self.keys).await
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantStats>, QueueError> {
         let mut c = self.conn.clone();
-        let (_, flags): (String, String) = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("notify-keyspace-events")
-            .query_async(&mut c)
+        let mut names: Vec<String> = c
+            .smembers(self.keys.named("tenant_names"))
             .await
             .map_err(unavailable)?;
-        let has_list_events = (flags.contains('K') && (flags.contains('l') || flags.contains('A')))
-            || flags.contains("KA");
-        if !has_list_events {
-            let mut wanted = flags.clone();
-            for f in ['K', 'l'] {
-                if !wanted.contains(f) {
-                    wanted.push(f);
-                }
-            }
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg(&wanted)
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(|e| {
-                    QueueError::Unavailable(format!(
-                        "cannot turn on keyspace notifications (notify-keyspace-events {wanted:?}): {e}"
-                    ))
-                })?;
+        let configured: Vec<String> = c
+            .hkeys(self.keys.named("tenants"))
+            .await
+            .map_err(unavailable)?;
+        names.extend(configured);
+        names.sort();
+        names.dedup();
+        let minute = now_ms() / 60_000;
+        let mut pipe = redis::pipe();
+        for t in &names {
+            pipe.hgetall(self.keys.named(&format!("tenant:{t}")))
+                .get(self.keys.named(&format!("tokens:{t}:{minute}")));
         }
-        let escaped: String = self
-            .keys
-            .pending
-            .chars()
-            .flat_map(|ch| match ch {
-                '*' | '?' | '[' | ']' | '\\' => vec!['\\', ch],
-                _ => vec![ch],
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replies: Vec<(std::collections::HashMap<String, i64>, Option<u64>)> =
+            pipe.query_async(&mut c).await.map_err(unavailable)?;
+        Ok(names
+            .into_iter()
+            .zip(replies)
+            .map(|(tenant, (fields, tokens))| {
+                let n = |k: &str| fields.get(k).copied().unwrap_or(0).max(0) as u64;
+                TenantStats {
+                    queued: n("queued"),
+                    running: n("running"),
+                    tokens_this_minute: tokens.unwrap_or(0),
+                    outcomes: fields
+                        .iter()
+                        .filter(|(k, _)| !matches!(k.as_str(), "queued" | "running"))
+                        .map(|(k, v)| (k.clone(), (*v).max(0) as u64))
+                        .collect(),
+                    tenant,
+                }
             })
-            .collect();
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
-        pubsub
-            .psubscribe(format!("__keyspace@*__:{escaped}"))
-            .await
-            .map_err(unavailable)?;
-        let stream = pubsub.into_on_message().filter_map(|msg| async move {
-            let event: String = msg.get_payload().ok()?;
-            matches!(
-                event.as_str(),
-                "lpush" | "rpush" | "linsert" | "lmove" | "rpoplpush"
-            )
-            .then_some(())
-        });
-        Ok(Box::pin(stream))
+            .collect())
     }
 
     async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
@@ -515,6 +666,7 @@ impl Reader for RedisQueue {
 
     async fn list_jobs(
         &self,
+        tenant: Option<&str>,
         status: Option<JobStatus>,
         limit: usize,
         cursor: Option<&str>,
@@ -527,12 +679,16 @@ impl Reader for RedisQueue {
         let max_arg = after
             .as_ref()
             .map_or("+inf".to_string(), |(ms, _)| ms.to_string());
+        let index = match tenant {
+            Some(t) => self.keys.named(&format!("index:{t}")),
+            None => self.keys.index.clone(),
+        };
         let mut c = self.conn.clone();
         let mut jobs = Vec::new();
         let mut offset = 0usize;
         loop {
             let batch: Vec<(String, u64)> = redis::cmd("ZREVRANGEBYSCORE")
-                .arg(&self.keys.index)
+                .arg(&index)
                 .arg(&max_arg)
                 .arg("-inf")
                 .arg("WITHSCORES")
@@ -561,8 +717,11 @@ impl Reader for RedisQueue {
             for (id, _) in &batch {
                 pipe.hgetall(record_key(id));
             }
-            let records: Vec<std::collections::HashMap<String, String>> =
-                pipe.query_async(&mut c).await.map_err(unavailable)?;
+            let records: Vec<std::collections::HashMap<String, String>> = if batch.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(&mut c).await.map_err(unavailable)?
+            };
             let mut last = None;
             for ((id, ms), map) in batch.into_iter().zip(records) {
                 last = Some(format!("{ms}:{id}"));
@@ -606,19 +765,36 @@ impl Reader for RedisQueue {
             .zrange_withscores(&self.keys.workers, 0, -1)
             .await
             .map_err(unavailable)?;
+        let (pending, deferrable, oldest_deferrable): (u64, u64, u64) = self
+            .scripts
+            .counts
+            .key(&self.keys.pending)
+            .arg(&self.keys.prefix)
+            .arg(RECORD_PREFIX)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
         let mut pipe = redis::pipe();
-        pipe.llen(&self.keys.pending)
-            .zcard(&self.keys.delayed)
-            .llen(&self.keys.dead);
+        pipe.zcard(&self.keys.delayed).llen(&self.keys.dead);
         for (w, _) in &workers {
             pipe.llen(self.keys.inflight(w));
         }
         let counts: Vec<u64> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+        let next_deadline: Vec<(String, f64)> = c
+            .zrange_withscores(self.keys.named("deadlines"), 0, 0)
+            .await
+            .map_err(unavailable)?;
         Ok(QueueStats {
-            pending: counts[0],
-            delayed: counts[1],
-            dead_letter: counts[2],
-            in_flight: counts[3..].iter().sum(),
+            pending,
+            deferrable,
+            deadline_in_ms: next_deadline
+                .first()
+                .map(|(_, d)| (*d as u64).saturating_sub(now)),
+            oldest_deferrable_ms: (oldest_deferrable > 0)
+                .then(|| now.saturating_sub(oldest_deferrable)),
+            delayed: counts[0],
+            dead_letter: counts[1],
+            in_flight: counts[2..].iter().sum(),
             live_workers: workers.iter().filter(|(_, d)| *d as u64 > now).count() as u64,
         })
     }
@@ -674,23 +850,20 @@ impl Consumer for RedisQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let mut c = self.conn.clone();
-        let mut raw: Vec<String> = self
-            .scripts
-            .lease
-            .key(&self.keys.pending)
-            .key(self.keys.inflight(worker))
-            .key(&self.keys.workers)
-            .arg(worker)
-            .arg(max)
-            .arg(self.config.lease.as_millis() as u64)
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        if raw.is_empty() && !wait.is_zero() {
-            raw.extend(self.move_one_blocking(worker, wait).await?);
+        let deadline = tokio::time::Instant::now() + wait;
+        if !wait.is_zero() {
+            self.listen_for_arrivals();
         }
-        self.start_all(worker, raw).await
+        loop {
+            // Register interest before looking, so an arrival in between is not missed.
+            let arrival = self.arrived.notified();
+            let jobs = self.lease_now(worker, max).await?;
+            let now = tokio::time::Instant::now();
+            if !jobs.is_empty() || now >= deadline {
+                return Ok(jobs);
+            }
+            let _ = tokio::time::timeout_at(deadline.min(now + MAX_BLOCK), arrival).await;
+        }
     }
 
     async fn heartbeat(&self, worker: &str, models: &[String]) -> Result<(), QueueError> {
@@ -736,6 +909,7 @@ impl Consumer for RedisQueue {
                     Duration::ZERO,
                     &done.text,
                     "",
+                    done.usage.prompt_tokens + done.usage.completion_tokens,
                     &fields,
                 )
                 .await?
@@ -759,6 +933,7 @@ impl Consumer for RedisQueue {
                         Duration::ZERO,
                         "",
                         "",
+                        0,
                         &fields,
                     )
                     .await?
@@ -787,6 +962,7 @@ impl Consumer for RedisQueue {
                         delay,
                         "",
                         "",
+                        0,
                         &fields,
                     )
                     .await?
@@ -807,9 +983,10 @@ impl Consumer for RedisQueue {
         self.scripts
             .release
             .key(self.keys.inflight(worker))
-            .key(&self.keys.pending)
             .key(record_key(&job.spec.job_id))
+            .key(&self.keys.pending)
             .arg(&job.token)
+            .arg(&self.keys.prefix)
             .invoke_async::<i64>(&mut c)
             .await
             .map(|_| ())
@@ -821,7 +998,8 @@ impl Consumer for RedisQueue {
         let mut inv = self.scripts.reclaim_unknown.prepare_invoke();
         inv.key(self.keys.inflight(worker))
             .key(&self.keys.pending)
-            .arg(RECORD_PREFIX);
+            .arg(RECORD_PREFIX)
+            .arg(&self.keys.prefix);
         for token in held {
             inv.arg(token);
         }
@@ -853,21 +1031,52 @@ impl Consumer for RedisQueue {
             .key(&self.keys.delayed)
             .key(&self.keys.pending)
             .arg(1000)
+            .arg(&self.keys.prefix)
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
         report.promoted = promoted as u64;
-        let horizon = now.saturating_sub(self.config.retention.as_millis() as u64);
-        let _: i64 = c
-            .zrembyscore(&self.keys.index, "-inf", horizon)
+        let _: i64 = self
+            .scripts
+            .expire
+            .key(&self.keys.counters)
+            .arg(RECORD_PREFIX)
+            .arg(&self.keys.prefix)
+            .arg(self.config.retention.as_secs().max(1))
+            .arg(1000)
+            .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
+        let horizon = now.saturating_sub(self.config.retention.as_millis() as u64);
+        let tenants: Vec<String> = c
+            .smembers(self.keys.named("tenant_names"))
+            .await
+            .map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.zrembyscore(&self.keys.index, "-inf", horizon).ignore();
+        for t in tenants {
+            pipe.zrembyscore(self.keys.named(&format!("index:{t}")), "-inf", horizon)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
         Ok(report)
     }
 }
 
 #[async_trait]
 impl Admin for RedisQueue {
+    async fn set_tenants(&self, tenants: &Tenants) -> Result<(), QueueError> {
+        let key = self.keys.named("tenants");
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).ignore();
+        for (name, settings) in tenants {
+            let json = serde_json::to_string(settings).expect("settings serialize");
+            pipe.hset(&key, name, json).ignore();
+        }
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
     async fn cancel(&self, id: &str, running_too: bool) -> Result<Cancelled, QueueError> {
         let mut c = self.conn.clone();
         let r: String = self
@@ -877,6 +1086,8 @@ impl Admin for RedisQueue {
             .key(&self.keys.counters)
             .arg(self.config.retention.as_secs().max(1))
             .arg(if running_too { "1" } else { "0" })
+            .arg(&self.keys.prefix)
+            .arg(id)
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
@@ -934,6 +1145,7 @@ impl Admin for RedisQueue {
                 .arg(&item)
                 .arg(&letter.entry)
                 .arg(if letter.job_id.is_some() { "1" } else { "0" })
+                .arg(&self.keys.prefix)
                 .invoke_async(&mut c)
                 .await
                 .map_err(unavailable)?;

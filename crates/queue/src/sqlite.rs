@@ -8,9 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use greenscale_core::{
-    Admin, Cancelled, Consumer, DeadLetter, ErrorKind, EventBus, EventStream, Finished, JobError,
-    JobEvent, JobPage, JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance, Outcome, Producer,
-    QueueConfig, QueueError, QueueStats, Reader, Usage, cursor_after, parse_cursor, parse_entry,
+    Admin, Cancelled, Consumer, DEFAULT_TENANT, DeadLetter, ErrorKind, EventBus, EventStream,
+    Finished, JobError, JobEvent, JobPage, JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance,
+    Outcome, Priority, Producer, QueueConfig, QueueError, QueueStats, Quota, Reader,
+    TenantSettings, TenantStats, Tenants, Usage, cursor_after, parse_cursor, parse_entry,
+    validate_tenant,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{Notify, broadcast};
@@ -45,7 +47,6 @@ CREATE TABLE IF NOT EXISTS entries (
     leased INTEGER,               -- lease order, for handing back in the order leased
     due_ms INTEGER
 );
-CREATE INDEX IF NOT EXISTS entries_pending ON entries (list, state, prio, seq);
 CREATE INDEX IF NOT EXISTS entries_leased ON entries (leased);
 CREATE TABLE IF NOT EXISTS workers (
     list TEXT NOT NULL,
@@ -75,7 +76,85 @@ CREATE TABLE IF NOT EXISTS idempotency (
     job_id TEXT NOT NULL,
     expires_at_ms INTEGER NOT NULL
 );
+-- One row per (class, tenant) that has had pending entries: the fair rule's tags
+-- (greenscale_core::FairClock); `active` while it has pending entries.
+CREATE TABLE IF NOT EXISTS flows (
+    list TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    head REAL NOT NULL,
+    finish REAL NOT NULL,
+    active INTEGER NOT NULL,
+    PRIMARY KEY (list, priority, tenant)
+);
+-- Each class's virtual clock: the tag of the job leased last.
+CREATE TABLE IF NOT EXISTS clocks (
+    list TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    v REAL NOT NULL,
+    PRIMARY KEY (list, priority)
+);
+CREATE TABLE IF NOT EXISTS tenants (
+    list TEXT NOT NULL,
+    name TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    PRIMARY KEY (list, name)
+);
+CREATE TABLE IF NOT EXISTS tenant_counters (
+    list TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (list, tenant, name)
+);
+CREATE TABLE IF NOT EXISTS tenant_tokens (
+    list TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    PRIMARY KEY (list, tenant, minute)
+);
 ";
+
+/// Columns added after the first release, created on databases that lack them.
+const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
+    ("jobs", "tenant", "TEXT NOT NULL DEFAULT 'default'"),
+    ("jobs", "priority", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "deadline_at_ms", "INTEGER"),
+    ("entries", "tenant", "TEXT NOT NULL DEFAULT 'default'"),
+    ("entries", "priority", "INTEGER NOT NULL DEFAULT 0"),
+    ("entries", "job_id", "TEXT"),
+];
+
+/// Indexes over the added columns.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS entries_flow ON entries (list, state, priority, tenant, prio, seq);
+CREATE INDEX IF NOT EXISTS entries_job ON entries (job_id);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (list, tenant, status);
+CREATE INDEX IF NOT EXISTS jobs_by_deadline ON jobs (list, status, deadline_at_ms);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant_time ON jobs (list, tenant, enqueued_at_ms DESC, id DESC);
+";
+
+/// Creates the schema, adds columns an older database lacks, and makes every (class, tenant)
+/// with pending entries ready (an older database has entries but no flows).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    for (table, column, decl) in ADDED_COLUMNS {
+        let exists: bool = conn.query_row(
+            &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    conn.execute_batch(INDEXES)?;
+    conn.execute_batch(
+        "INSERT OR IGNORE INTO flows (list, priority, tenant, head, finish, active)
+         SELECT DISTINCT list, priority, tenant, 0, 0, 1 FROM entries WHERE state = 'pending'",
+    )
+}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -116,7 +195,7 @@ impl SqliteQueue {
             .map_err(db_error)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(db_error)?;
-        conn.execute_batch(SCHEMA).map_err(db_error)?;
+        migrate(&conn).map_err(db_error)?;
         Ok(SqliteQueue {
             db: Arc::new(Mutex::new(conn)),
             list: list.to_string(),
@@ -156,15 +235,7 @@ impl SqliteQueue {
     /// Appends a raw entry as a producer would (for tests and imports).
     pub async fn push_raw(&self, raw: &str) -> Result<(), QueueError> {
         let raw = raw.to_string();
-        self.tx(move |tx, ctx| {
-            tx.execute(
-                "INSERT INTO entries (list, entry, state) VALUES (?1, ?2, 'pending')",
-                params![ctx.list, raw],
-            )
-            .map_err(db_error)?;
-            Ok(())
-        })
-        .await?;
+        self.tx(move |tx, ctx| push_pending(tx, ctx, &raw)).await?;
         self.arrivals.notify_waiters();
         Ok(())
     }
@@ -222,7 +293,8 @@ impl Ctx {
 }
 
 const RECORD_COLUMNS: &str = "id, status, attempts, enqueued_at_ms, started_at_ms, finished_at_ms, \
-     worker_id, error_kind, error_message, prompt_tokens, completion_tokens, ttft_ms, result, spec";
+     worker_id, error_kind, error_message, prompt_tokens, completion_tokens, ttft_ms, result, spec, \
+     tenant";
 
 fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<JobRecord> {
     let u = |i: usize| -> rusqlite::Result<Option<u64>> {
@@ -254,6 +326,7 @@ fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<JobRecord> {
         spec: row
             .get::<_, Option<String>>(13)?
             .and_then(|s| serde_json::from_str(&s).ok()),
+        tenant: row.get(14)?,
     })
 }
 
@@ -266,7 +339,7 @@ fn status_of(tx: &Transaction, id: &str) -> Result<Option<JobStatus>, QueueError
     .map(|s| s.and_then(|s| JobStatus::parse(&s)))
 }
 
-/// Adds one to the counter `name` (outcomes and error kinds, for metrics).
+/// Adds one to the counter `name` (error kinds, for metrics).
 fn count(tx: &Transaction, ctx: &Ctx, name: &str) -> Result<(), QueueError> {
     tx.execute(
         "INSERT INTO counters (list, name, value) VALUES (?1, ?2, 1)
@@ -277,6 +350,184 @@ fn count(tx: &Transaction, ctx: &Ctx, name: &str) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// Adds one to the outcome counter `name`, for the whole queue and for `tenant`.
+fn count_outcome(tx: &Transaction, ctx: &Ctx, tenant: &str, name: &str) -> Result<(), QueueError> {
+    count(tx, ctx, name)?;
+    tx.execute(
+        "INSERT INTO tenant_counters (list, tenant, name, value) VALUES (?1, ?2, ?3, 1)
+         ON CONFLICT(list, tenant, name) DO UPDATE SET value = value + 1",
+        params![ctx.list, tenant, name],
+    )
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Who an entry on the queue belongs to and its class, read leniently from its JSON (an
+/// entry that cannot be read is the default tenant's, interactive; it is dead-lettered when
+/// leased).
+struct EntryClass {
+    tenant: String,
+    priority: i32,
+    job_id: Option<String>,
+}
+
+impl EntryClass {
+    fn of(raw: &str) -> EntryClass {
+        let v: serde_json::Value = serde_json::from_str(raw).unwrap_or_default();
+        let tenant = v["tenant"]
+            .as_str()
+            .filter(|t| validate_tenant(t).is_ok())
+            .unwrap_or(DEFAULT_TENANT);
+        let priority =
+            serde_json::from_value::<Priority>(v["priority"].clone()).unwrap_or_default();
+        EntryClass {
+            tenant: tenant.to_string(),
+            priority: priority.0,
+            job_id: v["job_id"].as_str().map(str::to_string),
+        }
+    }
+
+    fn of_spec(spec: &JobSpec) -> EntryClass {
+        EntryClass {
+            tenant: spec.tenant().to_string(),
+            priority: spec.priority().0,
+            job_id: Some(spec.job_id.clone()),
+        }
+    }
+}
+
+/// Makes the flow of (`priority`, `tenant`) ready if it is not, its head tagged
+/// `max(V, finish)` (the fair rule, [`greenscale_core::FairClock`]).
+fn activate(tx: &Transaction, ctx: &Ctx, priority: i32, tenant: &str) -> Result<(), QueueError> {
+    tx.execute(
+        "INSERT INTO flows (list, priority, tenant, head, finish, active)
+         VALUES (?1, ?2, ?3, COALESCE((SELECT v FROM clocks WHERE list = ?1 AND priority = ?2), 0), 0, 1)
+         ON CONFLICT(list, priority, tenant) DO UPDATE SET
+           head = MAX(finish, COALESCE((SELECT v FROM clocks WHERE list = ?1 AND priority = ?2), 0)),
+           active = 1
+         WHERE active = 0",
+        params![ctx.list, priority, tenant],
+    )
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Puts a raw entry at the back of its tenant's queue in its class.
+fn push_pending(tx: &Transaction, ctx: &Ctx, raw: &str) -> Result<(), QueueError> {
+    let class = EntryClass::of(raw);
+    insert_entry(tx, ctx, raw, &class, "pending", None)
+}
+
+/// Inserts an entry in `state` (`pending` or `delayed`, due at `due_ms`).
+fn insert_entry(
+    tx: &Transaction,
+    ctx: &Ctx,
+    entry: &str,
+    class: &EntryClass,
+    state: &str,
+    due_ms: Option<i64>,
+) -> Result<(), QueueError> {
+    tx.execute(
+        "INSERT INTO entries (list, entry, state, due_ms, tenant, priority, job_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            ctx.list,
+            entry,
+            state,
+            due_ms,
+            class.tenant,
+            class.priority,
+            class.job_id
+        ],
+    )
+    .map_err(db_error)?;
+    if state == "pending" {
+        activate(tx, ctx, class.priority, &class.tenant)?;
+    }
+    Ok(())
+}
+
+/// Every tenant's stored settings.
+fn tenant_settings(
+    tx: &Transaction,
+    ctx: &Ctx,
+) -> Result<std::collections::HashMap<String, TenantSettings>, QueueError> {
+    let mut stmt = tx
+        .prepare("SELECT name, settings FROM tenants WHERE list = ?1")
+        .map_err(db_error)?;
+    let rows: Vec<(String, String)> = stmt
+        .query_map(params![ctx.list], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db_error)?
+        .collect::<Result<_, _>>()
+        .map_err(db_error)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(n, s)| Some((n, serde_json::from_str(&s).ok()?)))
+        .collect())
+}
+
+/// Refuses a new job of `tenant` over its `max_queued` or `tokens_per_minute`.
+fn check_quotas(tx: &Transaction, ctx: &Ctx, tenant: &str, now: i64) -> Result<(), QueueError> {
+    let Some(settings) = tenant_settings(tx, ctx)?.remove(tenant) else {
+        return Ok(());
+    };
+    let over = |quota, limit: u64, retry_after| QueueError::OverQuota {
+        tenant: tenant.to_string(),
+        quota,
+        limit,
+        retry_after,
+    };
+    if let Some(max) = settings.max_queued {
+        let queued: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE list = ?1 AND tenant = ?2 AND status = 'queued'",
+                params![ctx.list, tenant],
+                |r| r.get(0),
+            )
+            .map_err(db_error)?;
+        if queued as u64 >= max {
+            return Err(over(Quota::Queued, max, Duration::from_secs(1)));
+        }
+    }
+    if let Some(budget) = settings.tokens_per_minute {
+        let used = tokens_in_minute(tx, ctx, tenant, now)?;
+        if used >= budget {
+            let left = 60_000 - now.rem_euclid(60_000);
+            return Err(over(
+                Quota::Tokens,
+                budget,
+                Duration::from_millis(left as u64),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Tokens `tenant`'s jobs used in the minute of `now`.
+fn tokens_in_minute(
+    tx: &Transaction,
+    ctx: &Ctx,
+    tenant: &str,
+    now: i64,
+) -> Result<u64, QueueError> {
+    tx.query_row(
+        "SELECT COALESCE(SUM(tokens), 0) FROM tenant_tokens WHERE list = ?1 AND tenant = ?2 AND minute = ?3",
+        params![ctx.list, tenant, now.div_euclid(60_000)],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
+    .map_err(db_error)
+}
+
+/// The tenant of a job's record (the default tenant's when there is none).
+fn tenant_of(tx: &Transaction, id: &str) -> Result<String, QueueError> {
+    Ok(tx
+        .query_row("SELECT tenant FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .optional()
+        .map_err(db_error)?
+        .unwrap_or_else(|| DEFAULT_TENANT.to_string()))
+}
+
 fn dead_letter(
     tx: &Transaction,
     ctx: &Ctx,
@@ -285,7 +536,11 @@ fn dead_letter(
     kind: ErrorKind,
     reason: &str,
 ) -> Result<(), QueueError> {
-    count(tx, ctx, "dead")?;
+    let tenant = match job_id {
+        Some(id) => tenant_of(tx, id)?,
+        None => DEFAULT_TENANT.to_string(),
+    };
+    count_outcome(tx, ctx, &tenant, "dead")?;
     count(tx, ctx, &format!("error:{}", kind.as_str()))?;
     let now = now_ms();
     let item = DeadLetter {
@@ -305,9 +560,9 @@ fn dead_letter(
     .map_err(db_error)?;
     if let Some(id) = job_id {
         tx.execute(
-            "INSERT INTO jobs (id, list, status, enqueued_at_ms, spec) VALUES (?1, ?2, 'queued', ?3, NULL)
-             ON CONFLICT(id) DO NOTHING",
-            params![id, ctx.list, now],
+            "INSERT INTO jobs (id, list, status, enqueued_at_ms, spec, tenant)
+             VALUES (?1, ?2, 'queued', ?3, NULL, ?4) ON CONFLICT(id) DO NOTHING",
+            params![id, ctx.list, now, tenant],
         )
         .map_err(db_error)?;
         tx.execute(
@@ -320,8 +575,9 @@ fn dead_letter(
     Ok(())
 }
 
-/// Puts entries back at the front of the queue, to be leased next in the given order
-/// (ahead of everything pending, including entries handed back earlier).
+/// Puts entries back at the front of their tenant's queue in their class, to be leased next
+/// in the given order (ahead of everything pending there, including entries handed back
+/// earlier).
 fn to_front(tx: &Transaction, ctx: &Ctx, seqs: &[i64]) -> Result<(), QueueError> {
     let front: i64 = tx
         .query_row(
@@ -332,11 +588,15 @@ fn to_front(tx: &Transaction, ctx: &Ctx, seqs: &[i64]) -> Result<(), QueueError>
         .map_err(db_error)?;
     let base = front.min(0) - seqs.len() as i64;
     for (i, seq) in seqs.iter().enumerate() {
-        tx.execute(
-            "UPDATE entries SET state = 'pending', prio = ?2, worker = NULL, due_ms = NULL WHERE seq = ?1",
-            params![seq, base + i as i64],
-        )
-        .map_err(db_error)?;
+        let (priority, tenant): (i32, String) = tx
+            .query_row(
+                "UPDATE entries SET state = 'pending', prio = ?2, worker = NULL, due_ms = NULL
+                 WHERE seq = ?1 RETURNING priority, tenant",
+                params![seq, base + i as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db_error)?;
+        activate(tx, ctx, priority, &tenant)?;
     }
     Ok(())
 }
@@ -454,6 +714,7 @@ impl Reader for SqliteQueue {
 
     async fn list_jobs(
         &self,
+        tenant: Option<&str>,
         status: Option<JobStatus>,
         limit: usize,
         cursor: Option<&str>,
@@ -464,17 +725,19 @@ impl Reader for SqliteQueue {
         };
         let limit = limit.clamp(1, 1000);
         let status = status.map(|s| s.as_str().to_string());
+        let tenant = tenant.map(str::to_string);
         self.tx(move |tx, ctx| {
             let sql = format!(
                 "SELECT {RECORD_COLUMNS} FROM jobs WHERE list = ?1
                  AND (?2 IS NULL OR status = ?2)
+                 AND (?6 IS NULL OR tenant = ?6)
                  AND (enqueued_at_ms < ?3 OR (enqueued_at_ms = ?3 AND (?4 = '' OR id < ?4)))
                  ORDER BY enqueued_at_ms DESC, id DESC LIMIT ?5"
             );
             let mut stmt = tx.prepare(&sql).map_err(db_error)?;
             let jobs: Vec<JobRecord> = stmt
                 .query_map(
-                    params![ctx.list, status, before_ms, before_id, limit as i64],
+                    params![ctx.list, status, before_ms, before_id, limit as i64, tenant],
                     record_from_row,
                 )
                 .map_err(db_error)?
@@ -506,6 +769,7 @@ impl Reader for SqliteQueue {
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         self.tx(|tx, ctx| {
+            let now = now_ms();
             let count = |sql: &str| -> Result<u64, QueueError> {
                 tx.query_row(sql, params![ctx.list], |r| r.get::<_, i64>(0))
                     .map(|n| n.max(0) as u64)
@@ -515,6 +779,26 @@ impl Reader for SqliteQueue {
                 pending: count(
                     "SELECT COUNT(*) FROM entries WHERE list = ?1 AND state = 'pending'",
                 )?,
+                deferrable: count(
+                    "SELECT COUNT(*) FROM entries WHERE list = ?1 AND state = 'pending' AND priority < 0",
+                )?,
+                deadline_in_ms: tx
+                    .query_row(
+                        "SELECT MIN(deadline_at_ms) FROM jobs WHERE list = ?1 AND status = 'queued'",
+                        params![ctx.list],
+                        |r| r.get::<_, Option<i64>>(0),
+                    )
+                    .map_err(db_error)?
+                    .map(|d| (d - now).max(0) as u64),
+                oldest_deferrable_ms: tx
+                    .query_row(
+                        "SELECT MIN(j.enqueued_at_ms) FROM entries e JOIN jobs j ON j.id = e.job_id
+                         WHERE e.list = ?1 AND e.state = 'pending' AND e.priority < 0",
+                        params![ctx.list],
+                        |r| r.get::<_, Option<i64>>(0),
+                    )
+                    .map_err(db_error)?
+                    .map(|t| (now - t).max(0) as u64),
                 in_flight: count(
                     "SELECT COUNT(*) FROM entries WHERE list = ?1 AND state = 'inflight'",
                 )?,
@@ -531,6 +815,52 @@ impl Reader for SqliteQueue {
                     .map_err(db_error)?
                     .max(0) as u64,
             })
+        })
+        .await
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantStats>, QueueError> {
+        self.tx(|tx, ctx| {
+            let now = now_ms();
+            let mut out: std::collections::BTreeMap<String, TenantStats> = Default::default();
+            let rows = |sql: &str| -> Result<Vec<(String, String, i64)>, QueueError> {
+                let mut stmt = tx.prepare(sql).map_err(db_error)?;
+                stmt.query_map(params![ctx.list, now.div_euclid(60_000)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db_error)?
+                .collect::<Result<_, _>>()
+                .map_err(db_error)
+            };
+            let sources = [
+                "SELECT name, 'configured', 0 FROM tenants WHERE list = ?1 AND ?2 = ?2",
+                "SELECT tenant, status, COUNT(*) FROM jobs WHERE list = ?1 AND ?2 = ?2
+                 AND status IN ('queued', 'running') GROUP BY tenant, status",
+                "SELECT tenant, 'inflight', COUNT(*) FROM entries WHERE list = ?1 AND ?2 = ?2
+                 AND state = 'inflight' GROUP BY tenant",
+                "SELECT tenant, 'tokens', tokens FROM tenant_tokens WHERE list = ?1 AND minute = ?2",
+                "SELECT tenant, 'outcome:' || name, value FROM tenant_counters WHERE list = ?1 AND ?2 = ?2",
+            ];
+            for sql in sources {
+                for (tenant, what, n) in rows(sql)? {
+                    let t = out.entry(tenant.clone()).or_insert_with(|| TenantStats {
+                        tenant,
+                        ..TenantStats::default()
+                    });
+                    let n = n.max(0) as u64;
+                    match what.as_str() {
+                        "queued" => t.queued = n,
+                        "inflight" => t.running = n,
+                        "tokens" => t.tokens_this_minute = n,
+                        w => {
+                            if let Some(name) = w.strip_prefix("outcome:") {
+                                t.outcomes.insert(name.to_string(), n);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out.into_values().collect())
         })
         .await
     }
@@ -727,6 +1057,29 @@ impl Consumer for SqliteQueue {
                 };
                 to_front(tx, ctx, &due)?;
                 report.promoted = due.len() as u64;
+                let past_deadline: Vec<String> = {
+                    let mut stmt = tx
+                        .prepare(
+                            "SELECT spec FROM jobs WHERE list = ?1 AND status = 'queued'
+                             AND deadline_at_ms <= ?2",
+                        )
+                        .map_err(db_error)?;
+                    stmt.query_map(params![ctx.list, now], |r| r.get(0))
+                        .map_err(db_error)?
+                        .collect::<Result<_, _>>()
+                        .map_err(db_error)?
+                };
+                for spec in past_deadline {
+                    let Ok(spec) = serde_json::from_str::<JobSpec>(&spec) else {
+                        continue;
+                    };
+                    tx.execute(
+                        "DELETE FROM entries WHERE list = ?1 AND job_id = ?2 AND state != 'inflight'",
+                        params![ctx.list, spec.job_id],
+                    )
+                    .map_err(db_error)?;
+                    expire(tx, ctx, &spec, now)?;
+                }
                 tx.execute(
                     "DELETE FROM jobs WHERE list = ?1 AND expires_at_ms IS NOT NULL AND expires_at_ms <= ?2",
                     params![ctx.list, now],
@@ -746,6 +1099,31 @@ impl Consumer for SqliteQueue {
 
 #[async_trait]
 impl Admin for SqliteQueue {
+    async fn set_tenants(&self, tenants: &Tenants) -> Result<(), QueueError> {
+        let rows: Vec<(String, String)> = tenants
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    serde_json::to_string(s).expect("settings serialize"),
+                )
+            })
+            .collect();
+        self.tx(move |tx, ctx| {
+            tx.execute("DELETE FROM tenants WHERE list = ?1", params![ctx.list])
+                .map_err(db_error)?;
+            for (name, settings) in &rows {
+                tx.execute(
+                    "INSERT INTO tenants (list, name, settings) VALUES (?1, ?2, ?3)",
+                    params![ctx.list, name, settings],
+                )
+                .map_err(db_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn cancel(&self, id: &str, running_too: bool) -> Result<Cancelled, QueueError> {
         let id = id.to_string();
         self.tx(move |tx, ctx| {
@@ -760,7 +1138,7 @@ impl Admin for SqliteQueue {
                         params![id, now, now + ctx.retention_ms()],
                     )
                     .map_err(db_error)?;
-                    count(tx, ctx, "cancelled")?;
+                    count_outcome(tx, ctx, &tenant_of(tx, &id)?, "cancelled")?;
                     Cancelled::Cancelled
                 }
                 Some(_) => Cancelled::AlreadyFinal,
@@ -812,11 +1190,7 @@ impl Admin for SqliteQueue {
                     }
                     tx.execute("DELETE FROM dead WHERE seq = ?1", [seq])
                         .map_err(db_error)?;
-                    tx.execute(
-                        "INSERT INTO entries (list, entry, state) VALUES (?1, ?2, 'pending')",
-                        params![ctx.list, letter.entry],
-                    )
-                    .map_err(db_error)?;
+                    push_pending(tx, ctx, &letter.entry)?;
                     if let Some(id) = &letter.job_id {
                         tx.execute(
                             "UPDATE jobs SET status = 'queued', attempts = 0, finished_at_ms = NULL,
@@ -873,17 +1247,9 @@ impl SqliteQueue {
                 if status_of(tx, &spec.job_id)?.is_some() {
                     return Ok((spec.job_id.clone(), false));
                 }
-                tx.execute(
-                    "INSERT INTO jobs (id, list, status, attempts, enqueued_at_ms, spec)
-                     VALUES (?1, ?2, 'queued', 0, ?3, ?4)",
-                    params![spec.job_id, ctx.list, now, entry],
-                )
-                .map_err(db_error)?;
-                tx.execute(
-                    "INSERT INTO entries (list, entry, state) VALUES (?1, ?2, 'pending')",
-                    params![ctx.list, entry],
-                )
-                .map_err(db_error)?;
+                check_quotas(tx, ctx, spec.tenant(), now)?;
+                insert_record(tx, ctx, &spec, &entry, now)?;
+                insert_entry(tx, ctx, &entry, &EntryClass::of_spec(&spec), "pending", None)?;
                 if let Some(k) = &key {
                     tx.execute(
                         "INSERT OR REPLACE INTO idempotency (key, job_id, expires_at_ms) VALUES (?1, ?2, ?3)",
@@ -915,22 +1281,28 @@ fn lease_in(
         params![ctx.list, worker, now + ctx.config.lease.as_millis() as i64],
     )
     .map_err(db_error)?;
-    let rows: Vec<(i64, String)> = {
+    let settings = tenant_settings(tx, ctx)?;
+    let mut running: std::collections::HashMap<String, u64> = {
         let mut stmt = tx
             .prepare(
-                "SELECT seq, entry FROM entries WHERE list = ?1 AND state = 'pending'
-                 ORDER BY prio, seq LIMIT ?2",
+                "SELECT tenant, COUNT(*) FROM entries WHERE list = ?1 AND state = 'inflight'
+                 GROUP BY tenant",
             )
             .map_err(db_error)?;
-        stmt.query_map(params![ctx.list, max as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+        stmt.query_map(params![ctx.list], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))
         })
         .map_err(db_error)?
         .collect::<Result<_, _>>()
         .map_err(db_error)?
     };
     let mut jobs = Vec::new();
-    for (seq, raw) in rows {
+    // `max` entries are taken (as in the Redis backend); those dropped here leave the
+    // batch short.
+    for _ in 0..max {
+        let Some((seq, raw, tenant)) = pick_next(tx, ctx, &settings, &running)? else {
+            break;
+        };
         let spec = match parse_entry(&raw, &ctx.config.limits) {
             Ok(spec) => spec,
             Err(bad) => {
@@ -953,19 +1325,20 @@ fn lease_in(
                 .map_err(db_error)?;
             continue;
         }
+        if spec.deadline_at_ms.is_some_and(|d| d as i64 <= now) {
+            tx.execute("DELETE FROM entries WHERE seq = ?1", [seq])
+                .map_err(db_error)?;
+            expire(tx, ctx, &spec, now)?;
+            continue;
+        }
         let normalized = spec.to_entry();
         tx.execute(
-            "UPDATE entries SET state = 'inflight', worker = ?2, entry = ?3,
+            "UPDATE entries SET state = 'inflight', worker = ?2, entry = ?3, job_id = ?4,
              leased = (SELECT COALESCE(MAX(leased), 0) + 1 FROM entries) WHERE seq = ?1",
-            params![seq, worker, normalized],
+            params![seq, worker, normalized, spec.job_id],
         )
         .map_err(db_error)?;
-        tx.execute(
-            "INSERT INTO jobs (id, list, status, attempts, enqueued_at_ms, spec)
-             VALUES (?1, ?2, 'queued', 0, ?3, ?4) ON CONFLICT(id) DO NOTHING",
-            params![spec.job_id, ctx.list, now, normalized],
-        )
-        .map_err(db_error)?;
+        insert_record(tx, ctx, &spec, &normalized, now)?;
         let attempt: i64 = tx
             .query_row(
                 "UPDATE jobs SET attempts = attempts + 1, status = 'running', started_at_ms = ?2,
@@ -998,6 +1371,7 @@ fn lease_in(
             )?;
             continue;
         }
+        *running.entry(tenant).or_default() += 1;
         jobs.push(LeasedJob {
             spec,
             attempt,
@@ -1005,6 +1379,129 @@ fn lease_in(
         });
     }
     Ok(jobs)
+}
+
+/// Stores a queued record for `spec` unless the job has one (an entry pushed straight onto
+/// the queue gets its record when first leased).
+fn insert_record(
+    tx: &Transaction,
+    ctx: &Ctx,
+    spec: &JobSpec,
+    entry: &str,
+    now: i64,
+) -> Result<bool, QueueError> {
+    tx.execute(
+        "INSERT INTO jobs (id, list, status, attempts, enqueued_at_ms, spec, tenant, priority, deadline_at_ms)
+         VALUES (?1, ?2, 'queued', 0, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING",
+        params![
+            spec.job_id,
+            ctx.list,
+            now,
+            entry,
+            spec.tenant(),
+            spec.priority().0,
+            spec.deadline_at_ms.map(|d| d.min(i64::MAX as u64) as i64)
+        ],
+    )
+    .map(|n| n > 0)
+    .map_err(db_error)
+}
+
+/// Marks an unstarted job `expired`: its deadline passed before it could start.
+fn expire(tx: &Transaction, ctx: &Ctx, spec: &JobSpec, now: i64) -> Result<(), QueueError> {
+    insert_record(tx, ctx, spec, &spec.to_entry(), now)?;
+    let late = now - spec.deadline_at_ms.unwrap_or(0) as i64;
+    let changed = tx
+        .execute(
+            "UPDATE jobs SET status = 'expired', finished_at_ms = ?2, error_message = ?3,
+             expires_at_ms = ?4 WHERE id = ?1 AND status = 'queued'",
+            params![
+                spec.job_id,
+                now,
+                expired_reason(late.max(0) as u64),
+                now + ctx.retention_ms()
+            ],
+        )
+        .map_err(db_error)?;
+    if changed > 0 {
+        tracing::info!(job_id = %spec.job_id, late_ms = late, "job expired: not started before its deadline");
+        count_outcome(tx, ctx, spec.tenant(), "expired")?;
+    }
+    Ok(())
+}
+
+/// The message on an expired job's record.
+fn expired_reason(late_ms: u64) -> String {
+    format!("not started before its deadline (checked {late_ms} ms after it); it was never run")
+}
+
+/// Takes the next entry by the fair rule ([`greenscale_core::FairClock`]): the highest class
+/// with a ready flow and, in it, the lowest head tag (then tenant name) among tenants below
+/// their `max_running`. Moves the class clock and the flow's tags. Returns the entry and
+/// its tenant.
+fn pick_next(
+    tx: &Transaction,
+    ctx: &Ctx,
+    settings: &std::collections::HashMap<String, TenantSettings>,
+    running: &std::collections::HashMap<String, u64>,
+) -> Result<Option<(i64, String, String)>, QueueError> {
+    let flows: Vec<(i32, String, f64)> = {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT priority, tenant, head FROM flows WHERE list = ?1 AND active = 1
+                 ORDER BY priority DESC, head, tenant",
+            )
+            .map_err(db_error)?;
+        stmt.query_map(params![ctx.list], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?
+    };
+    for (priority, tenant, head) in flows {
+        let s = settings.get(&tenant).copied().unwrap_or_default();
+        if s.max_running
+            .is_some_and(|m| running.get(&tenant).copied().unwrap_or(0) >= u64::from(m))
+        {
+            continue;
+        }
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT seq, entry FROM entries
+                 WHERE list = ?1 AND state = 'pending' AND priority = ?2 AND tenant = ?3
+                 ORDER BY prio, seq LIMIT 2",
+            )
+            .map_err(db_error)?;
+        let heads: Vec<(i64, String)> = stmt
+            .query_map(params![ctx.list, priority, tenant], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        let Some((seq, raw)) = heads.first().cloned() else {
+            tx.execute(
+                "UPDATE flows SET active = 0 WHERE list = ?1 AND priority = ?2 AND tenant = ?3",
+                params![ctx.list, priority, tenant],
+            )
+            .map_err(db_error)?;
+            continue;
+        };
+        let next = head + 1.0 / s.weight;
+        tx.execute(
+            "INSERT INTO clocks (list, priority, v) VALUES (?1, ?2, ?3)
+             ON CONFLICT(list, priority) DO UPDATE SET v = excluded.v",
+            params![ctx.list, priority, head],
+        )
+        .map_err(db_error)?;
+        tx.execute(
+            "UPDATE flows SET head = ?4, finish = ?4, active = ?5
+             WHERE list = ?1 AND priority = ?2 AND tenant = ?3",
+            params![ctx.list, priority, tenant, next, heads.len() > 1],
+        )
+        .map_err(db_error)?;
+        return Ok(Some((seq, raw, tenant)));
+    }
+    Ok(None)
 }
 
 /// Records a run's outcome and releases its lease, never overwriting a final record.
@@ -1045,7 +1542,19 @@ fn finish_in(
                 ],
             )
             .map_err(db_error)?;
-            count(tx, ctx, "succeeded")?;
+            count_outcome(tx, ctx, job.spec.tenant(), "succeeded")?;
+            let tokens = done.usage.prompt_tokens + done.usage.completion_tokens;
+            tx.execute(
+                "INSERT INTO tenant_tokens (list, tenant, minute, tokens) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(list, tenant, minute) DO UPDATE SET tokens = tokens + excluded.tokens",
+                params![
+                    ctx.list,
+                    job.spec.tenant(),
+                    now.div_euclid(60_000),
+                    tokens as i64
+                ],
+            )
+            .map_err(db_error)?;
             Ok(Finished::Succeeded)
         }
         Outcome::Failed(JobError {
@@ -1055,7 +1564,7 @@ fn finish_in(
             retry_after,
         }) => {
             if !transient {
-                count(tx, ctx, "failed")?;
+                count_outcome(tx, ctx, job.spec.tenant(), "failed")?;
                 count(tx, ctx, &format!("error:{}", kind.as_str()))?;
                 tx.execute(
                     "UPDATE jobs SET status = 'failed', finished_at_ms = ?2, error_kind = ?3,
@@ -1084,18 +1593,17 @@ fn finish_in(
             if !held {
                 return Ok(Finished::AlreadyFinal);
             }
-            count(tx, ctx, "retry")?;
+            count_outcome(tx, ctx, job.spec.tenant(), "retry")?;
             count(tx, ctx, &format!("error:{}", kind.as_str()))?;
             let delay = ctx.config.retry_delay(job.attempt, retry_after);
-            tx.execute(
-                "INSERT INTO entries (list, entry, state, due_ms) VALUES (?1, ?2, 'delayed', ?3)",
-                params![
-                    ctx.list,
-                    job.spec.to_entry(),
-                    now + delay.as_millis() as i64
-                ],
-            )
-            .map_err(db_error)?;
+            insert_entry(
+                tx,
+                ctx,
+                &job.spec.to_entry(),
+                &EntryClass::of_spec(&job.spec),
+                "delayed",
+                Some(now + delay.as_millis() as i64),
+            )?;
             tx.execute(
                 "UPDATE jobs SET status = 'queued', error_kind = ?2, error_message = ?3 WHERE id = ?1",
                 params![id, kind.as_str(), message],

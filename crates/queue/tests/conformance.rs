@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use greenscale_core::{
-    Cancelled, Completion, ErrorKind, Finished, JobError, JobSpec, JobStatus, Outcome, Queue,
-    QueueConfig, Usage,
+    Cancelled, Completion, ErrorKind, Finished, JobError, JobSpec, JobStatus, Outcome, Priority,
+    Queue, QueueConfig, QueueError, Quota, TenantSettings, Tenants, Usage,
 };
 use greenscale_queue::{RedisQueue, SqliteQueue};
 use greenscale_testkit::RedisServer;
@@ -482,7 +482,10 @@ async fn jobs_are_listed_newest_first_by_page_and_status(open: Open) {
     let mut times = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = q.list_jobs(None, 10, cursor.as_deref()).await.unwrap();
+        let page = q
+            .list_jobs(None, None, 10, cursor.as_deref())
+            .await
+            .unwrap();
         seen.extend(page.jobs.iter().map(|r| r.id.clone()));
         times.extend(page.jobs.iter().map(|r| r.enqueued_at_ms.unwrap()));
         match page.next_cursor {
@@ -499,11 +502,11 @@ async fn jobs_are_listed_newest_first_by_page_and_status(open: Open) {
     sorted_ids.sort();
     assert_eq!(sorted_seen, sorted_ids);
     let done = q
-        .list_jobs(Some(JobStatus::Succeeded), 100, None)
+        .list_jobs(None, Some(JobStatus::Succeeded), 100, None)
         .await
         .unwrap();
     assert_eq!(done.jobs.len(), 5);
-    assert!(q.list_jobs(None, 10, Some("garbage")).await.is_err());
+    assert!(q.list_jobs(None, None, 10, Some("garbage")).await.is_err());
 }
 
 async fn events_reach_subscribers(open: Open) {
@@ -586,6 +589,229 @@ async fn leases_whose_reply_was_lost_are_handed_back(open: Open) {
     assert_eq!(kept[0].spec.job_id, a);
 }
 
+fn job_of(tenant: &str, priority: Priority, text: &str) -> JobSpec {
+    JobSpec {
+        tenant: Some(tenant.into()),
+        priority: Some(priority),
+        ..JobSpec::from_prompt(text)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Leases one at a time, finishing each, and returns the tenants in lease order.
+async fn serve_one_by_one(q: &dyn Queue, n: usize) -> Vec<String> {
+    let mut order = Vec::new();
+    for _ in 0..n {
+        let jobs = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+        let Some(job) = jobs.into_iter().next() else {
+            break;
+        };
+        order.push(job.spec.tenant().to_string());
+        q.finish("w1", &job, success("ok")).await.unwrap();
+    }
+    order
+}
+
+/// A flood of one tenant does not hold up another's jobs: with equal weights the leases
+/// alternate once both have work; with weight 2 a tenant gets two of every three.
+async fn tenants_share_leases_by_weight(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    for i in 0..40 {
+        q.enqueue(job_of("a", Priority::INTERACTIVE, &format!("a{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..10 {
+        q.enqueue(job_of("b", Priority::INTERACTIVE, &format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    let order = serve_one_by_one(q, 20).await;
+    let b_done = order.iter().filter(|t| *t == "b").count();
+    assert_eq!(
+        b_done, 10,
+        "b's 10 jobs among the first 20 leases: {order:?}"
+    );
+    let mut tenants = Tenants::new();
+    tenants.insert(
+        "a".into(),
+        TenantSettings {
+            weight: 2.0,
+            ..TenantSettings::default()
+        },
+    );
+    q.set_tenants(&tenants).await.unwrap();
+    for i in 0..30 {
+        q.enqueue(job_of("b", Priority::INTERACTIVE, &format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    let order = serve_one_by_one(q, 30).await;
+    let a = order.iter().filter(|t| *t == "a").count();
+    assert!(
+        (19..=21).contains(&a),
+        "a (weight 2) gets two of three: {order:?}"
+    );
+    let stats = q.tenants().await.unwrap();
+    let b = stats.iter().find(|t| t.tenant == "b").unwrap();
+    assert_eq!(b.outcomes.get("succeeded"), Some(&20));
+    assert_eq!(b.queued, 20);
+    let page = q.list_jobs(Some("b"), None, 1000, None).await.unwrap();
+    assert_eq!(page.jobs.len(), 40);
+    assert!(page.jobs.iter().all(|r| r.tenant == "b"));
+}
+
+/// A worker leases from the highest class with work; FIFO holds within a tenant's class.
+async fn interactive_work_goes_ahead_of_batch(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let mut batch = Vec::new();
+    for i in 0..50 {
+        batch.push(
+            q.enqueue(job_of("a", Priority::BATCH, &format!("batch {i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.deferrable), (50, 50));
+    assert!(stats.oldest_deferrable_ms.is_some_and(|age| age >= 20));
+    let first = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(first[0].spec.job_id, batch[0]);
+    let urgent = q
+        .enqueue(job_of("b", Priority::INTERACTIVE, "now"))
+        .await
+        .unwrap();
+    f.push_raw(r#"{"job_id":"raw-1","prompt":"from the prototype"}"#)
+        .await;
+    let next = q.lease("w1", 3, Duration::ZERO).await.unwrap();
+    let ids: Vec<&str> = next.iter().map(|j| j.spec.job_id.as_str()).collect();
+    assert_eq!(ids, [urgent.as_str(), "raw-1", batch[1].as_str()]);
+}
+
+/// Quotas: max_queued refuses with the quota named; max_running holds a tenant's further
+/// jobs back while others run; the token budget refuses until the minute ends.
+async fn quotas_refuse_and_hold_back(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let mut tenants = Tenants::new();
+    tenants.insert(
+        "a".into(),
+        TenantSettings {
+            max_queued: Some(3),
+            max_running: Some(1),
+            tokens_per_minute: Some(10),
+            ..TenantSettings::default()
+        },
+    );
+    q.set_tenants(&tenants).await.unwrap();
+    for i in 0..3 {
+        q.enqueue(job_of("a", Priority::INTERACTIVE, &format!("a{i}")))
+            .await
+            .unwrap();
+    }
+    match q
+        .enqueue(job_of("a", Priority::INTERACTIVE, "one more"))
+        .await
+    {
+        Err(QueueError::OverQuota { quota, limit, .. }) => {
+            assert_eq!((quota, limit), (Quota::Queued, 3));
+        }
+        other => panic!("expected the max_queued quota, got {other:?}"),
+    }
+    q.enqueue(job_of("b", Priority::INTERACTIVE, "b0"))
+        .await
+        .unwrap();
+    let got = q.lease("w1", 4, Duration::ZERO).await.unwrap();
+    let tenants_leased: Vec<&str> = got.iter().map(|j| j.spec.tenant()).collect();
+    assert_eq!(tenants_leased, ["a", "b"], "a runs one at a time");
+    assert!(q.lease("w2", 4, Duration::ZERO).await.unwrap().is_empty());
+    let a_job = got.into_iter().find(|j| j.spec.tenant() == "a").unwrap();
+    let big = Outcome::Succeeded(Completion {
+        text: "long".into(),
+        usage: Usage {
+            prompt_tokens: 6,
+            completion_tokens: 6,
+        },
+        ttft_ms: None,
+    });
+    q.finish("w1", &a_job, big).await.unwrap();
+    assert_eq!(q.lease("w2", 4, Duration::ZERO).await.unwrap().len(), 1);
+    match q
+        .enqueue(job_of("a", Priority::INTERACTIVE, "over budget"))
+        .await
+    {
+        Err(QueueError::OverQuota {
+            quota, retry_after, ..
+        }) => {
+            assert_eq!(quota, Quota::Tokens);
+            assert!(retry_after <= Duration::from_secs(60));
+        }
+        other => panic!("expected the token quota, got {other:?}"),
+    }
+    let a = q
+        .tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.tenant == "a")
+        .unwrap();
+    assert_eq!((a.queued, a.running, a.tokens_this_minute), (1, 1, 12));
+}
+
+/// A job not started before its deadline becomes expired, with a reason, and never runs:
+/// caught when leased, and by maintenance while no worker leases.
+async fn jobs_past_their_deadline_expire_unrun(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let soon = JobSpec {
+        deadline_at_ms: Some(now_ms() + 150),
+        ..JobSpec::from_prompt("in time?")
+    };
+    let soon = q.enqueue(soon).await.unwrap();
+    let later = JobSpec {
+        deadline_at_ms: Some(now_ms() + 60_000),
+        ..JobSpec::from_prompt("plenty of time")
+    };
+    let later = q.enqueue(later).await.unwrap();
+    let other = JobSpec {
+        deadline_at_ms: Some(now_ms() + 150),
+        ..JobSpec::from_prompt("expired by maintenance")
+    };
+    let other = q.enqueue(other).await.unwrap();
+    assert!(
+        q.stats()
+            .await
+            .unwrap()
+            .deadline_in_ms
+            .is_some_and(|d| d <= 150)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    assert!(got.is_empty(), "the expired head is dropped, not run");
+    q.maintain().await.unwrap();
+    for id in [&soon, &other] {
+        let rec = q.job(id).await.unwrap().unwrap();
+        assert_eq!(rec.status, JobStatus::Expired);
+        assert!(rec.error_message.unwrap().contains("deadline"));
+        assert_eq!(rec.attempts, 0);
+    }
+    let got = q.lease("w1", 4, Duration::ZERO).await.unwrap();
+    let ids: Vec<&str> = got.iter().map(|j| j.spec.job_id.as_str()).collect();
+    assert_eq!(ids, [later.as_str()]);
+    let counters: std::collections::HashMap<String, u64> =
+        q.counters().await.unwrap().into_iter().collect();
+    assert_eq!(counters.get("expired"), Some(&2));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod redis_backend {
@@ -618,4 +844,8 @@ conformance!(
     jobs_are_listed_newest_first_by_page_and_status,
     events_reach_subscribers,
     cancel_can_spare_running_jobs,
+    tenants_share_leases_by_weight,
+    interactive_work_goes_ahead_of_batch,
+    quotas_refuse_and_hold_back,
+    jobs_past_their_deadline_expire_unrun,
 );

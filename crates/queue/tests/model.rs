@@ -1,14 +1,20 @@
-//! Model-based property test: random sequences of enqueue / lease / finish / release /
-//! worker death / late (zombie) finishes are applied to a simple in-memory model and to each
-//! real queue backend (Redis, SQLite); after every step both must agree, and at the end every job must have
-//! reached succeeded, failed or dead — none lost, none leased twice at once.
+//! Model-based property test: random sequences of enqueue (by three tenants, in two priority
+//! classes) / lease / finish / release / worker death / late (zombie) finishes are applied to
+//! a simple in-memory model and to each real queue backend (Redis, SQLite); after every step
+//! both must agree — which jobs each lease returns, in which order — and at the end every
+//! job must have reached succeeded, failed or dead: none lost, none leased twice at once.
+//!
+//! The model states the lease order: the highest class with work first; in it, tenants by
+//! the fair rule of `greenscale_core::FairClock` (tenant `a` has weight 2), skipping a
+//! tenant at its `max_running` (tenant `b` runs one job at a time); each tenant's jobs in
+//! order, handed-back ones first.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use greenscale_core::{
-    Completion, ErrorKind, Finished, JobError, JobSpec, JobStatus, LeasedJob, Outcome, Queue,
-    QueueConfig,
+    Completion, ErrorKind, FairClock, Finished, JobError, JobSpec, JobStatus, LeasedJob, Outcome,
+    Priority, Queue, QueueConfig, TenantSettings, Tenants,
 };
 use greenscale_queue::{RedisQueue, SqliteQueue};
 use greenscale_testkit::RedisServer;
@@ -18,9 +24,35 @@ use redis::Commands;
 const WORKERS: usize = 3;
 const MAX_ATTEMPTS: u32 = 3;
 
+/// The tenants jobs are enqueued for.
+const TENANTS: [&str; 3] = ["a", "b", "default"];
+
+/// Their settings: `a` has twice the share, `b` runs one job at a time.
+fn tenants() -> Tenants {
+    let mut t = Tenants::new();
+    t.insert(
+        "a".into(),
+        TenantSettings {
+            weight: 2.0,
+            ..TenantSettings::default()
+        },
+    );
+    t.insert(
+        "b".into(),
+        TenantSettings {
+            max_running: Some(1),
+            ..TenantSettings::default()
+        },
+    );
+    t
+}
+
 #[derive(Debug, Clone)]
 enum Op {
-    Enqueue,
+    Enqueue {
+        tenant: usize,
+        batch: bool,
+    },
     Lease {
         worker: usize,
         max: usize,
@@ -54,7 +86,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let w = 0..WORKERS;
     prop_oneof![
-        3 => Just(Op::Enqueue),
+        3 => (0..TENANTS.len(), any::<bool>()).prop_map(|(tenant, batch)| Op::Enqueue { tenant, batch }),
         3 => (w.clone(), 1..4usize).prop_map(|(worker, max)| Op::Lease { worker, max }),
         2 => (w.clone(), any::<usize>()).prop_map(|(worker, pick)| Op::Succeed { worker, pick }),
         1 => (w.clone(), any::<usize>()).prop_map(|(worker, pick)| Op::FailTransient { worker, pick }),
@@ -71,18 +103,81 @@ struct ModelJob {
     attempts: u32,
 }
 
+/// A tenant's queue in one class.
+type Flow = (Priority, String);
+
 /// The reference model: plain collections, obviously right.
 #[derive(Default)]
 struct Model {
     jobs: HashMap<String, ModelJob>,
-    /// Front is leased next.
-    pending: VecDeque<String>,
+    /// Each job's flow.
+    flow_of: HashMap<String, Flow>,
+    /// Each flow's waiting jobs; the front is leased next.
+    flows: HashMap<Flow, VecDeque<String>>,
+    /// The flows with work, by their head's tag.
+    ready: HashMap<Flow, f64>,
+    clock: FairClock,
     delayed: Vec<String>,
     /// Per worker, in lease order.
     held: [Vec<String>; WORKERS],
 }
 
 impl Model {
+    fn pending(&self) -> usize {
+        self.flows.values().map(VecDeque::len).sum()
+    }
+
+    /// Makes a job wait: at the back of its flow, or at the front (handed back).
+    fn wait(&mut self, id: String, front: bool) {
+        let flow = self.flow_of[&id].clone();
+        if !self.ready.contains_key(&flow) {
+            let tag = self.clock.head_tag(flow.0, &flow.1);
+            self.ready.insert(flow.clone(), tag);
+        }
+        let q = self.flows.entry(flow).or_default();
+        if front {
+            q.push_front(id);
+        } else {
+            q.push_back(id);
+        }
+    }
+
+    /// The next job by the rule in the module comment, taken off its flow.
+    fn pick(&mut self) -> Option<String> {
+        let settings = tenants();
+        let running = |t: &str| {
+            self.held
+                .iter()
+                .flatten()
+                .filter(|id| self.flow_of[*id].1 == t)
+                .count() as u32
+        };
+        let mut candidates: Vec<(&Flow, f64)> = self.ready.iter().map(|(f, t)| (f, *t)).collect();
+        candidates.sort_by(|x, y| {
+            y.0.0
+                .cmp(&x.0.0)
+                .then(x.1.total_cmp(&y.1))
+                .then(x.0.1.cmp(&y.0.1))
+        });
+        let (flow, tag) = candidates.into_iter().find(|(f, _)| {
+            settings
+                .get(&f.1)
+                .and_then(|s| s.max_running)
+                .is_none_or(|m| running(&f.1) < m)
+        })?;
+        let flow = flow.clone();
+        let weight = settings.get(&flow.1).map_or(1.0, |s| s.weight);
+        let next = self.clock.leased(flow.0, &flow.1, tag, weight);
+        let q = self.flows.get_mut(&flow).expect("a ready flow has jobs");
+        let id = q.pop_front().expect("a ready flow has jobs");
+        if q.is_empty() {
+            self.ready.remove(&flow);
+        } else {
+            self.ready.insert(flow, next);
+        }
+        Some(id)
+    }
+
     fn assert_single_lease(&self) {
         let mut seen = HashMap::new();
         for (w, held) in self.held.iter().enumerate() {
@@ -168,8 +263,18 @@ fn failure(transient: bool) -> Outcome {
 
 async fn apply(op: &Op, model: &mut Model, real: &mut Real, backend: &mut Backend) {
     match *op {
-        Op::Enqueue => {
-            let id = real.queue.enqueue(JobSpec::from_prompt("p")).await.unwrap();
+        Op::Enqueue { tenant, batch } => {
+            let priority = if batch {
+                Priority::BATCH
+            } else {
+                Priority::INTERACTIVE
+            };
+            let spec = JobSpec {
+                tenant: Some(TENANTS[tenant].to_string()),
+                priority: Some(priority),
+                ..JobSpec::from_prompt("p")
+            };
+            let id = real.queue.enqueue(spec).await.unwrap();
             model.jobs.insert(
                 id.clone(),
                 ModelJob {
@@ -177,14 +282,17 @@ async fn apply(op: &Op, model: &mut Model, real: &mut Real, backend: &mut Backen
                     attempts: 0,
                 },
             );
-            model.pending.push_back(id);
+            model
+                .flow_of
+                .insert(id.clone(), (priority, TENANTS[tenant].to_string()));
+            model.wait(id, false);
         }
         Op::Lease { worker, max } => {
             let wid = real.worker_id(worker);
             let got = real.queue.lease(&wid, max, Duration::ZERO).await.unwrap();
             let mut expected = Vec::new();
             for _ in 0..max {
-                let Some(id) = model.pending.pop_front() else {
+                let Some(id) = model.pick() else {
                     break;
                 };
                 let job = model.jobs.get_mut(&id).unwrap();
@@ -202,7 +310,7 @@ async fn apply(op: &Op, model: &mut Model, real: &mut Real, backend: &mut Backen
                 model.held[worker].push(id);
             }
             let ids: Vec<String> = got.iter().map(|j| j.spec.job_id.clone()).collect();
-            assert_eq!(ids, expected, "lease order (FIFO) and content");
+            assert_eq!(ids, expected, "lease order (fair rule) and content");
             for j in &got {
                 assert_eq!(j.attempt, model.jobs[&j.spec.job_id].attempts);
             }
@@ -228,7 +336,7 @@ async fn apply(op: &Op, model: &mut Model, real: &mut Real, backend: &mut Backen
                         m.status = JobStatus::Queued;
                         m.attempts -= 1;
                     }
-                    model.pending.push_front(id);
+                    model.wait(id, true);
                 }
                 Op::Succeed { .. } => {
                     let r = real.queue.finish(&wid, &job, success()).await.unwrap();
@@ -270,12 +378,13 @@ async fn apply(op: &Op, model: &mut Model, real: &mut Real, backend: &mut Backen
             let wid = real.worker_id(worker);
             backend.expire(&wid).await;
             real.queue.maintain().await.unwrap();
-            for id in model.held[worker].drain(..).rev() {
+            let held: Vec<String> = model.held[worker].drain(..).rev().collect();
+            for id in held {
                 let m = model.jobs.get_mut(&id).unwrap();
                 if m.status == JobStatus::Running {
                     m.status = JobStatus::Queued;
                 }
-                model.pending.push_front(id);
+                model.wait(id, true);
             }
             for job in real.held[worker].drain(..) {
                 real.zombies.push((wid.clone(), job));
@@ -315,8 +424,28 @@ async fn check_agreement(model: &Model, real: &Real) {
             "job {id}"
         );
     }
+    for t in real.queue.tenants().await.unwrap() {
+        let of_tenant = |id: &String| model.flow_of[id].1 == t.tenant;
+        let queued = model
+            .jobs
+            .iter()
+            .filter(|(id, m)| of_tenant(id) && m.status == JobStatus::Queued)
+            .count();
+        let running = model
+            .held
+            .iter()
+            .flatten()
+            .filter(|id| of_tenant(id))
+            .count();
+        assert_eq!(
+            (t.queued as usize, t.running as usize),
+            (queued, running),
+            "tenant {}'s queued and running counts",
+            t.tenant
+        );
+    }
     let stats = real.queue.stats().await.unwrap();
-    assert_eq!(stats.pending as usize, model.pending.len());
+    assert_eq!(stats.pending as usize, model.pending());
     assert_eq!(stats.delayed as usize, model.delayed.len());
     let held: usize = model.held.iter().map(Vec::len).sum();
     assert_eq!(stats.in_flight as usize, held);
@@ -417,6 +546,7 @@ async fn run_case(queue: std::sync::Arc<dyn Queue>, backend: &mut Backend, ops: 
         held: Default::default(),
         zombies: Vec::new(),
     };
+    real.queue.set_tenants(&tenants()).await.unwrap();
     let mut model = Model::default();
     for op in ops {
         apply(op, &mut model, &mut real, backend).await;

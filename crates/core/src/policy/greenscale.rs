@@ -52,7 +52,13 @@ pub struct GreenScaleParams {
     /// A sleeping replica's cost per second as a share of a warm one's (it holds host
     /// memory and a process, not the GPU); used where replicas can sleep.
     pub sleep_cost: f64,
+    /// Longest a deferrable (batch) job waits, at zero, for warm capacity before the pool
+    /// is woken for it, seconds. A deadline that needs an earlier start wakes it sooner.
+    pub batch_max_wait: f64,
 }
+
+/// How long batch work waits for warm capacity by default, seconds.
+pub const DEFAULT_BATCH_MAX_WAIT: f64 = 900.0;
 
 impl Default for GreenScaleParams {
     fn default() -> Self {
@@ -61,6 +67,7 @@ impl Default for GreenScaleParams {
             cold_start_prior: 30.0,
             max: None,
             sleep_cost: DEFAULT_SLEEP_COST,
+            batch_max_wait: DEFAULT_BATCH_MAX_WAIT,
         }
     }
 }
@@ -458,6 +465,51 @@ impl Policy for GreenScale {
     }
 
     fn decide(&mut self, obs: &Observation) -> Decision {
+        let Some(wake_in_s) = self.deferral(obs) else {
+            return self.decide_on(obs);
+        };
+        // Only deferrable work waits and nothing is up: decide as if idle.
+        let idle = Observation {
+            pending: obs.pending - obs.deferrable,
+            deferrable: 0,
+            ..*obs
+        };
+        let mut d = self.decide_on(&idle);
+        if d.desired == 0 {
+            d.reason = Reason::Deferred {
+                jobs: obs.deferrable,
+                wake_in_s,
+            };
+        }
+        d
+    }
+}
+
+impl GreenScale {
+    /// When only deferrable work waits, no replica is up and none is needed for it yet
+    /// (its oldest has waited less than `batch_max_wait`, and no deadline is within two
+    /// starts — a cold start, or a wake with sleepers — of now): the seconds until the
+    /// pool must be woken for it.
+    fn deferral(&self, obs: &Observation) -> Option<f64> {
+        if obs.deferrable == 0 || obs.pending > obs.deferrable || obs.in_flight > 0 {
+            return None;
+        }
+        if obs.replicas() > 0 {
+            return None; // warm anyway: batch work fills it
+        }
+        let cs = obs.cold_start.unwrap_or(self.params.cold_start_prior);
+        let start = match self.sleep_tier(obs, cs) {
+            Some(t) if obs.asleep > 0 => t.wake,
+            _ => cs,
+        };
+        let by_age = self.params.batch_max_wait - obs.deferred_for.unwrap_or(0.0);
+        let by_deadline = obs.deadline_in.map_or(f64::INFINITY, |d| d - 2.0 * start);
+        let wake_in = by_age.min(by_deadline);
+        (wake_in > 0.0).then_some(wake_in)
+    }
+
+    /// The decision for `obs` as it is.
+    fn decide_on(&mut self, obs: &Observation) -> Decision {
         let now = obs.now;
         let cs = obs
             .cold_start
@@ -636,6 +688,9 @@ mod tests {
         let sleepy = |now, pending, in_flight, ready, asleep| Observation {
             can_sleep: true,
             wake: Some(3.0),
+            deferrable: 0,
+            deferred_for: None,
+            deadline_in: None,
             asleep,
             ..obs(now, pending, in_flight, ready)
         };
@@ -656,6 +711,48 @@ mod tests {
         let mut g = GreenScale::new("greenscale", GreenScaleParams::default());
         g.decide(&obs(0.0, 0, 1, 1));
         assert_eq!(g.decide(&obs(100.0, 0, 0, 1)).asleep, 0);
+    }
+
+    #[test]
+    fn batch_work_alone_waits_for_warm_capacity_until_its_wait_or_a_deadline_is_up() {
+        let mut g = GreenScale::new("greenscale", GreenScaleParams::default());
+        let batch = |pending, deferrable, waited, deadline_in| Observation {
+            deferrable,
+            deferred_for: Some(waited),
+            deadline_in,
+            ..obs(0.0, pending, 0, 0)
+        };
+        // 10 batch jobs at zero, waiting 60 s of 900: nothing starts, and the reason says so.
+        let d = g.decide(&batch(10, 10, 60.0, None));
+        assert_eq!(d.desired, 0);
+        assert!(
+            matches!(d.reason, Reason::Deferred { jobs: 10, wake_in_s } if wake_in_s == 840.0),
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.reason
+                .to_string()
+                .contains("10 batch jobs wait for warm capacity")
+        );
+        let fresh = |o: &Observation| {
+            GreenScale::new("greenscale", GreenScaleParams::default())
+                .decide(o)
+                .desired
+        };
+        // One interactive job among them wakes the pool at once.
+        assert!(fresh(&batch(11, 10, 60.0, None)) > 0);
+        // A deadline within two cold starts (2 x 30 s) wakes it.
+        assert!(fresh(&batch(10, 10, 60.0, Some(50.0))) > 0);
+        assert_eq!(fresh(&batch(10, 10, 60.0, Some(500.0))), 0);
+        // So does the oldest having waited batch_max_wait.
+        assert!(fresh(&batch(10, 10, 900.0, None)) > 0);
+        // A warm pool takes batch work like any other.
+        let warm = Observation {
+            ready: 1,
+            ..batch(10, 10, 1.0, None)
+        };
+        assert!(fresh(&warm) >= 1);
     }
 
     #[test]

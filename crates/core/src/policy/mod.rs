@@ -53,6 +53,13 @@ pub struct Observation {
     pub can_sleep: bool,
     /// Measured wake-from-sleep duration (mean), seconds; `None` before the first one.
     pub wake: Option<f64>,
+    /// Of `pending`, jobs of deferrable classes (below `interactive`): they may wait for
+    /// warm capacity.
+    pub deferrable: u64,
+    /// How long the oldest deferrable job has waited, seconds.
+    pub deferred_for: Option<f64>,
+    /// Seconds until the earliest deadline of a waiting job, if one has a deadline.
+    pub deadline_in: Option<f64>,
 }
 
 /// A pool's replicas as the caller counts them.
@@ -122,6 +129,9 @@ impl Observation {
             asleep: replicas.asleep,
             can_sleep: shape.can_sleep,
             wake: measured.wake,
+            deferrable: stats.deferrable.min(stats.pending),
+            deferred_for: stats.oldest_deferrable_ms.map(|ms| ms as f64 / 1000.0),
+            deadline_in: stats.deadline_in_ms.map(|ms| ms as f64 / 1000.0),
         }
     }
 
@@ -225,6 +235,14 @@ pub enum Reason {
         idle_s: f64,
         /// Idle time at which pre-warming starts.
         from_s: f64,
+    },
+    /// Only deferrable (batch) work waits and no replica is up: it waits for warm capacity
+    /// until its oldest has waited `max_wait_s` or a deadline needs a start.
+    Deferred {
+        /// Deferrable jobs waiting.
+        jobs: u64,
+        /// Seconds until the pool is woken for them (unless other work wakes it first).
+        wake_in_s: f64,
     },
     /// Nothing to do and nothing running.
     Idle,
@@ -343,6 +361,11 @@ impl fmt::Display for Reason {
             } => write!(
                 f,
                 "idle {idle_s:.0} s, past the {warm_s:.0} s keep-warm: asleep until {until_s:.0} s idle (wakes in {wake_s:.2} s)"
+            ),
+            Reason::Deferred { jobs, wake_in_s } => write!(
+                f,
+                "{} for warm capacity: nothing else needs the pool (woken in {wake_in_s:.0} s at the latest)",
+                count(jobs, "batch job waits", "batch jobs wait")
             ),
             Reason::Prewarm { idle_s, from_s } => write!(
                 f,
@@ -651,10 +674,18 @@ impl<'a> Syntax<'a> {
             }
             _ => {
                 let mut p = GreenScaleParams::default();
-                self.read_params(&["cold_cost", "max", "cold_start", "sleep_cost"], |k, v| {
+                let keys = [
+                    "cold_cost",
+                    "max",
+                    "cold_start",
+                    "sleep_cost",
+                    "batch_max_wait",
+                ];
+                self.read_params(&keys, |k, v| {
                     match k {
                         "cold_cost" => p.cold_cost = num(v)?,
                         "sleep_cost" => p.sleep_cost = num(v)?,
+                        "batch_max_wait" => p.batch_max_wait = secs(v)?,
                         "cold_start" => p.cold_start_prior = secs(v)?,
                         _ => p.max = Some(num(v)?),
                     }
@@ -790,6 +821,9 @@ pub(crate) mod testing {
             asleep: 0,
             can_sleep: false,
             wake: None,
+            deferrable: 0,
+            deferred_for: None,
+            deadline_in: None,
         }
     }
 }

@@ -70,6 +70,59 @@ impl Ord for Completion {
     }
 }
 
+/// Whether job `i` is of the batch class when a `share` of jobs is: a fixed hash of its
+/// index, so every policy sees the same jobs as batch.
+fn is_batch(i: usize, share: f64) -> bool {
+    if share <= 0.0 {
+        return false;
+    }
+    // splitmix64
+    let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z as f64 / u64::MAX as f64) < share
+}
+
+/// Jobs waiting to start: interactive ones first, then batch ones, each oldest first.
+#[derive(Debug, Default)]
+struct Waiting {
+    interactive: VecDeque<u32>,
+    batch: VecDeque<u32>,
+}
+
+impl Waiting {
+    fn queue(&mut self, batch: bool) -> &mut VecDeque<u32> {
+        if batch {
+            &mut self.batch
+        } else {
+            &mut self.interactive
+        }
+    }
+
+    fn push_back(&mut self, j: u32, batch: bool) {
+        self.queue(batch).push_back(j);
+    }
+
+    fn push_front(&mut self, j: u32, batch: bool) {
+        self.queue(batch).push_front(j);
+    }
+
+    fn pop_front(&mut self) -> Option<u32> {
+        self.interactive
+            .pop_front()
+            .or_else(|| self.batch.pop_front())
+    }
+
+    fn len(&self) -> usize {
+        self.interactive.len() + self.batch.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One pool in a simulation.
 pub(crate) struct Engine<'a> {
     /// Its index among the pools sharing a room.
@@ -82,7 +135,10 @@ pub(crate) struct Engine<'a> {
     sleepers: VecDeque<f64>,
     next_uid: u64,
     starting_queue: VecDeque<(f64, u64)>,
-    pending: VecDeque<u32>,
+    /// Waiting jobs: interactive ones start before batch ones, each in order.
+    pending: Waiting,
+    /// Which jobs are of the batch class (`SimConfig::batch_share`).
+    batch: Vec<bool>,
     completions: BinaryHeap<Completion>,
     in_flight: u64,
     free_slots: u64,
@@ -118,7 +174,10 @@ impl<'a> Engine<'a> {
             sleepers: VecDeque::new(),
             next_uid: 0,
             starting_queue: VecDeque::new(),
-            pending: VecDeque::new(),
+            pending: Waiting::default(),
+            batch: (0..jobs.len())
+                .map(|i| is_batch(i, cfg.batch_share))
+                .collect(),
             completions: BinaryHeap::new(),
             in_flight: 0,
             free_slots: 0,
@@ -158,6 +217,14 @@ impl<'a> Engine<'a> {
         Observation {
             now,
             pending: self.pending.len() as u64,
+            deferrable: self.pending.batch.len() as u64,
+            deferred_for: self
+                .pending
+                .batch
+                .iter()
+                .map(|&j| now - self.jobs[j as usize].arrival)
+                .reduce(f64::max),
+            deadline_in: None,
             in_flight: self.in_flight,
             ready: self.n_ready,
             starting: self.replicas.len() as u32 - self.n_ready - self.n_draining,
@@ -278,7 +345,7 @@ impl<'a> Engine<'a> {
             cut.sort_unstable();
             for j in cut.into_iter().rev() {
                 self.state[j as usize].run += 1;
-                self.pending.push_front(j);
+                self.pending.push_front(j, self.batch[j as usize]);
             }
         }
     }
@@ -342,6 +409,7 @@ impl<'a> Engine<'a> {
         let job = self.jobs[c.job as usize];
         self.out.jobs += 1;
         self.out.waits.push((st.start - job.arrival) as f32);
+        self.out.batch.push(self.batch[c.job as usize]);
         match (st.cold, st.woken) {
             (true, false) => self.out.cold_start_waits += 1,
             (true, true) => self.out.wake_waits += 1,
@@ -414,7 +482,7 @@ impl<'a> Engine<'a> {
             let j = self.next_job;
             self.next_job += 1;
             self.state[j].free_at_arrival = self.free_slots > 0;
-            self.pending.push_back(j as u32);
+            self.pending.push_back(j as u32, self.batch[j]);
             self.last_busy = t_arrival;
             if let Some(d) = policy.on_arrival(&self.observe(t_arrival)) {
                 self.actuate(t_arrival, d, room);

@@ -43,6 +43,10 @@ pub struct SimConfig {
     pub sleep: Option<SleepConfig>,
     /// A GPU budget shared by all the trace's pools, if any (see [`shared`]).
     pub shared: Option<SharedBudget>,
+    /// The share of jobs (0 to 1) of the batch class: they start after every waiting
+    /// interactive job, and policies that know classes may let them wait for warm
+    /// capacity. The same jobs are batch for every policy.
+    pub batch_share: f64,
 }
 
 /// A sleep tier in the simulator.
@@ -64,6 +68,7 @@ impl Default for SimConfig {
             horizon: 4.0 * 3600.0,
             sleep: None,
             shared: None,
+            batch_share: 0.0,
         }
     }
 }
@@ -99,6 +104,8 @@ pub struct PoolOutcome {
     pub wake_waits: u64,
     /// Each job's wait (start - arrival), seconds.
     pub waits: Vec<f32>,
+    /// Whether each of `waits` is a batch job's.
+    pub batch: Vec<bool>,
     /// Job runs cut short by a replica being removed.
     pub interrupted: u64,
     /// Most replicas at once.
@@ -140,6 +147,16 @@ pub struct Report {
     pub wait_p95: f64,
     /// 99th percentile wait, seconds.
     pub wait_p99: f64,
+    /// Jobs of the batch class served.
+    pub batch_jobs: u64,
+    /// 95th percentile wait of interactive jobs, seconds.
+    pub interactive_wait_p95: f64,
+    /// Median wait of batch jobs, seconds.
+    pub batch_wait_p50: f64,
+    /// 95th percentile wait of batch jobs, seconds.
+    pub batch_wait_p95: f64,
+    /// Longest wait of a batch job, seconds.
+    pub batch_wait_max: f64,
     /// Job runs interrupted by a replica being removed.
     pub interrupted: u64,
     /// Most replicas at once (over all pools together).
@@ -239,6 +256,7 @@ fn summarize(
     outcomes: Vec<PoolOutcome>,
 ) -> (Report, Vec<Sample>) {
     let mut waits: Vec<f32> = Vec::with_capacity(trace.jobs());
+    let (mut interactive, mut batch): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
     let mut changes: Vec<(f64, i8)> = Vec::new();
     let mut report = Report {
         policy: spec.text().to_string(),
@@ -253,6 +271,11 @@ fn summarize(
         wait_p50: 0.0,
         wait_p95: 0.0,
         wait_p99: 0.0,
+        batch_jobs: 0,
+        interactive_wait_p95: 0.0,
+        batch_wait_p50: 0.0,
+        batch_wait_p95: 0.0,
+        batch_wait_max: 0.0,
         interrupted: 0,
         peak_replicas: 0,
         scale_ups: 0,
@@ -275,6 +298,9 @@ fn summarize(
         report.evictions += o.evictions;
         report.peak_replicas = report.peak_replicas.max(o.peak_replicas);
         waits.extend_from_slice(&o.waits);
+        for (&w, &b) in o.waits.iter().zip(&o.batch) {
+            if b { &mut batch } else { &mut interactive }.push(w);
+        }
         if trace.pools.len() > 1 {
             changes.extend_from_slice(&o.changes);
         } else {
@@ -300,6 +326,11 @@ fn summarize(
     } else {
         0.0
     };
+    report.batch_jobs = batch.len() as u64;
+    report.interactive_wait_p95 = quantile(&mut interactive, 0.95);
+    report.batch_wait_p50 = quantile(&mut batch, 0.50);
+    report.batch_wait_p95 = quantile(&mut batch, 0.95);
+    report.batch_wait_max = quantile(&mut batch, 1.0);
     report.wait_p50 = quantile(&mut waits, 0.50);
     report.wait_p95 = quantile(&mut waits, 0.95);
     report.wait_p99 = quantile(&mut waits, 0.99);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::cli::GatewayArgs;
 use crate::commands::shared::{
-    bind, build_gateway, open_queue, redacted, shutdown_signal, without_nagle,
+    bind, build_gateway, open_queue, redacted, shutdown_signal, store_tenants, without_nagle,
 };
 
 /// Runs `greenscale gateway` until SIGTERM or SIGINT, then drains within `--drain-grace`.
@@ -17,6 +17,16 @@ pub(super) async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let routes = greenscale_gateway::Routes::single(Arc::new(queue));
+    {
+        // Redis may come up later: keep trying to store the tenants' settings until it does.
+        let (http, routes) = (args.http.clone(), routes.clone());
+        tokio::spawn(async move {
+            while let Err(e) = store_tenants(&http, &routes).await {
+                tracing::warn!(error = %format!("{e:#}"), "tenant settings not stored yet; trying again in 2 s");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        });
+    }
     let gateway =
         build_gateway(&args.http, routes, args.models.clone(), stop_rx)?.with_draining(drain_rx);
     let listener = bind(args.http.listen).await?;

@@ -55,7 +55,8 @@ pub(crate) fn build_gateway(
     models: Vec<String>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<greenscale_gateway::Gateway> {
-    let keys = greenscale_gateway::ApiKeys::new(http.api_keys.clone());
+    let keys = greenscale_gateway::ApiKeys::new(http.api_keys.clone(), http.admin_keys.clone())
+        .map_err(|e| anyhow::anyhow!("--api-key/--admin-key: {}", e.0))?;
     greenscale_gateway::check_exposure(&http.listen, &keys)?;
     let config = greenscale_gateway::GatewayConfig {
         api_keys: keys,
@@ -69,6 +70,23 @@ pub(crate) fn build_gateway(
         models,
     };
     Ok(greenscale_gateway::Gateway::new(routes, config, stop))
+}
+
+/// Stores the tenants' settings of the HTTP flags in every queue of `routes` (replacing what
+/// was stored), so workers and other gateways sharing a queue apply them too.
+pub(crate) async fn store_tenants(
+    http: &HttpArgs,
+    routes: &greenscale_gateway::Routes,
+) -> anyhow::Result<()> {
+    let tenants: greenscale_core::Tenants = http.tenants.iter().cloned().collect();
+    routes
+        .set_tenants(&tenants)
+        .await
+        .context("cannot store the tenants' settings in the queue")?;
+    for (name, s) in &tenants {
+        tracing::info!(tenant = %name, weight = s.weight, max_running = ?s.max_running, max_queued = ?s.max_queued, tokens_per_minute = ?s.tokens_per_minute, "tenant settings");
+    }
+    Ok(())
 }
 
 /// Binds the HTTP listener, saying which address failed.

@@ -58,6 +58,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     if args.tick.is_zero() {
         bail!("--tick must be positive");
     }
+    if !(0.0..=1.0).contains(&args.batch_share) {
+        bail!("--batch-share must be a share of the jobs, from 0 to 1");
+    }
     if !(0.0..=1.0).contains(&args.sleep_cost) {
         bail!("--sleep-cost must be a share of a warm replica's cost, from 0 to 1");
     }
@@ -76,6 +79,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             slots,
             turn: args.gpu_turn.as_secs_f64(),
         }),
+        batch_share: args.batch_share,
         ..SimConfig::default()
     };
     let started = Instant::now();
@@ -192,6 +196,17 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
                 r.wakes,
                 r.wake_waits,
                 r.evictions
+            );
+        }
+        if r.batch_jobs > 0 {
+            say!(
+                "{:<28} interactive wait p95 {:.2}s; {} batch jobs: wait p50 {:.1}s, p95 {:.1}s, longest {:.1}s",
+                "",
+                r.interactive_wait_p95,
+                r.batch_jobs,
+                r.batch_wait_p50,
+                r.batch_wait_p95,
+                r.batch_wait_max
             );
         }
         if r.unserved > 0 {

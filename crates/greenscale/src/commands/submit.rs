@@ -22,6 +22,10 @@ pub(super) async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     spec.model = args.model.clone();
     spec.max_tokens = args.max_tokens;
     spec.temperature = args.temperature;
+    spec.priority = args.priority;
+    spec.deadline_at_ms = args
+        .deadline
+        .map(|d| crate::commands::shared::now_ms() + d.as_millis() as u64);
     let id = queue.enqueue(spec).await?;
     if args.server.url.is_none() {
         warn_if_up_runs_here(&args.queue, "this job went to").await;

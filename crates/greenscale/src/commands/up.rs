@@ -19,7 +19,7 @@ use greenscale_local::{
 use greenscale_queue::{RedisQueue, SqliteQueue};
 
 use crate::cli::UpArgs;
-use crate::commands::shared::{bind, build_gateway, redacted, shutdown_signal};
+use crate::commands::shared::{bind, build_gateway, redacted, shutdown_signal, store_tenants};
 
 /// The pools `up` runs (from the file, the single-pool flags, or the demo pool) and the
 /// GPUs the file declares.
@@ -300,6 +300,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             })
             .collect(),
     );
+    store_tenants(&args.http, &routes).await?;
     let gateway = build_gateway(&args.http, routes, names.clone(), stop_rx.clone())?
         .with_metrics(metrics)
         .with_pools(Arc::new(PoolsView(pools.clone(), gpus.clone())))
