@@ -5,54 +5,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use axum::routing::post;
+use common::{dispatch_samples, recording_model};
 use greenscale_core::{JobSpec, Producer, QueueConfig};
 use greenscale_queue::RedisQueue;
 use greenscale_testkit::RedisServer;
-use tokio::sync::mpsc;
-
-type Arrivals = mpsc::UnboundedReceiver<(String, Instant)>;
-
-/// A model that notes when each request arrives (keyed by its prompt) and answers at once.
-async fn recording_model() -> (String, Arrivals) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let tx = Arc::new(tx);
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(move |body: String| {
-            let at = Instant::now();
-            let tx = tx.clone();
-            async move {
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let prompt = v["messages"][0]["content"].as_str().unwrap_or("").to_string();
-                let _ = tx.send((prompt, at));
-                axum::Json(serde_json::json!({
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1}
-                }))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, rx)
-}
-
-async fn wait_arrival(rx: &mut Arrivals, prompt: &str) -> Instant {
-    loop {
-        let (p, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("the model got the request within 10 s")
-            .expect("model alive");
-        if p == prompt {
-            return at;
-        }
-    }
-}
 
 fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
     ms.sort_by(f64::total_cmp);
@@ -77,26 +33,19 @@ async fn main() {
     queue.ping().await.unwrap();
 
     let worker = common::worker(&redis.url(), &model_url, "bench", &["--concurrency", "4"]);
-    // Warm up: the worker connects and the first job pays for connection set-up.
-    for i in 0..20 {
-        let p = format!("warm-{i}");
-        queue.enqueue(JobSpec::from_prompt(&p)).await.unwrap();
-        wait_arrival(&mut arrivals, &p).await;
-    }
-    let mut gs = Vec::with_capacity(samples);
-    for i in 0..samples {
-        tokio::time::sleep(Duration::from_millis(3)).await;
-        let p = format!("gs-{i}");
-        let t0 = Instant::now();
-        queue.enqueue(JobSpec::from_prompt(&p)).await.unwrap();
-        gs.push((wait_arrival(&mut arrivals, &p).await - t0).as_secs_f64() * 1000.0);
-    }
+    let gs = dispatch_samples(&mut arrivals, "gs", samples, |p| {
+        let queue = &queue;
+        async move {
+            queue.enqueue(JobSpec::from_prompt(p)).await.unwrap();
+        }
+    })
+    .await;
     worker.stop();
 
     let baseline = common::baseline_worker(redis.port(), &model_url, "baseline", 30.0);
     let client = redis::Client::open(redis.url()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let push = |c: &mut redis::aio::MultiplexedConnection, p: String| {
+    let c = client.get_multiplexed_async_connection().await.unwrap();
+    let py = dispatch_samples(&mut arrivals, "py", samples, |p| {
         let mut c = c.clone();
         async move {
             redis::cmd("LPUSH")
@@ -106,20 +55,8 @@ async fn main() {
                 .await
                 .unwrap();
         }
-    };
-    for i in 0..20 {
-        let p = format!("pywarm-{i}");
-        push(&mut c, p.clone()).await;
-        wait_arrival(&mut arrivals, &p).await;
-    }
-    let mut py = Vec::with_capacity(samples);
-    for i in 0..samples {
-        tokio::time::sleep(Duration::from_millis(3)).await;
-        let p = format!("py-{i}");
-        let t0 = Instant::now();
-        push(&mut c, p.clone()).await;
-        py.push((wait_arrival(&mut arrivals, &p).await - t0).as_secs_f64() * 1000.0);
-    }
+    })
+    .await;
     baseline.stop();
 
     println!(

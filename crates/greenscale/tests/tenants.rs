@@ -475,3 +475,61 @@ async fn a_sigkilled_workers_job_past_its_deadline_expires_instead_of_running_la
     );
     assert_eq!(a["outcomes"]["expired"], 1, "{a}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_shorter_than_the_measured_cold_start_at_zero_is_answered_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--demo-load-time",
+        "2s",
+        "--concurrency",
+        "1",
+        "--max-replicas",
+        "1",
+        "--policy",
+        "keepalive:1s",
+    ];
+    let up = Up::start(dir.path(), "up", &flags).await;
+    // One job measures the cold start; then the pool goes back to zero.
+    up.run_job(
+        json!({"prompt": "wake up", "max_tokens": 2}),
+        Duration::from_secs(30),
+    )
+    .await;
+    up.wait_for(
+        "the pool is back at zero",
+        Duration::from_secs(30),
+        || async { up.pool().await["replicas"].as_array().unwrap().is_empty() },
+    )
+    .await;
+    let r = up
+        .client
+        .post(up.url("/v1/jobs"))
+        .header("Deadline", "500")
+        .json(&json!({"prompt": "right now", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (2..=4).contains(&retry),
+        "Retry-After is the expected start: {retry}"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "deadline_unreachable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("to start"), "{message}");
+    // Nothing was stored for it, and a deadline the pool can meet is taken.
+    let listed = up.get("/v1/jobs?limit=10").await;
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+    up.run_job(
+        json!({"prompt": "in time", "max_tokens": 2, "deadline_ms": 30000}),
+        Duration::from_secs(30),
+    )
+    .await;
+}

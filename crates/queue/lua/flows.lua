@@ -34,13 +34,18 @@ local function class_of(entry)
   return tenant, prio
 end
 
--- A tenant's stored settings (a table) or nil.
-local function settings_of(P, tenant)
+-- A tenant's stored settings (a table) or nil; `cache` (a table, or nil) keeps what one
+-- script call has read already.
+local function settings_of(P, tenant, cache)
+  if cache and cache[tenant] ~= nil then return cache[tenant] or nil end
+  local found = false
   local s = redis.call('HGET', P .. 'tenants', tenant)
-  if not s then return nil end
-  local ok, v = pcall(cjson.decode, s)
-  if ok and type(v) == 'table' then return v end
-  return nil
+  if s then
+    local ok, v = pcall(cjson.decode, s)
+    if ok and type(v) == 'table' then found = v end
+  end
+  if cache then cache[tenant] = found end
+  return found or nil
 end
 
 local function weight_of(settings)
@@ -100,8 +105,9 @@ end
 
 -- Takes the next entry by the fair rule: the highest class with a ready tenant, in it the
 -- lowest head tag (ties: tenant name) among tenants below their max_running. Moves the
--- class clock and the flow's tag. Returns the entry and its tenant, or nil.
-local function pick(P, ingress)
+-- class clock and the flow's tag. Returns the entry and its tenant, or nil. `settings_cache`
+-- keeps the tenants' settings read in this script call.
+local function pick(P, ingress, settings_cache)
   if redis.call('LLEN', ingress) > 0 then activate(P, 0, 'default') end
   local classes = redis.call('ZREVRANGE', P .. 'classes', 0, -1)
   for _, prio in ipairs(classes) do
@@ -111,11 +117,13 @@ local function pick(P, ingress)
     local i = 1
     while i < #ready do
       local tenant, head = ready[i], tonumber(ready[i + 1])
-      local settings = settings_of(P, tenant)
+      local settings = settings_of(P, tenant, settings_cache)
       local cap = settings and tonumber(settings.max_running)
-      local running = tonumber(redis.call('HGET', P .. 'tenant:' .. tenant, 'running') or '0')
       local take = true
-      if cap and running >= cap then take = false end
+      if cap then
+        local running = tonumber(redis.call('HGET', P .. 'tenant:' .. tenant, 'running') or '0')
+        take = running < cap
+      end
       if take then
         local from_ingress = is_ingress(prio, tenant)
         local flow = from_ingress and ingress or flow_key(P, prio, tenant)

@@ -14,8 +14,9 @@
 local P = ARGV[4]
 redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
 local leased = {}
+local settings = {}
 for _ = 1, tonumber(ARGV[2]) do
-  local entry, tenant = pick(P, KEYS[1])
+  local entry, tenant = pick(P, KEYS[1], settings)
   if not entry then break end
   local ok, job = pcall(cjson.decode, entry)
   local status = nil

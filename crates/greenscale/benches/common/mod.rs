@@ -143,3 +143,74 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 pub fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
 }
+
+/// When the recording model received each request, keyed by its prompt.
+pub type Arrivals = tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>;
+
+/// A model that notes when each request arrives (keyed by its prompt) and answers at once.
+pub async fn recording_model() -> (String, Arrivals) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let tx = std::sync::Arc::new(tx);
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: String| {
+            let at = Instant::now();
+            let tx = tx.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let prompt = v["messages"][0]["content"].as_str().unwrap_or("").to_string();
+                let _ = tx.send((prompt, at));
+                axum::Json(serde_json::json!({
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+/// Waits until the recording model received the request with `prompt`; when it did.
+pub async fn wait_arrival(rx: &mut Arrivals, prompt: &str) -> Instant {
+    loop {
+        let (p, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the model got the request within 10 s")
+            .expect("model alive");
+        if p == prompt {
+            return at;
+        }
+    }
+}
+
+/// Warm dispatch latency in ms, one sample per job: `send` stores a job with the prompt it
+/// is given, and the sample is the time until the recording model receives it. 20 jobs
+/// warm up first (connections are set up); samples are 3 ms apart, an idle worker waiting.
+pub async fn dispatch_samples<F, Fut>(
+    arrivals: &mut Arrivals,
+    label: &str,
+    samples: usize,
+    mut send: F,
+) -> Vec<f64>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for i in 0..20 {
+        let p = format!("{label}-warm-{i}");
+        send(p.clone()).await;
+        wait_arrival(arrivals, &p).await;
+    }
+    let mut ms = Vec::with_capacity(samples);
+    for i in 0..samples {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let p = format!("{label}-{i}");
+        let t0 = Instant::now();
+        send(p.clone()).await;
+        ms.push((wait_arrival(arrivals, &p).await - t0).as_secs_f64() * 1000.0);
+    }
+    ms
+}
