@@ -112,11 +112,15 @@ local function pick(P, ingress, settings_cache)
   local classes = redis.call('ZREVRANGE', P .. 'classes', 0, -1)
   for _, prio in ipairs(classes) do
     local ckey = P .. 'class:' .. prio
-    local ready = redis.call('ZRANGE', ckey, 0, -1, 'WITHSCORES')
-    if #ready == 0 then redis.call('ZREM', P .. 'classes', prio) end
-    local i = 1
-    while i < #ready do
-      local tenant, head = ready[i], tonumber(ready[i + 1])
+    -- The ready tenants one at a time, lowest tag first: usually the first is taken.
+    local at = 0
+    while true do
+      local ready = redis.call('ZRANGE', ckey, at, at, 'WITHSCORES')
+      if #ready == 0 then
+        if at == 0 then redis.call('ZREM', P .. 'classes', prio) end
+        break
+      end
+      local tenant, head = ready[1], tonumber(ready[2])
       local settings = settings_of(P, tenant, settings_cache)
       local cap = settings and tonumber(settings.max_running)
       local take = true
@@ -151,9 +155,10 @@ local function pick(P, ingress, settings_cache)
           end
           return entry, tenant
         end
-        redis.call('ZREM', ckey, tenant)
+        redis.call('ZREM', ckey, tenant) -- nothing left: the next one moves up to `at`
+      else
+        at = at + 1
       end
-      i = i + 2
     end
   end
   return nil
