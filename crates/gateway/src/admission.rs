@@ -1,22 +1,13 @@
 //! Admission of a job with a deadline: a request that cannot start in time is answered at
 //! once rather than left to expire.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::http::StatusCode;
 use greenscale_core::JobSpec;
 use greenscale_core::status::ReplicaState;
 
 use crate::Gateway;
+use crate::dashboard::unix_ms;
 use crate::error::ApiError;
-
-/// Now, Unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Refuses, with 503 and `Retry-After`, a job whose deadline comes before its pool could
 /// start it: the pool (under `up`, where the gateway sees it) has no replica serving or
@@ -54,7 +45,7 @@ pub(crate) fn check_deadline(g: &Gateway, spec: &JobSpec) -> Result<(), ApiError
     let Some(expected_s) = expected_s else {
         return Ok(());
     };
-    let left_ms = deadline.saturating_sub(now_ms());
+    let left_ms = deadline.saturating_sub(unix_ms());
     if (left_ms as f64) >= expected_s * 1000.0 {
         return Ok(());
     }

@@ -135,7 +135,8 @@ pub(crate) struct DashboardState {
     history: Mutex<HashMap<String, VecDeque<Sample>>>,
 }
 
-fn unix_ms() -> u64 {
+/// Now, Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -155,7 +156,7 @@ pub(crate) fn start(g: Gateway) {
                 timings = Some((std::time::Instant::now(), recent_timings(&g).await));
             }
             let timings_now = timings.as_ref().map(|t| &t.1);
-            if let Ok(overview) = build_overview(&g, timings_now).await {
+            if let Ok(overview) = build_overview(&g, timings_now, watched).await {
                 record_sample(&g, &overview);
                 // Watchers get it once a second; unwatched, it is kept fresh for the next.
                 if !watched || last_push.is_none_or(|t| t.elapsed() >= OVERVIEW_EVERY) {
@@ -183,10 +184,12 @@ fn display_name(g: &Gateway, name: &str) -> String {
     }
 }
 
-/// Everything the overview shows, per pool.
+/// Everything the overview shows, per pool; the tenants' counts only `with_tenants` (they
+/// are shown, not sampled into the timeline, so nobody watching means nobody needs them).
 async fn build_overview(
     g: &Gateway,
     timings: Option<&HashMap<String, Timings>>,
+    with_tenants: bool,
 ) -> Result<Overview, ApiError> {
     let stats = g.routes.stats_by_pool().await?;
     let mut managed = g.pools.as_ref().map(|p| p.pools());
@@ -219,7 +222,11 @@ async fn build_overview(
         timings_window_s: TIMINGS_WINDOW.as_secs(),
         pools,
         gpus: g.pools.as_ref().map(|p| p.gpus()).unwrap_or_default(),
-        tenants: g.routes.tenants().await?,
+        tenants: if with_tenants {
+            g.routes.tenants().await?
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -330,7 +337,7 @@ pub async fn events(
     Extension(caller): Extension<Caller>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = g.dashboard.overview.subscribe();
-    let first = build_overview(&g, Some(&recent_timings(&g).await))
+    let first = build_overview(&g, Some(&recent_timings(&g).await), true)
         .await
         .ok()
         .map(Arc::new);

@@ -445,7 +445,7 @@ pub(crate) fn deadline_at(
             "a deadline must be 1 ms to 366 days from now",
         ));
     }
-    Ok(Some(crate::admission::now_ms() + ms))
+    Ok(Some(crate::dashboard::unix_ms() + ms))
 }
 
 /// Cancel a queued or running job.

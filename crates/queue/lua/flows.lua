@@ -106,9 +106,9 @@ end
 -- Takes the next entry by the fair rule: the highest class with a ready tenant, in it the
 -- lowest head tag (ties: tenant name) among tenants below their max_running. Moves the
 -- class clock and the flow's tag. Returns the entry and its tenant, or nil. `settings_cache`
--- keeps the tenants' settings read in this script call.
+-- keeps the tenants' settings read in this script call. The caller makes the default flow
+-- ready first when producers pushed straight onto the pending list.
 local function pick(P, ingress, settings_cache)
-  if redis.call('LLEN', ingress) > 0 then activate(P, 0, 'default') end
   local classes = redis.call('ZREVRANGE', P .. 'classes', 0, -1)
   for _, prio in ipairs(classes) do
     local ckey = P .. 'class:' .. prio

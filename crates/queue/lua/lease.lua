@@ -13,6 +13,8 @@
 -- Returns the leased raw entries, in the order taken.
 local P = ARGV[4]
 redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
+-- Entries pushed straight onto the pending list make the default flow ready.
+if redis.call('LLEN', KEYS[1]) > 0 then activate(P, 0, 'default') end
 local leased = {}
 local settings = {}
 for _ = 1, tonumber(ARGV[2]) do

@@ -834,8 +834,8 @@ impl Reader for SqliteQueue {
             };
             let sources = [
                 "SELECT name, 'configured', 0 FROM tenants WHERE list = ?1 AND ?2 = ?2",
-                "SELECT tenant, status, COUNT(*) FROM jobs WHERE list = ?1 AND ?2 = ?2
-                 AND status IN ('queued', 'running') GROUP BY tenant, status",
+                "SELECT tenant, 'queued', COUNT(*) FROM jobs WHERE list = ?1 AND ?2 = ?2
+                 AND status = 'queued' GROUP BY tenant",
                 "SELECT tenant, 'inflight', COUNT(*) FROM entries WHERE list = ?1 AND ?2 = ?2
                  AND state = 'inflight' GROUP BY tenant",
                 "SELECT tenant, 'tokens', tokens FROM tenant_tokens WHERE list = ?1 AND minute = ?2",

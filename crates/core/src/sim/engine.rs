@@ -218,12 +218,13 @@ impl<'a> Engine<'a> {
             now,
             pending: self.pending.len() as u64,
             deferrable: self.pending.batch.len() as u64,
+            // Jobs start in arrival order and interrupted ones go back to the front, so
+            // the front of the batch queue is its oldest.
             deferred_for: self
                 .pending
                 .batch
-                .iter()
-                .map(|&j| now - self.jobs[j as usize].arrival)
-                .reduce(f64::max),
+                .front()
+                .map(|&j| now - self.jobs[j as usize].arrival),
             deadline_in: None,
             in_flight: self.in_flight,
             ready: self.n_ready,
