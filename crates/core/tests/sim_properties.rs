@@ -49,7 +49,11 @@ fn jobs_strategy() -> impl Strategy<Value = Vec<Job>> {
     proptest::collection::vec((0.0f64..600.0, 0.1f64..20.0), 1..120).prop_map(|v| {
         let mut jobs: Vec<Job> = v
             .into_iter()
-            .map(|(arrival, service)| Job { arrival, service })
+            .map(|(arrival, service)| Job {
+                arrival,
+                service,
+                deadline: None,
+            })
             .collect();
         jobs.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
         jobs

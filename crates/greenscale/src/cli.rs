@@ -569,6 +569,19 @@ pub struct SimArgs {
     /// policy.
     #[arg(long, env = "GREENSCALE_SIM_BATCH_SHARE", default_value_t = 0.0)]
     pub batch_share: f64,
+    /// Add a batch of this many requests (service times taken from the trace) at
+    /// --batch-at after the trace's start and every day after, each to start within
+    /// --batch-window. Every policy then runs twice: with the batch deferrable, and with
+    /// it run at once as ordinary jobs; GPU-seconds, cold starts and late batch jobs are
+    /// compared.
+    #[arg(long, env = "GREENSCALE_SIM_DAILY_BATCH", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub daily_batch: Option<u32>,
+    /// When the daily batch arrives, after the trace's start.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "daily_batch")]
+    pub batch_at: Duration,
+    /// The daily batch's completion window: its requests must start within it.
+    #[arg(long, default_value = "24h", value_parser = parse_duration, requires = "daily_batch")]
+    pub batch_window: Duration,
     /// Seed for spreading per-minute counts and for synthetic traces.
     #[arg(long, env = "GREENSCALE_SIM_SEED", default_value_t = 1)]
     pub seed: u64,

@@ -320,3 +320,42 @@ fn a_batch_share_goes_after_interactive_work_and_its_waits_are_reported_apart() 
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--batch-share"));
 }
+
+#[test]
+fn a_deferred_daily_batch_costs_fewer_gpu_seconds_and_cold_starts_and_meets_its_window() {
+    let conv = trace("AzureLLMInferenceTrace_conv.csv");
+    let rows = sim_rows(&[
+        "--trace",
+        &conv,
+        "--policy",
+        "greenscale",
+        "--daily-batch",
+        "10000",
+        "--batch-at",
+        "30m",
+    ]);
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["policy"] == name)
+            .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
+    };
+    let (deferred, at_once) = (row("greenscale"), row("greenscale [batch at once]"));
+    let gpu = |r: &serde_json::Value| r["gpu_seconds"].as_f64().unwrap();
+    let cold = |r: &serde_json::Value| r["cold_starts"].as_u64().unwrap();
+    assert!(
+        gpu(deferred) < gpu(at_once),
+        "deferral must save GPU time: {deferred} against {at_once}"
+    );
+    assert!(cold(deferred) < cold(at_once), "and cold starts");
+    assert_eq!(deferred["batch_jobs"], 10_000);
+    assert_eq!(
+        deferred["batch_late"], 0,
+        "every batch job starts within its window"
+    );
+    assert_eq!(deferred["unserved"], 0);
+    // Interactive jobs do not pay for it: they start first.
+    assert!(
+        deferred["interactive_wait_p95"].as_f64().unwrap() < 5.0,
+        "{deferred}"
+    );
+}

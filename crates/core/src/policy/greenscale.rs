@@ -55,10 +55,24 @@ pub struct GreenScaleParams {
     /// Longest a deferrable (batch) job waits, at zero, for warm capacity before the pool
     /// is woken for it, seconds. A deadline that needs an earlier start wakes it sooner.
     pub batch_max_wait: f64,
+    /// Batch work alone wakes a pool at zero once it holds this many times the wake's own
+    /// cost (the start plus the keep-warm window after the work) in replica-seconds: the
+    /// wake is then a small share of the GPU time it serves.
+    pub batch_pile: f64,
 }
 
-/// How long batch work waits for warm capacity by default, seconds.
+/// How much longer than its estimate a batch backlog is planned to take: the latest start
+/// leaves this margin before the deadline.
+const BATCH_MARGIN: f64 = 1.5;
+
+/// Service time assumed for batch planning before one has been measured, seconds.
+const SERVICE_PRIOR: f64 = 5.0;
+
+/// How long batch work without a deadline waits for warm capacity by default, seconds.
 pub const DEFAULT_BATCH_MAX_WAIT: f64 = 900.0;
+
+/// How many wakes' worth of batch work wakes a pool by default.
+pub const DEFAULT_BATCH_PILE: f64 = 10.0;
 
 impl Default for GreenScaleParams {
     fn default() -> Self {
@@ -68,6 +82,7 @@ impl Default for GreenScaleParams {
             max: None,
             sleep_cost: DEFAULT_SLEEP_COST,
             batch_max_wait: DEFAULT_BATCH_MAX_WAIT,
+            batch_pile: DEFAULT_BATCH_PILE,
         }
     }
 }
@@ -465,47 +480,114 @@ impl Policy for GreenScale {
     }
 
     fn decide(&mut self, obs: &Observation) -> Decision {
-        let Some(wake_in_s) = self.deferral(obs) else {
+        if obs.deferrable == 0 {
             return self.decide_on(obs);
-        };
-        // Only deferrable work waits and nothing is up: decide as if idle.
-        let idle = Observation {
+        }
+        // Deferrable work runs on capacity that other work keeps warm: decide for the
+        // rest, then add what the batch backlog itself needs.
+        let rest = Observation {
             pending: obs.pending - obs.deferrable,
             deferrable: 0,
             ..*obs
         };
-        let mut d = self.decide_on(&idle);
-        if d.desired == 0 {
-            d.reason = Reason::Deferred {
-                jobs: obs.deferrable,
-                wake_in_s,
-            };
+        let mut d = self.decide_on(&rest);
+        let (need, reason) = self.batch_need(obs);
+        if need > d.desired {
+            d.desired = need;
+            d.asleep = d.asleep.min(obs.max_replicas.saturating_sub(need));
+            d.reason = reason;
+        } else if d.desired == 0 && obs.replicas() == 0 {
+            d.reason = reason;
         }
         d
     }
 }
 
 impl GreenScale {
-    /// When only deferrable work waits, no replica is up and none is needed for it yet
-    /// (its oldest has waited less than `batch_max_wait`, and no deadline is within two
-    /// starts — a cold start, or a wake with sleepers — of now): the seconds until the
-    /// pool must be woken for it.
-    fn deferral(&self, obs: &Observation) -> Option<f64> {
-        if obs.deferrable == 0 || obs.pending > obs.deferrable || obs.in_flight > 0 {
-            return None;
-        }
+    /// The replicas deferrable work needs now, and why: none while it may wait for warm
+    /// capacity; when nothing is up, one (or as many as its deadline needs) once waiting
+    /// longer would miss the deadline, its oldest job without a deadline has waited
+    /// `batch_max_wait`, or enough of it has piled up that a wake is worth it; when
+    /// replicas are up, those it fills, and as many as finishing it before its deadline
+    /// needs.
+    fn batch_need(&mut self, obs: &Observation) -> (u32, Reason) {
+        let max = self
+            .params
+            .max
+            .map_or(obs.max_replicas, |m| m.min(obs.max_replicas));
+        let jobs = obs.deferrable;
+        let svc = obs
+            .service_time
+            .filter(|s| *s > 0.0)
+            .unwrap_or(SERVICE_PRIOR);
+        // Replica-seconds the backlog takes, with the margin.
+        let work = BATCH_MARGIN * jobs as f64 * svc / obs.concurrency.max(1) as f64;
+        let replicas_for = |left: f64| {
+            if left <= 0.0 {
+                max
+            } else {
+                ((work / left).ceil() as u32).clamp(1, max.max(1))
+            }
+        };
         if obs.replicas() > 0 {
-            return None; // warm anyway: batch work fills it
+            // Replicas that are up keep taking it; more start only for the deadline.
+            let fill = obs
+                .replicas()
+                .min(div_ceil(jobs, obs.concurrency.max(1) as u64));
+            let need = obs.deadline_in.map_or(0, &replicas_for).max(fill);
+            return (
+                need,
+                Reason::BatchWindow {
+                    jobs,
+                    left_s: obs.deadline_in.unwrap_or(f64::INFINITY),
+                    replicas: need,
+                },
+            );
         }
-        let cs = obs.cold_start.unwrap_or(self.params.cold_start_prior);
-        let start = match self.sleep_tier(obs, cs) {
+        let cs = obs
+            .cold_start
+            .unwrap_or(self.params.cold_start_prior)
+            .max(0.0);
+        let sleep = self.sleep_tier(obs, cs);
+        let start = match sleep {
             Some(t) if obs.asleep > 0 => t.wake,
             _ => cs,
         };
-        let by_age = self.params.batch_max_wait - obs.deferred_for.unwrap_or(0.0);
-        let by_deadline = obs.deadline_in.map_or(f64::INFINITY, |d| d - 2.0 * start);
-        let wake_in = by_age.min(by_deadline);
-        (wake_in > 0.0).then_some(wake_in)
+        let wake_cost = start + self.level_keep(1, cs, sleep);
+        if work / BATCH_MARGIN >= self.params.batch_pile * wake_cost {
+            let need = obs.deadline_in.map_or(1, |left| replicas_for(left - start));
+            return (
+                need,
+                Reason::BatchPile {
+                    jobs,
+                    work_s: work / BATCH_MARGIN,
+                    wake_cost_s: wake_cost,
+                },
+            );
+        }
+        // When the pool must be woken, one replica then finishing before the deadline.
+        let wake_in = match obs.deadline_in {
+            Some(left) => left - start - work,
+            None => self.params.batch_max_wait - obs.deferred_for.unwrap_or(0.0),
+        };
+        if wake_in > 0.0 {
+            return (
+                0,
+                Reason::Deferred {
+                    jobs,
+                    wake_in_s: wake_in,
+                },
+            );
+        }
+        let need = obs.deadline_in.map_or(1, |left| replicas_for(left - start));
+        (
+            need,
+            Reason::BatchWindow {
+                jobs,
+                left_s: obs.deadline_in.unwrap_or(0.0),
+                replicas: need,
+            },
+        )
     }
 
     /// The decision for `obs` as it is.
@@ -742,17 +824,59 @@ mod tests {
         };
         // One interactive job among them wakes the pool at once.
         assert!(fresh(&batch(11, 10, 60.0, None)) > 0);
-        // A deadline within two cold starts (2 x 30 s) wakes it.
-        assert!(fresh(&batch(10, 10, 60.0, Some(50.0))) > 0);
+        // A deadline that one replica, started now, would barely meet wakes it: 10 jobs
+        // of 2 s one at a time take 20 s, 30 s with the margin, after a 30 s start.
+        assert!(fresh(&batch(10, 10, 60.0, Some(55.0))) > 0);
         assert_eq!(fresh(&batch(10, 10, 60.0, Some(500.0))), 0);
+        let d = GreenScale::new("greenscale", GreenScaleParams::default()).decide(&batch(
+            10,
+            10,
+            60.0,
+            Some(500.0),
+        ));
+        assert!(
+            matches!(d.reason, Reason::Deferred { wake_in_s, .. } if (wake_in_s - (500.0 - 30.0 - 30.0)).abs() < 1e-9),
+            "{}",
+            d.reason
+        );
         // So does the oldest having waited batch_max_wait.
         assert!(fresh(&batch(10, 10, 900.0, None)) > 0);
-        // A warm pool takes batch work like any other.
+        // A warm pool keeps its replicas for batch work, but starts none for it.
         let warm = Observation {
-            ready: 1,
-            ..batch(10, 10, 1.0, None)
+            ready: 2,
+            ..batch(1000, 1000, 1.0, None)
         };
-        assert!(fresh(&warm) >= 1);
+        assert_eq!(fresh(&warm), 2);
+        // Unless the deadline needs them: 100 jobs, 300 replica-seconds with the margin,
+        // in 100 s need 3 replicas.
+        let due = Observation {
+            ready: 2,
+            ..batch(100, 100, 1.0, Some(100.0))
+        };
+        assert_eq!(fresh(&due), 3);
+    }
+
+    #[test]
+    fn a_pile_of_batch_work_wakes_one_replica_its_deadline_needs_no_more() {
+        let fresh =
+            |o: &Observation| GreenScale::new("greenscale", GreenScaleParams::default()).decide(o);
+        let batch = |n| Observation {
+            deferrable: n,
+            deferred_for: Some(1.0),
+            deadline_in: Some(86_400.0),
+            ..obs(0.0, n, 0, 0)
+        };
+        // 100 jobs of 2 s (200 replica-seconds) are not worth a wake: 10 times a 30 s start
+        // and the keep-warm after it.
+        assert_eq!(fresh(&batch(100)).desired, 0);
+        // 10,000 jobs are: one replica, which finishes them well within the day.
+        let d = fresh(&batch(10_000));
+        assert_eq!(d.desired, 1, "{}", d.reason);
+        assert!(
+            matches!(d.reason, Reason::BatchPile { jobs: 10_000, .. }),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]

@@ -237,12 +237,31 @@ pub enum Reason {
         from_s: f64,
     },
     /// Only deferrable (batch) work waits and no replica is up: it waits for warm capacity
-    /// until its oldest has waited `max_wait_s` or a deadline needs a start.
+    /// until its deadline needs a start (or, without one, until it has waited
+    /// `batch_max_wait`).
     Deferred {
         /// Deferrable jobs waiting.
         jobs: u64,
         /// Seconds until the pool is woken for them (unless other work wakes it first).
         wake_in_s: f64,
+    },
+    /// Deferrable work needs replicas to finish before its deadline.
+    BatchWindow {
+        /// Deferrable jobs waiting.
+        jobs: u64,
+        /// Seconds to the earliest deadline.
+        left_s: f64,
+        /// Replicas it needs.
+        replicas: u32,
+    },
+    /// Enough deferrable work has piled up that waking the pool for it is worth the wake.
+    BatchPile {
+        /// Deferrable jobs waiting.
+        jobs: u64,
+        /// Replica-seconds they take.
+        work_s: f64,
+        /// Replica-seconds a wake costs (the start and the keep-warm after).
+        wake_cost_s: f64,
     },
     /// Nothing to do and nothing running.
     Idle,
@@ -366,6 +385,24 @@ impl fmt::Display for Reason {
                 f,
                 "{} for warm capacity: nothing else needs the pool (woken in {wake_in_s:.0} s at the latest)",
                 count(jobs, "batch job waits", "batch jobs wait")
+            ),
+            Reason::BatchWindow {
+                jobs,
+                left_s,
+                replicas,
+            } => write!(
+                f,
+                "{} with {left_s:.0} s to the deadline: {replicas} replicas finish them in time",
+                count(jobs, "batch job", "batch jobs")
+            ),
+            Reason::BatchPile {
+                jobs,
+                work_s,
+                wake_cost_s,
+            } => write!(
+                f,
+                "{} take {work_s:.0} replica-seconds, worth a wake that costs {wake_cost_s:.0}",
+                count(jobs, "batch job", "batch jobs")
             ),
             Reason::Prewarm { idle_s, from_s } => write!(
                 f,
@@ -680,12 +717,14 @@ impl<'a> Syntax<'a> {
                     "cold_start",
                     "sleep_cost",
                     "batch_max_wait",
+                    "batch_pile",
                 ];
                 self.read_params(&keys, |k, v| {
                     match k {
                         "cold_cost" => p.cold_cost = num(v)?,
                         "sleep_cost" => p.sleep_cost = num(v)?,
                         "batch_max_wait" => p.batch_max_wait = secs(v)?,
+                        "batch_pile" => p.batch_pile = num(v)?,
                         "cold_start" => p.cold_start_prior = secs(v)?,
                         _ => p.max = Some(num(v)?),
                     }

@@ -137,7 +137,8 @@ pub(crate) struct Engine<'a> {
     starting_queue: VecDeque<(f64, u64)>,
     /// Waiting jobs: interactive ones start before batch ones, each in order.
     pending: Waiting,
-    /// Which jobs are of the batch class (`SimConfig::batch_share`).
+    /// Which jobs are of the batch class (those with a deadline, and
+    /// `SimConfig::batch_share` of the rest).
     batch: Vec<bool>,
     completions: BinaryHeap<Completion>,
     in_flight: u64,
@@ -176,7 +177,7 @@ impl<'a> Engine<'a> {
             starting_queue: VecDeque::new(),
             pending: Waiting::default(),
             batch: (0..jobs.len())
-                .map(|i| is_batch(i, cfg.batch_share))
+                .map(|i| jobs[i].deadline.is_some() || is_batch(i, cfg.batch_share))
                 .collect(),
             completions: BinaryHeap::new(),
             in_flight: 0,
@@ -225,7 +226,14 @@ impl<'a> Engine<'a> {
                 .batch
                 .front()
                 .map(|&j| now - self.jobs[j as usize].arrival),
-            deadline_in: None,
+            // Batches arrive in order with the same window, so the front's deadline is
+            // the earliest.
+            deadline_in: self
+                .pending
+                .batch
+                .front()
+                .and_then(|&j| self.jobs[j as usize].deadline)
+                .map(|d| d - now),
             in_flight: self.in_flight,
             ready: self.n_ready,
             starting: self.replicas.len() as u32 - self.n_ready - self.n_draining,
@@ -411,6 +419,9 @@ impl<'a> Engine<'a> {
         self.out.jobs += 1;
         self.out.waits.push((st.start - job.arrival) as f32);
         self.out.batch.push(self.batch[c.job as usize]);
+        if job.deadline.is_some_and(|d| st.start > d) {
+            self.out.late += 1;
+        }
         match (st.cold, st.woken) {
             (true, false) => self.out.cold_start_waits += 1,
             (true, true) => self.out.wake_waits += 1,

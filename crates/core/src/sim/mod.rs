@@ -106,6 +106,8 @@ pub struct PoolOutcome {
     pub waits: Vec<f32>,
     /// Whether each of `waits` is a batch job's.
     pub batch: Vec<bool>,
+    /// Jobs with a deadline that started after it.
+    pub late: u64,
     /// Job runs cut short by a replica being removed.
     pub interrupted: u64,
     /// Most replicas at once.
@@ -157,6 +159,8 @@ pub struct Report {
     pub batch_wait_p95: f64,
     /// Longest wait of a batch job, seconds.
     pub batch_wait_max: f64,
+    /// Batch jobs that started after their deadline.
+    pub batch_late: u64,
     /// Job runs interrupted by a replica being removed.
     pub interrupted: u64,
     /// Most replicas at once (over all pools together).
@@ -276,6 +280,7 @@ fn summarize(
         batch_wait_p50: 0.0,
         batch_wait_p95: 0.0,
         batch_wait_max: 0.0,
+        batch_late: 0,
         interrupted: 0,
         peak_replicas: 0,
         scale_ups: 0,
@@ -291,6 +296,7 @@ fn summarize(
         report.cold_start_waits += o.cold_start_waits;
         report.wake_waits += o.wake_waits;
         report.interrupted += o.interrupted;
+        report.batch_late += o.late;
         report.scale_ups += o.scale_ups;
         report.cold_starts += o.cold_starts;
         report.sleeps += o.sleeps;
@@ -347,7 +353,11 @@ mod tests {
     }
 
     fn job(arrival: f64, service: f64) -> Job {
-        Job { arrival, service }
+        Job {
+            arrival,
+            service,
+            deadline: None,
+        }
     }
 
     #[test]

@@ -78,7 +78,11 @@ mod tests {
     use super::*;
 
     fn job(arrival: f64, service: f64) -> Job {
-        Job { arrival, service }
+        Job {
+            arrival,
+            service,
+            deadline: None,
+        }
     }
 
     #[test]

@@ -265,6 +265,7 @@ mod tests {
                 .map(|i| Job {
                     arrival: offset + i as f64 * 100.0,
                     service: 2.0,
+                    deadline: None,
                 })
                 .collect()
         };
@@ -302,6 +303,7 @@ mod tests {
             .map(|i| Job {
                 arrival: i as f64 * 5.0,
                 service: 6.0,
+                deadline: None,
             })
             .collect();
         let t = trace(vec![
@@ -309,6 +311,7 @@ mod tests {
             vec![Job {
                 arrival: 100.0,
                 service: 1.0,
+                deadline: None,
             }],
         ]);
         let mut c = cfg(1);
@@ -356,7 +359,7 @@ mod tests {
             sleep in any::<bool>(),
         ) {
             let pools: Vec<Vec<Job>> = pools.into_iter().map(|v| {
-                let mut jobs: Vec<Job> = v.into_iter().map(|(arrival, service)| Job { arrival, service }).collect();
+                let mut jobs: Vec<Job> = v.into_iter().map(|(arrival, service)| Job { arrival, service, deadline: None }).collect();
                 jobs.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
                 jobs
             }).collect();

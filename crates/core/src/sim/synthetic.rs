@@ -78,6 +78,7 @@ pub fn poisson(rate: f64, duration: f64, seed: u64) -> Vec<Job> {
         jobs.push(Job {
             arrival: t,
             service: s,
+            deadline: None,
         });
     }
 }
@@ -100,6 +101,7 @@ pub fn diurnal(peak: f64, seed: u64) -> Vec<Job> {
             jobs.push(Job {
                 arrival: t,
                 service: s,
+                deadline: None,
             });
         }
     }
@@ -114,6 +116,7 @@ pub fn on_off(rate: f64, on: f64, off: f64, cycles: u32, seed: u64) -> Vec<Job> 
             jobs.push(Job {
                 arrival: start + j.arrival,
                 service: j.service,
+                deadline: None,
             });
         }
     }
@@ -131,6 +134,7 @@ pub fn periodic(period: f64, batch: u32, runs: u32, seed: u64) -> Vec<Job> {
             jobs.push(Job {
                 arrival,
                 service: s,
+                deadline: None,
             });
         }
     }
@@ -144,11 +148,13 @@ pub fn burst_after_silence(silence: f64, size: u32, seed: u64) -> Vec<Job> {
     let mut jobs = vec![Job {
         arrival: 0.0,
         service: 2.0,
+        deadline: None,
     }];
     let mut burst: Vec<Job> = (0..size)
         .map(|_| Job {
             arrival: silence + rng.random_range(0.0..10.0),
             service: service(&mut rng),
+            deadline: None,
         })
         .collect();
     burst.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
@@ -166,6 +172,34 @@ pub fn by_name(name: &str, seed: u64) -> Option<Vec<Job>> {
         "burst" => burst_after_silence(3600.0, 200, seed),
         _ => return None,
     })
+}
+
+/// `jobs` with a batch of `size` requests added `at` seconds after the trace's first
+/// arrival and every day after, while the trace lasts; each request has the deadline
+/// `window` after its arrival when `defer` (otherwise the batch's requests are ordinary
+/// jobs, run at once). Their service times are the trace's own, in turn, so the batch
+/// looks like the traffic it joins. The result is sorted by arrival.
+pub fn with_daily_batch(jobs: &[Job], size: u32, at: f64, window: f64, defer: bool) -> Vec<Job> {
+    const DAY: f64 = 86_400.0;
+    let mut out = jobs.to_vec();
+    let (Some(first), Some(last)) = (jobs.first(), jobs.last()) else {
+        return out;
+    };
+    let mut arrival = first.arrival + at;
+    let mut k = 0;
+    while arrival <= last.arrival {
+        for _ in 0..size {
+            out.push(Job {
+                arrival,
+                service: jobs[k % jobs.len()].service,
+                deadline: defer.then_some(arrival + window),
+            });
+            k += 1;
+        }
+        arrival += DAY;
+    }
+    out.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
+    out
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ pub struct Job {
     pub arrival: f64,
     /// Service time, seconds.
     pub service: f64,
+    /// A batch job's deadline (seconds from the start of the trace): it is of the batch
+    /// class and must start by then. `None` for interactive jobs.
+    pub deadline: Option<f64>,
 }
 
 /// A model pool's requests, sorted by arrival.
@@ -270,6 +273,7 @@ fn parse_azure_llm(text: &str, model: &ServiceModel) -> Result<Vec<Job>, TraceEr
         jobs.push(Job {
             arrival,
             service: model.service_for(prompt, output),
+            deadline: None,
         });
     }
     Ok(jobs)
@@ -291,7 +295,11 @@ fn parse_jsonl(text: &str, model: &ServiceModel) -> Result<Vec<Job>, TraceError>
         };
         let arrival = field("timestamp")? / 1000.0;
         let service = model.service_for(field("input_length")?, field("output_length")?);
-        jobs.push(Job { arrival, service });
+        jobs.push(Job {
+            arrival,
+            service,
+            deadline: None,
+        });
     }
     Ok(jobs)
 }
@@ -308,7 +316,11 @@ fn parse_plain(text: &str, model: &ServiceModel) -> Result<Vec<Job>, TraceError>
             Some(s) => number(n, "service time", s)?,
             None => model.default_service,
         };
-        jobs.push(Job { arrival, service });
+        jobs.push(Job {
+            arrival,
+            service,
+            deadline: None,
+        });
     }
     Ok(jobs)
 }
@@ -356,6 +368,7 @@ fn parse_azure_functions(text: &str, model: &ServiceModel) -> Result<Trace, Trac
                 jobs.push(Job {
                     arrival: minute as f64 * 60.0 + rng.random_range(0.0..60.0),
                     service: model.default_service,
+                    deadline: None,
                 });
             }
             jobs[start..].sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
@@ -383,7 +396,8 @@ mod tests {
             jobs[0],
             Job {
                 arrival: 0.0,
-                service: 2.0
+                service: 2.0,
+                deadline: None,
             }
         );
         assert!((jobs[1].arrival - 1.5).abs() < 1e-6, "across midnight");
@@ -426,7 +440,8 @@ mod tests {
             t.pools[0].jobs[1],
             Job {
                 arrival: 2.0,
-                service: 1.0
+                service: 1.0,
+                deadline: None,
             }
         );
         let t = parse("# comment\n5\n2.5,7\n", Format::Auto, &m).unwrap();
@@ -435,11 +450,13 @@ mod tests {
             vec![
                 Job {
                     arrival: 0.0,
-                    service: 7.0
+                    service: 7.0,
+                    deadline: None,
                 },
                 Job {
                     arrival: 2.5,
-                    service: 2.0
+                    service: 2.0,
+                    deadline: None,
                 }
             ]
         );
