@@ -53,7 +53,9 @@ pub struct GreenScaleParams {
     /// memory and a process, not the GPU); used where replicas can sleep.
     pub sleep_cost: f64,
     /// Longest a deferrable (batch) job waits, at zero, for warm capacity before the pool
-    /// is woken for it, seconds. A deadline that needs an earlier start wakes it sooner.
+    /// is woken for it, seconds: the latency its submitter accepts, even when its deadline
+    /// is further. A deadline that needs an earlier start wakes it sooner; `24h` leaves
+    /// a day's batch to its deadline alone.
     pub batch_max_wait: f64,
     /// Batch work alone wakes a pool at zero once it holds this many times the wake's own
     /// cost (the start plus the keep-warm window after the work) in replica-seconds: the
@@ -68,7 +70,7 @@ const BATCH_MARGIN: f64 = 1.5;
 /// Service time assumed for batch planning before one has been measured, seconds.
 const SERVICE_PRIOR: f64 = 5.0;
 
-/// How long batch work without a deadline waits for warm capacity by default, seconds.
+/// How long batch work waits for warm capacity by default, seconds.
 pub const DEFAULT_BATCH_MAX_WAIT: f64 = 900.0;
 
 /// How many wakes' worth of batch work wakes a pool by default.
@@ -480,7 +482,8 @@ impl Policy for GreenScale {
     }
 
     fn decide(&mut self, obs: &Observation) -> Decision {
-        if obs.deferrable == 0 {
+        // Deferrable work without a deadline, once a pool is up, is backlog like any other.
+        if obs.deferrable == 0 || (obs.deadline_in.is_none() && obs.replicas() > 0) {
             return self.decide_on(obs);
         }
         // Deferrable work runs on capacity that other work keeps warm: decide for the
@@ -506,10 +509,10 @@ impl Policy for GreenScale {
 impl GreenScale {
     /// The replicas deferrable work needs now, and why: none while it may wait for warm
     /// capacity; when nothing is up, one (or as many as its deadline needs) once waiting
-    /// longer would miss the deadline, its oldest job without a deadline has waited
-    /// `batch_max_wait`, or enough of it has piled up that a wake is worth it; when
-    /// replicas are up, those it fills, and as many as finishing it before its deadline
-    /// needs.
+    /// longer would miss the deadline, its oldest job has waited `batch_max_wait`, or
+    /// enough of it has piled up that a wake is worth it; when
+    /// replicas are up (and it has a deadline), those it fills, and as many as finishing
+    /// it before its deadline needs.
     fn batch_need(&mut self, obs: &Observation) -> (u32, Reason) {
         let max = self
             .params
@@ -529,17 +532,19 @@ impl GreenScale {
                 ((work / left).ceil() as u32).clamp(1, max.max(1))
             }
         };
-        if obs.replicas() > 0 {
+        if let Some(left) = obs.deadline_in
+            && obs.replicas() > 0
+        {
             // Replicas that are up keep taking it; more start only for the deadline.
             let fill = obs
                 .replicas()
                 .min(div_ceil(jobs, obs.concurrency.max(1) as u64));
-            let need = obs.deadline_in.map_or(0, &replicas_for).max(fill);
+            let need = replicas_for(left).max(fill);
             return (
                 need,
                 Reason::BatchWindow {
                     jobs,
-                    left_s: obs.deadline_in.unwrap_or(f64::INFINITY),
+                    left_s: left,
                     replicas: need,
                 },
             );
@@ -565,11 +570,13 @@ impl GreenScale {
                 },
             );
         }
-        // When the pool must be woken, one replica then finishing before the deadline.
-        let wake_in = match obs.deadline_in {
-            Some(left) => left - start - work,
-            None => self.params.batch_max_wait - obs.deferred_for.unwrap_or(0.0),
-        };
+        // When the pool must be woken: at the latest start from which one replica still
+        // finishes before the deadline, and once the oldest job has waited batch_max_wait.
+        let by_age = self.params.batch_max_wait - obs.deferred_for.unwrap_or(0.0);
+        let by_deadline = obs
+            .deadline_in
+            .map_or(f64::INFINITY, |left| left - start - work);
+        let wake_in = by_age.min(by_deadline);
         if wake_in > 0.0 {
             return (
                 0,
@@ -841,12 +848,19 @@ mod tests {
         );
         // So does the oldest having waited batch_max_wait.
         assert!(fresh(&batch(10, 10, 900.0, None)) > 0);
-        // A warm pool keeps its replicas for batch work, but starts none for it.
+        // A warm pool keeps its replicas for batch work with a distant deadline, but
+        // starts none for it.
+        let warm = Observation {
+            ready: 2,
+            ..batch(1000, 1000, 1.0, Some(86_400.0))
+        };
+        assert_eq!(fresh(&warm), 2);
+        // Without a deadline, it is backlog like any other.
         let warm = Observation {
             ready: 2,
             ..batch(1000, 1000, 1.0, None)
         };
-        assert_eq!(fresh(&warm), 2);
+        assert!(fresh(&warm) > 2);
         // Unless the deadline needs them: 100 jobs, 300 replica-seconds with the margin,
         // in 100 s need 3 replicas.
         let due = Observation {

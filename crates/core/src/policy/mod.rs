@@ -237,8 +237,7 @@ pub enum Reason {
         from_s: f64,
     },
     /// Only deferrable (batch) work waits and no replica is up: it waits for warm capacity
-    /// until its deadline needs a start (or, without one, until it has waited
-    /// `batch_max_wait`).
+    /// until its deadline needs a start or it has waited `batch_max_wait`.
     Deferred {
         /// Deferrable jobs waiting.
         jobs: u64,
