@@ -20,6 +20,7 @@ use crate::Gateway;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::watch::{Update, WatchOptions, watch};
+use crate::webhooks::Subject;
 
 /// A job to run.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -52,6 +53,9 @@ pub struct JobRequest {
     /// runs (also the `Deadline` header).
     #[schema(minimum = 1)]
     pub deadline_ms: Option<u64>,
+    /// Where to POST the job's record when it ends, signed as Standard Webhooks says
+    /// (see `GET /v1/webhooks/secret`).
+    pub webhook_url: Option<String>,
 }
 
 /// One chat message.
@@ -269,9 +273,10 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
 const PENDING_READING_TTL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Refuses new work during a drain (503 with `Retry-After`) and while the queue is over its
-/// bound (429 with `Retry-After`). The pending count is read at most every 100 ms, not once
-/// per request.
-pub(crate) async fn admit(g: &Gateway) -> Result<(), ApiError> {
+/// bound (429 with `Retry-After`). Interactive work is bounded by the jobs of its own
+/// classes (a large batch waiting for warm capacity does not turn it away); deferrable
+/// work by all. The counts are read at most every 100 ms, not once per request.
+pub(crate) async fn admit(g: &Gateway, deferrable: bool) -> Result<(), ApiError> {
     if *g.draining.borrow() {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -282,26 +287,31 @@ pub(crate) async fn admit(g: &Gateway) -> Result<(), ApiError> {
         return Err(e);
     }
     let cached = *g.pending_reading.lock().expect("pending reading lock");
-    let pending = match cached {
-        Some((at, n)) if at.elapsed() < PENDING_READING_TTL => n,
+    let load = match cached {
+        Some((at, load)) if at.elapsed() < PENDING_READING_TTL => load,
         _ => {
-            let n = g.routes.stats().await?.pending;
+            let stats = g.routes.stats().await?;
+            let load = crate::QueueLoad {
+                pending: stats.pending,
+                deferrable: stats.deferrable.min(stats.pending),
+            };
             *g.pending_reading.lock().expect("pending reading lock") =
-                Some((std::time::Instant::now(), n));
-            n
+                Some((std::time::Instant::now(), load));
+            load
         }
     };
-    let stats = QueueStats {
-        pending,
-        ..QueueStats::default()
+    let counted = if deferrable {
+        load.pending
+    } else {
+        load.pending - load.deferrable
     };
-    if stats.pending >= g.config.max_pending {
+    if counted >= g.config.max_pending {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             format!(
-                "{} jobs are already waiting (limit {}); try again later",
-                stats.pending, g.config.max_pending
+                "{counted} jobs are already waiting (limit {}); try again later",
+                g.config.max_pending
             ),
         );
         e.retry_after = Some(5);
@@ -366,12 +376,39 @@ pub async fn create_job(
     };
     spec.validate(&g.config.limits)
         .map_err(|e| ApiError::invalid(e.0))?;
-    admit(&g).await?;
+    admit(&g, spec.priority().is_deferrable()).await?;
     crate::admission::check_deadline(&g, &spec)?;
-    let id = match key {
-        Some(k) => g.routes.enqueue_idempotent(spec, &k).await?.0,
-        None => g.routes.enqueue(spec).await?,
+    // The delivery is recorded before the job, so a job that ends is always reported.
+    let webhook = match req.webhook_url {
+        Some(url) => {
+            let s = crate::batch::state(&g).map_err(|e| ApiError::invalid(e.message))?;
+            crate::webhooks::check_url(&s.config.webhooks, &url).await?;
+            let subject = Subject::Job(spec.job_id.clone());
+            crate::webhooks::schedule(s, subject.clone(), &caller.tenant, url.clone()).await?;
+            Some((s, subject, url))
+        }
+        None => None,
     };
+    let stored = match key {
+        Some(k) => g
+            .routes
+            .enqueue_idempotent(spec, &k)
+            .await
+            .map(|(id, _)| id),
+        None => g.routes.enqueue(spec).await,
+    };
+    if let Some((s, subject, url)) = webhook {
+        match &stored {
+            Ok(id) if Subject::Job(id.clone()) != subject => {
+                // A repeated key: the first job is the one reported.
+                crate::webhooks::unschedule(s, &subject).await?;
+                crate::webhooks::schedule(s, Subject::Job(id.clone()), &caller.tenant, url).await?;
+            }
+            Ok(_) => {}
+            Err(_) => crate::webhooks::unschedule(s, &subject).await?,
+        }
+    }
+    let id = stored?;
     g.metrics.submitted();
     let record = g
         .routes

@@ -4,6 +4,7 @@
 
 mod admission;
 pub mod auth;
+pub mod batch;
 pub mod dashboard;
 pub mod error;
 pub mod events;
@@ -12,6 +13,7 @@ pub mod metrics;
 mod openai;
 pub mod routes;
 mod watch;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,11 +28,13 @@ use greenscale_core::Limits;
 use utoipa::OpenApi;
 
 pub use auth::{ApiKeys, Caller};
+pub use batch::{BatchConfig, open_object_store};
 pub use dashboard::PoolsStatus;
 pub use error::ApiError;
 use events::EventHub;
 pub use metrics::Metrics;
 pub use routes::{Route, Routes};
+pub use webhooks::WebhookConfig;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -94,7 +98,18 @@ pub struct Gateway {
     /// Requests waiting for a job's answer now.
     pub(crate) waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// The last pending-count reading used for admission, and when it was taken.
-    pub(crate) pending_reading: Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
+    pub(crate) pending_reading: Arc<std::sync::Mutex<Option<(std::time::Instant, QueueLoad)>>>,
+    /// The Batch API and webhooks, when an object store is configured.
+    pub(crate) batches: Option<Arc<batch::BatchState>>,
+}
+
+/// The pending counts admission decisions use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLoad {
+    /// Jobs waiting.
+    pub(crate) pending: u64,
+    /// Of them, jobs of deferrable classes.
+    pub(crate) deferrable: u64,
 }
 
 impl Gateway {
@@ -116,7 +131,14 @@ impl Gateway {
             draining: tokio::sync::watch::channel(false).1,
             waiting: Arc::default(),
             pending_reading: Arc::default(),
+            batches: None,
         }
+    }
+
+    /// Serves files, batches and webhooks, kept in `config`'s object store.
+    pub fn with_batches(mut self, config: BatchConfig) -> Self {
+        self.batches = Some(Arc::new(batch::BatchState::new(config)));
+        self
     }
 
     /// Drains when `draining` turns true: from then on new jobs and chat requests get 503
@@ -159,6 +181,17 @@ impl Gateway {
         jobs::tenants,
         openai::chat_completions,
         openai::list_models,
+        batch::files::upload,
+        batch::files::list,
+        batch::files::get,
+        batch::files::get_content,
+        batch::files::delete,
+        batch::batches::create,
+        batch::batches::list,
+        batch::batches::get,
+        batch::batches::cancel,
+        webhooks::secret,
+        webhooks::dead,
         dashboard::pools,
         dashboard::gpus,
         dashboard::history,
@@ -179,6 +212,19 @@ impl Gateway {
         openai::ChatRequest,
         openai::ChatResponse,
         openai::ModelList,
+        batch::files::FileObject,
+        batch::files::FileList,
+        batch::files::FileDeleted,
+        batch::batches::CreateBatch,
+        batch::batches::BatchObject,
+        batch::batches::BatchList,
+        batch::batches::BatchErrors,
+        batch::batches::LineError,
+        batch::batches::RequestCounts,
+        webhooks::WebhookSecret,
+        webhooks::DeliveryList,
+        webhooks::Delivery,
+        webhooks::Subject,
     )),
     modifiers(&BearerAuth)
 )]
@@ -207,8 +253,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// keys are configured. Starts the dashboard's sampling task.
 pub fn app(gateway: Gateway) -> Router {
     dashboard::start(gateway.clone());
+    batch::start(&gateway);
     let keys = gateway.config.api_keys.clone();
     let limit = gateway.config.max_body_bytes;
+    // An upload may be as large as the file limit, plus its form's framing.
+    let file_limit = gateway
+        .batches
+        .as_ref()
+        .map_or(limit, |b| b.config.max_file_bytes.saturating_add(64 * 1024));
     let api = Router::new()
         .route("/v1/jobs", get(jobs::list_jobs).post(jobs::create_job))
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
@@ -220,6 +272,28 @@ pub fn app(gateway: Gateway) -> Router {
             axum::routing::post(openai::chat_completions),
         )
         .route("/v1/models", get(openai::list_models))
+        .route(
+            "/v1/files",
+            get(batch::files::list)
+                .post(batch::files::upload)
+                .layer(DefaultBodyLimit::max(file_limit)),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(batch::files::get).delete(batch::files::delete),
+        )
+        .route("/v1/files/{id}/content", get(batch::files::get_content))
+        .route(
+            "/v1/batches",
+            get(batch::batches::list).post(batch::batches::create),
+        )
+        .route("/v1/batches/{id}", get(batch::batches::get))
+        .route(
+            "/v1/batches/{id}/cancel",
+            axum::routing::post(batch::batches::cancel),
+        )
+        .route("/v1/webhooks/secret", get(webhooks::secret))
+        .route("/v1/webhooks/dead", get(webhooks::dead))
         .route("/v1/pools", get(dashboard::pools))
         .route("/v1/gpus", get(dashboard::gpus))
         .route("/v1/dashboard/events", get(dashboard::events))

@@ -209,6 +209,46 @@ fn priority_of(headers: &HeaderMap, tier: Option<&str>) -> Result<Option<Priorit
     }
 }
 
+impl ChatRequest {
+    /// The job this request asks for, of `tenant` (not validated; interactive, no deadline).
+    pub(crate) fn into_spec(
+        self,
+        job_id: String,
+        tenant: &str,
+        default_model: Option<&String>,
+    ) -> JobSpec {
+        let messages = self
+            .messages
+            .into_iter()
+            .map(|m| ChatMessage {
+                role: m.role,
+                content: match m.content {
+                    Content::Text(t) => t,
+                    Content::Parts(parts) => parts
+                        .into_iter()
+                        .filter(|p| p.kind == "text")
+                        .filter_map(|p| p.text)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                },
+            })
+            .collect();
+        JobSpec {
+            job_id,
+            prompt: None,
+            messages: Some(messages),
+            model: self.model.or_else(|| default_model.cloned()),
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            temperature: self.temperature,
+            metadata: None,
+            stream: None,
+            tenant: Some(tenant.to_string()),
+            priority: None,
+            deadline_at_ms: None,
+        }
+    }
+}
+
 fn to_spec(
     g: &Gateway,
     caller: &Caller,
@@ -216,38 +256,37 @@ fn to_spec(
     req: ChatRequest,
 ) -> Result<JobSpec, ApiError> {
     let priority = priority_of(headers, req.service_tier.as_deref())?;
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for m in req.messages {
-        let content = match m.content {
-            Content::Text(t) => t,
-            Content::Parts(parts) => parts
-                .into_iter()
-                .filter(|p| p.kind == "text")
-                .filter_map(|p| p.text)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        };
-        messages.push(ChatMessage {
-            role: m.role,
-            content,
-        });
-    }
-    let spec = JobSpec {
-        job_id: new_job_id(),
-        prompt: None,
-        messages: Some(messages),
-        model: req.model.or_else(|| g.config.models.first().cloned()),
-        max_tokens: req.max_completion_tokens.or(req.max_tokens),
-        temperature: req.temperature,
-        metadata: None,
-        stream: Some(true),
-        tenant: Some(caller.tenant.clone()),
-        priority,
-        deadline_at_ms: crate::jobs::deadline_at(headers, None)?,
-    };
+    let mut spec = req.into_spec(new_job_id(), &caller.tenant, g.config.models.first());
+    spec.stream = Some(true);
+    spec.priority = priority;
+    spec.deadline_at_ms = crate::jobs::deadline_at(headers, None)?;
     spec.validate(&g.config.limits)
         .map_err(|e| ApiError::invalid(e.0))?;
     Ok(spec)
+}
+
+/// The chat completion a succeeded job's record answers with.
+pub(crate) fn completion(id: &str, model: String, created: u64, rec: JobRecord) -> ChatResponse {
+    let usage = rec.usage.unwrap_or_default();
+    ChatResponse {
+        id: format!("chatcmpl-{id}"),
+        object: "chat.completion".into(),
+        created,
+        model,
+        choices: vec![Choice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant".into(),
+                content: rec.result.unwrap_or_default(),
+            },
+            finish_reason: "stop".into(),
+        }],
+        usage: ChatUsage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.prompt_tokens + usage.completion_tokens,
+        },
+    }
 }
 
 fn failure(rec: &JobRecord) -> ApiError {
@@ -305,7 +344,7 @@ pub async fn chat_completions(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let mut spec = to_spec(&g, &caller, &headers, req)?;
-    admit(&g).await?;
+    admit(&g, spec.priority().is_deferrable()).await?;
     crate::admission::check_deadline(&g, &spec)?;
     if spec.model.is_none() {
         // No model named and none configured: the one workers announced last, so the
@@ -337,27 +376,7 @@ pub async fn chat_completions(
     while let Some(update) = updates.recv().await {
         match update {
             Update::Done(rec) if rec.status == JobStatus::Succeeded => {
-                let usage = rec.usage.unwrap_or_default();
-                return Ok(axum::Json(ChatResponse {
-                    id: format!("chatcmpl-{id}"),
-                    object: "chat.completion".into(),
-                    created: unix_now(),
-                    model,
-                    choices: vec![Choice {
-                        index: 0,
-                        message: AssistantMessage {
-                            role: "assistant".into(),
-                            content: rec.result.unwrap_or_default(),
-                        },
-                        finish_reason: "stop".into(),
-                    }],
-                    usage: ChatUsage {
-                        prompt_tokens: usage.prompt_tokens,
-                        completion_tokens: usage.completion_tokens,
-                        total_tokens: usage.prompt_tokens + usage.completion_tokens,
-                    },
-                })
-                .into_response());
+                return Ok(axum::Json(completion(&id, model, unix_now(), *rec)).into_response());
             }
             Update::Done(rec) => return Err(failure(&rec)),
             Update::NotStarted => return Err(not_started(&g)),

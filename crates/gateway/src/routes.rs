@@ -78,6 +78,11 @@ impl Routes {
         })
     }
 
+    /// Refuses a model no pool serves (404, naming those that exist).
+    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        self.route(model).map(|_| ())
+    }
+
     /// What workers announced they serve: on the one queue of a standalone gateway (with
     /// pools, the pool names are the models and nothing more is announced).
     pub async fn served_models(&self) -> Result<Vec<String>, ApiError> {
@@ -108,6 +113,16 @@ impl Routes {
         let id = route.queue.enqueue(spec).await?;
         Self::arrived(route);
         Ok(id)
+    }
+
+    /// Stores a job unless one with its id exists; returns the id and whether it is new.
+    pub async fn store(&self, mut spec: JobSpec) -> Result<(String, bool), ApiError> {
+        let route = self.route_job(&mut spec)?;
+        let (id, new) = route.queue.store(spec, None).await?;
+        if new {
+            Self::arrived(route);
+        }
+        Ok((id, new))
     }
 
     /// Stores a job unless `key` was used before; returns the id and whether it is new.

@@ -230,6 +230,34 @@ pub struct HttpArgs {
     /// Longest prompt (all messages), characters.
     #[arg(long, env = "GREENSCALE_MAX_PROMPT_CHARS", default_value_t = 200_000)]
     pub max_prompt_chars: usize,
+    /// Where files, batches and webhook deliveries are kept, shared by every gateway: a
+    /// folder (`file:///path` or a path) or `s3://BUCKET/PREFIX` (credentials and endpoint
+    /// from the AWS_* variables). `up` uses `objects` in its data folder; a gateway without
+    /// it serves no Batch API.
+    #[arg(long, env = "GREENSCALE_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// Largest uploaded file, bytes.
+    #[arg(long, env = "GREENSCALE_MAX_FILE_BYTES", default_value_t = 200_000_000)]
+    pub max_file_bytes: usize,
+    /// The key tenants' webhook secrets are derived from (default: one made at random and
+    /// kept in the object store, so every gateway sharing it signs alike).
+    #[arg(long, env = "GREENSCALE_WEBHOOK_KEY", hide_env_values = true)]
+    pub webhook_key: Option<String>,
+    /// Non-public addresses webhooks may call, as CIDRs (e.g. 10.0.0.0/8); loopback,
+    /// link-local and private addresses are refused otherwise (repeat, or comma-separate).
+    #[arg(
+        long = "webhook-allow",
+        env = "GREENSCALE_WEBHOOK_ALLOW",
+        value_delimiter = ','
+    )]
+    pub webhook_allow: Vec<ipnet::IpNet>,
+    /// Wait before a failed webhook is tried again; each further try waits twice as long.
+    #[arg(long, env = "GREENSCALE_WEBHOOK_RETRY", default_value = "5s", value_parser = parse_duration)]
+    pub webhook_retry: Duration,
+    /// Tries of a webhook before it is dead-lettered (see GET /v1/webhooks/dead).
+    #[arg(long, env = "GREENSCALE_WEBHOOK_ATTEMPTS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub webhook_attempts: u32,
 }
 
 /// `greenscale up`.

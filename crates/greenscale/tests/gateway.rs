@@ -53,7 +53,17 @@ fn stack(extra: &[&str]) -> Stack {
     let redis = RedisServer::start();
     let model = demo_model(200.0);
     let dir = tempfile::tempdir().unwrap();
-    let args = [&["--model", "greenscale-demo"], extra].concat();
+    let objects = dir.path().join("objects");
+    let args = [
+        &[
+            "--model",
+            "greenscale-demo",
+            "--object-store",
+            objects.to_str().unwrap(),
+        ],
+        extra,
+    ]
+    .concat();
     let (gateway, base) = start_gateway(dir.path(), &redis, &args);
     Stack {
         redis,

@@ -151,6 +151,8 @@ pub fn target_dir() -> PathBuf {
 /// (with `numpy`) to write tiny llama.cpp models.
 const PYTHON_PACKAGES: &[&str] = &[
     "openai",
+    "standardwebhooks",
+    "moto[server]",
     "schemathesis",
     "selenium",
     "kubernetes-validate",

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use crate::cli::GatewayArgs;
 use crate::commands::shared::{
-    bind, build_gateway, open_queue, redacted, shutdown_signal, store_tenants, without_nagle,
+    batch_config, bind, build_gateway, open_queue, redacted, shutdown_signal, store_tenants,
+    without_nagle,
 };
 
 /// Runs `greenscale gateway` until SIGTERM or SIGINT, then drains within `--drain-grace`.
@@ -27,8 +28,11 @@ pub(super) async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let gateway =
+    let mut gateway =
         build_gateway(&args.http, routes, args.models.clone(), stop_rx)?.with_draining(drain_rx);
+    if let Some(batches) = batch_config(&args.http, None).await? {
+        gateway = gateway.with_batches(batches);
+    }
     let listener = bind(args.http.listen).await?;
     tracing::info!(
         listen = %args.http.listen,

@@ -72,6 +72,35 @@ pub(crate) fn build_gateway(
     Ok(greenscale_gateway::Gateway::new(routes, config, stop))
 }
 
+/// The Batch API's settings from the HTTP flags: in `--object-store`, else in
+/// `default_store` (a folder), else none.
+pub(crate) async fn batch_config(
+    http: &HttpArgs,
+    default_store: Option<&std::path::Path>,
+) -> anyhow::Result<Option<greenscale_gateway::BatchConfig>> {
+    let location = match (&http.object_store, default_store) {
+        (Some(l), _) => l.clone(),
+        (None, Some(dir)) => dir.display().to_string(),
+        (None, None) => return Ok(None),
+    };
+    let store = greenscale_gateway::open_object_store(&location)
+        .map_err(|e| anyhow::anyhow!("--object-store: {e}"))?;
+    let key = match &http.webhook_key {
+        Some(k) => k.as_bytes().to_vec(),
+        None => greenscale_gateway::webhooks::stored_signing_key(&store)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read or make the webhook signing key: {e}"))?,
+    };
+    let mut webhooks = greenscale_gateway::WebhookConfig::new(key);
+    webhooks.allow = http.webhook_allow.clone();
+    webhooks.retry_base = http.webhook_retry;
+    webhooks.max_attempts = http.webhook_attempts;
+    let mut config = greenscale_gateway::BatchConfig::new(store, webhooks);
+    config.max_file_bytes = http.max_file_bytes;
+    tracing::info!(object_store = %location, "files, batches and webhooks are kept in the object store");
+    Ok(Some(config))
+}
+
 /// Stores the tenants' settings of the HTTP flags in every queue of `routes` (replacing what
 /// was stored), so workers and other gateways sharing a queue apply them too.
 pub(crate) async fn store_tenants(

@@ -19,7 +19,9 @@ use greenscale_local::{
 use greenscale_queue::{RedisQueue, SqliteQueue};
 
 use crate::cli::UpArgs;
-use crate::commands::shared::{bind, build_gateway, redacted, shutdown_signal, store_tenants};
+use crate::commands::shared::{
+    batch_config, bind, build_gateway, redacted, shutdown_signal, store_tenants,
+};
 
 /// The pools `up` runs (from the file, the single-pool flags, or the demo pool) and the
 /// GPUs the file declares.
@@ -301,7 +303,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .collect(),
     );
     store_tenants(&args.http, &routes).await?;
-    let gateway = build_gateway(&args.http, routes, names.clone(), stop_rx.clone())?
+    let batches = batch_config(&args.http, Some(&data_dir.join("objects"))).await?;
+    let mut gateway = build_gateway(&args.http, routes, names.clone(), stop_rx.clone())?;
+    if let Some(batches) = batches {
+        gateway = gateway.with_batches(batches);
+    }
+    let gateway = gateway
         .with_metrics(metrics)
         .with_pools(Arc::new(PoolsView(pools.clone(), gpus.clone())))
         .with_draining(drain_rx.clone());
