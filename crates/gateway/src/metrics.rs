@@ -45,6 +45,7 @@ pub struct Metrics {
     tenant_jobs: Family<TenantLabel, Gauge>,
     tenant_outcomes: Family<TenantLabel, Counter>,
     tenant_tokens: Family<TenantLabel, Gauge>,
+    webhook_tries: Family<StatusLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -74,7 +75,13 @@ impl Metrics {
             tenant_jobs: Family::default(),
             tenant_outcomes: Family::default(),
             tenant_tokens: Family::default(),
+            webhook_tries: Family::default(),
         };
+        r.register(
+            "webhook_tries",
+            "Webhook tries this gateway made, by outcome (delivered, failed: retried later, dead_lettered: the last try failed)",
+            m.webhook_tries.clone(),
+        );
         r.register(
             "tenant_jobs",
             "A tenant's jobs waiting (queued, retries included) and running, all workers",
@@ -158,6 +165,15 @@ impl Metrics {
     /// Counts an accepted job.
     pub fn submitted(&self) {
         self.submitted.inc();
+    }
+
+    /// Counts a webhook try that ended with `outcome`.
+    pub fn webhook_try(&self, outcome: &str) {
+        self.webhook_tries
+            .get_or_create(&StatusLabel {
+                status: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Records the timings and tokens of a job this gateway saw reach a final status.

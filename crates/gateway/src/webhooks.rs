@@ -431,6 +431,12 @@ async fn attempt(
         }
         Err(e) => Some(format!("cannot reach the receiver: {e}")),
     };
+    let outcome = match &failure {
+        None => "delivered",
+        Some(_) if d.attempts >= cfg.max_attempts => "dead_lettered",
+        Some(_) => "failed",
+    };
+    g.metrics.webhook_try(outcome);
     let result = match failure {
         None => {
             tracing::info!(delivery = %d.id, url = %d.url, attempts = d.attempts, "webhook delivered");
