@@ -10,16 +10,19 @@
 -- ARGV[5]  job record key prefix
 -- Entries of jobs that already finished (cancelled while queued, or answered by a worker
 -- thought dead) are dropped here; they count among the ARGV[2] taken.
--- Returns the leased raw entries, in the order taken.
+-- Returns how many entries were taken (dropped ones included), then the leased raw
+-- entries in the order taken.
 local P = ARGV[4]
 redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
 -- Entries pushed straight onto the pending list make the default flow ready.
 if redis.call('LLEN', KEYS[1]) > 0 then activate(P, 0, 'default') end
 local leased = {}
 local settings = {}
+local taken = 0
 for _ = 1, tonumber(ARGV[2]) do
   local entry, tenant = pick(P, KEYS[1], settings)
   if not entry then break end
+  taken = taken + 1
   local ok, job = pcall(cjson.decode, entry)
   local status = nil
   if ok and type(job) == 'table' and (type(job.job_id) == 'string' or type(job.job_id) == 'number') then
@@ -31,4 +34,6 @@ for _ = 1, tonumber(ARGV[2]) do
     leased[#leased + 1] = entry
   end
 end
+if taken == 0 then return {} end
+table.insert(leased, 1, tostring(taken))
 return leased

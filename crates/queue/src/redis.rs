@@ -245,40 +245,59 @@ impl RedisQueue {
         });
     }
 
-    /// Leases what is there now, without waiting.
+    /// Leases what is there now, without waiting. A job given up while it is started (its
+    /// workers kept dying, or its entry is malformed) held a place of its tenant's
+    /// `max_running` during the lease script; the places it kept from others are leased
+    /// again at once, so a worker asking for work gets what a fair pick would have given.
     async fn lease_now(&self, worker: &str, max: usize) -> Result<Vec<LeasedJob>, QueueError> {
-        let mut c = self.conn.clone();
-        let raw: Vec<String> = self
-            .scripts
-            .lease
-            .key(&self.keys.pending)
-            .key(self.keys.inflight(worker))
-            .key(&self.keys.workers)
-            .arg(worker)
-            .arg(max)
-            .arg(self.config.lease.as_millis() as u64)
-            .arg(&self.keys.prefix)
-            .arg(RECORD_PREFIX)
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        self.start_all(worker, raw).await
+        let mut jobs = Vec::new();
+        let mut left = max;
+        while left > 0 {
+            let mut c = self.conn.clone();
+            let mut raw: Vec<String> = self
+                .scripts
+                .lease
+                .key(&self.keys.pending)
+                .key(self.keys.inflight(worker))
+                .key(&self.keys.workers)
+                .arg(worker)
+                .arg(left)
+                .arg(self.config.lease.as_millis() as u64)
+                .arg(&self.keys.prefix)
+                .arg(RECORD_PREFIX)
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if raw.is_empty() {
+                break;
+            }
+            let taken: usize = raw.remove(0).parse().unwrap_or(left);
+            let (started, given_up) = self.start_all(worker, raw).await?;
+            jobs.extend(started);
+            if given_up == 0 || taken >= left {
+                break;
+            }
+            left -= taken;
+        }
+        Ok(jobs)
     }
 
     /// Turns raw leased entries into jobs to run: parses them, dead-letters the malformed,
     /// starts the rest in one script call (dropping those already final), and dead-letters
-    /// those whose workers kept dying.
+    /// those whose workers kept dying. Returns the jobs and how many were dead-lettered.
     async fn start_all(
         &self,
         worker: &str,
         raw: Vec<String>,
-    ) -> Result<Vec<LeasedJob>, QueueError> {
+    ) -> Result<(Vec<LeasedJob>, usize), QueueError> {
+        let mut given_up = 0;
         let mut parsed = Vec::with_capacity(raw.len());
         for entry in raw {
             match parse_entry(&entry, &self.config.limits) {
                 Ok(spec) => parsed.push((entry, spec)),
                 Err(bad) => {
                     tracing::warn!(job_id = bad.job_id.as_deref().unwrap_or("-"), reason = %bad.reason, "malformed entry moved to the dead-letter list");
+                    given_up += 1;
                     self.dead_letter(
                         worker,
                         &entry,
@@ -292,7 +311,7 @@ impl RedisQueue {
             }
         }
         if parsed.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), given_up));
         }
         let mut invocation = self.scripts.start.prepare_invoke();
         invocation
@@ -328,6 +347,7 @@ impl RedisQueue {
                     self.config.max_attempts
                 );
                 tracing::warn!(job_id = %spec.job_id, %reason, "job moved to the dead-letter list");
+                given_up += 1;
                 self.dead_letter(
                     worker,
                     &token,
@@ -345,7 +365,7 @@ impl RedisQueue {
                 token,
             });
         }
-        Ok(jobs)
+        Ok((jobs, given_up))
     }
 
     #[allow(clippy::too_many_arguments)]

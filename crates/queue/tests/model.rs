@@ -567,3 +567,55 @@ async fn run_case(queue: std::sync::Arc<dyn Queue>, backend: &mut Backend, ops: 
     let stats = real.queue.stats().await.unwrap();
     assert_eq!((stats.pending, stats.in_flight, stats.delayed), (0, 0, 0));
 }
+
+/// A case proptest found: `b` (max_running 1) has A and B waiting, A's workers keep dying,
+/// and the lease that gives A up (retry budget spent) must still hand out B, as a fair pick
+/// would: the place A held under `b`'s cap while it was taken is not kept from B.
+#[test]
+fn a_job_given_up_at_lease_leaves_its_tenants_capped_place_to_the_next() {
+    let ops = [
+        Op::Enqueue {
+            tenant: 1,
+            batch: false,
+        },
+        Op::Enqueue {
+            tenant: 1,
+            batch: false,
+        },
+        Op::Lease { worker: 1, max: 1 },
+        Op::Kill { worker: 1 },
+        Op::Lease { worker: 0, max: 1 },
+        Op::Kill { worker: 0 },
+        Op::Enqueue {
+            tenant: 2,
+            batch: false,
+        },
+        Op::Lease { worker: 0, max: 2 },
+        Op::Kill { worker: 0 },
+        Op::Lease { worker: 0, max: 1 },
+        Op::Lease { worker: 0, max: 2 },
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let list = "regression".to_string();
+    let (redis, mut redis_backend) = rt.block_on(async {
+        let queue =
+            std::sync::Arc::new(RedisQueue::connect(&server.url(), &list, config()).unwrap());
+        (
+            queue,
+            Backend::Redis {
+                conn: server.connection(),
+                list: list.clone(),
+            },
+        )
+    });
+    rt.block_on(run_case(redis, &mut redis_backend, &ops));
+    let sqlite = std::sync::Arc::new(
+        SqliteQueue::open(&dir.path().join("model.db"), &list, config()).unwrap(),
+    );
+    rt.block_on(run_case(sqlite.clone(), &mut Backend::Sqlite(sqlite), &ops));
+}
