@@ -11,7 +11,13 @@ fn main() {
     let redis = RedisServer::start();
     let (_model, model_url) = common::demo_model();
     let worker = common::worker(&redis.url(), &model_url, "idle", &[]);
-    let baseline = common::baseline_worker(redis.port(), &model_url, "baseline", 3600.0);
+    let baseline = common::baseline_worker(
+        redis.port(),
+        &model_url,
+        "baseline",
+        3600.0,
+        common::Style::Prototype,
+    );
     std::thread::sleep(Duration::from_secs(3));
     let cpu_before = worker.cpu_time();
     std::thread::sleep(Duration::from_secs(5));

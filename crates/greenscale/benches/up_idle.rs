@@ -22,7 +22,13 @@ fn main() {
     common::wait_for_port(port);
     let redis = RedisServer::start();
     let (_model, model_url) = common::demo_model();
-    let baseline = common::baseline_worker(redis.port(), &model_url, "baseline", 3600.0);
+    let baseline = common::baseline_worker(
+        redis.port(),
+        &model_url,
+        "baseline",
+        3600.0,
+        common::Style::Prototype,
+    );
     std::thread::sleep(Duration::from_secs(3));
     let cpu_before = up.cpu_time();
     let window = Duration::from_secs(10);

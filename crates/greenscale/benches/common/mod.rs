@@ -111,8 +111,44 @@ pub fn gateway(redis_url: &str, extra: &[&str]) -> (Proc, u16) {
     (Proc(child), port)
 }
 
-/// Starts the prototype-design baseline (`bench/baseline_worker.py`).
-pub fn baseline_worker(redis_port: u16, model_url: &str, list: &str, idle_exit: f64) -> Proc {
+/// How a Python baseline worker is written (`bench/baseline_worker.py --style`).
+#[derive(Clone, Copy)]
+pub enum Style {
+    /// As the prototype did it: a new connection per job, the answer read whole.
+    Prototype,
+    /// As well as one loop of that design can be written: a kept-alive connection, the
+    /// answer streamed as GreenScale's worker streams it.
+    Tuned,
+}
+
+impl Style {
+    /// Both, prototype first.
+    pub const BOTH: [Style; 2] = [Style::Prototype, Style::Tuned];
+
+    /// How it is named in the benchmarks' output.
+    pub fn label(self) -> &'static str {
+        match self {
+            Style::Prototype => "prototype design (Python, a connection per job)",
+            Style::Tuned => "tuned Python (kept-alive connection, streamed)",
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Style::Prototype => "prototype",
+            Style::Tuned => "tuned",
+        }
+    }
+}
+
+/// Starts a Python baseline worker of the prototype's design (`bench/baseline_worker.py`).
+pub fn baseline_worker(
+    redis_port: u16,
+    model_url: &str,
+    list: &str,
+    idle_exit: f64,
+    style: Style,
+) -> Proc {
     let python = std::env::var("GREENSCALE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -123,6 +159,7 @@ pub fn baseline_worker(redis_port: u16, model_url: &str, list: &str, idle_exit: 
         .args(["--redis-port", &redis_port.to_string()])
         .args(["--model-url", model_url, "--list", list])
         .args(["--idle-exit", &idle_exit.to_string()])
+        .args(["--style", style.flag()])
         .spawn()
         .unwrap_or_else(|e| {
             panic!("cannot run {python} (use bench/run, which sets up redis-py): {e}")
