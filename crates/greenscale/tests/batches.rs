@@ -110,9 +110,8 @@ const ONE_SLOW_REPLICA: [&str; 8] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_runs_a_thousand_line_batch_and_a_malformed_line_names_its_number() {
     let dir = tempfile::tempdir().unwrap();
-    // batch_max_wait=0s: this batch runs at once rather than waiting for warm capacity.
-    let flags = [&FAST[..], &["--policy", "greenscale:batch_max_wait=0s"][..]].concat();
-    let up = Up::start(dir.path(), "up", &flags).await;
+    // The default policy: a thousand requests are worth waking the idle pool for.
+    let up = Up::start(dir.path(), "up", &FAST).await;
     let batch = sdk(&up.base, &["create", "1000", "17"]);
     let summary = sdk(&up.base, &["wait", &batch, "1000", "17"]);
     println!("{summary}");
@@ -120,6 +119,16 @@ async fn the_openai_sdk_runs_a_thousand_line_batch_and_a_malformed_line_names_it
     let job = up.job(&format!("{batch}-1")).await;
     assert_eq!(job["priority"], "batch", "{job}");
     assert_eq!(job["status"], "succeeded", "{job}");
+    let reasons: Vec<String> = up.pool().await["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("worth a wake")),
+        "the pile of batch work woke the pool: {reasons:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,8 +58,9 @@ pub struct GreenScaleParams {
     /// a day's batch to its deadline alone.
     pub batch_max_wait: f64,
     /// Batch work alone wakes a pool at zero once it holds this many times the wake's own
-    /// cost (the start plus the keep-warm window after the work) in replica-seconds: the
-    /// wake is then a small share of the GPU time it serves.
+    /// cost (the start plus the keep-warm window after the work) in replica-seconds: at 1,
+    /// the work the wake serves at least pays for it (the wake is at most half of what it
+    /// bills); higher waits for bigger piles.
     pub batch_pile: f64,
 }
 
@@ -74,7 +75,7 @@ const SERVICE_PRIOR: f64 = 5.0;
 pub const DEFAULT_BATCH_MAX_WAIT: f64 = 900.0;
 
 /// How many wakes' worth of batch work wakes a pool by default.
-pub const DEFAULT_BATCH_PILE: f64 = 10.0;
+pub const DEFAULT_BATCH_PILE: f64 = 1.0;
 
 impl Default for GreenScaleParams {
     fn default() -> Self {
@@ -880,9 +881,9 @@ mod tests {
             deadline_in: Some(86_400.0),
             ..obs(0.0, n, 0, 0)
         };
-        // 100 jobs of 2 s (200 replica-seconds) are not worth a wake: 10 times a 30 s start
+        // 50 jobs of 2 s (100 replica-seconds) are not worth a wake: less than a 30 s start
         // and the keep-warm after it.
-        assert_eq!(fresh(&batch(100)).desired, 0);
+        assert_eq!(fresh(&batch(50)).desired, 0);
         // 10,000 jobs are: one replica, which finishes them well within the day.
         let d = fresh(&batch(10_000));
         assert_eq!(d.desired, 1, "{}", d.reason);

@@ -391,8 +391,9 @@ impl fmt::Display for Reason {
                 replicas,
             } => write!(
                 f,
-                "{} with {left_s:.0} s to the deadline: {replicas} replicas finish them in time",
-                count(jobs, "batch job", "batch jobs")
+                "{} with {left_s:.0} s to the deadline: {} finish them in time",
+                count(jobs, "batch job", "batch jobs"),
+                count(replicas as u64, "replica", "replicas")
             ),
             Reason::BatchPile {
                 jobs,
