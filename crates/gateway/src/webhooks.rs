@@ -332,30 +332,45 @@ pub(crate) async fn run(g: Gateway) {
     }
 }
 
-/// The body to send for `d`, once its subject has ended; `Err` when it never will.
-async fn payload(g: &Gateway, s: &BatchState, d: &Delivery) -> Result<Option<Vec<u8>>, String> {
+/// What a delivery's subject says now.
+enum Payload {
+    /// It ended: the body to send.
+    Ready(Vec<u8>),
+    /// It has not ended yet.
+    NotYet,
+    /// It does not exist (why, in words).
+    Missing(String),
+}
+
+/// The body to send for `d`, once its subject has ended; `Err` when it cannot be read now.
+async fn payload(g: &Gateway, s: &BatchState, d: &Delivery) -> Result<Payload, ApiError> {
     let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let (kind, data) = match &d.subject {
-        Subject::Job(id) => match g.routes.job(id).await.map_err(|e| e.to_string())? {
+        Subject::Job(id) => match g.routes.job(id).await? {
             Some(rec) if rec.status.is_terminal() => (
                 format!("job.{}", rec.status),
                 serde_json::to_value(JobView::from(rec)).expect("views serialize"),
             ),
-            Some(_) => return Ok(None),
-            None => return Err(format!("job {id:?} does not exist (any more)")),
+            Some(_) => return Ok(Payload::NotYet),
+            None => {
+                return Ok(Payload::Missing(format!(
+                    "job {id:?} does not exist (any more)"
+                )));
+            }
         },
-        Subject::Batch(id) => match s.store.get_json::<StoredBatch>(&record_path(id)).await {
-            Ok(Some(b)) if is_terminal(&b.batch.status) => (
+        Subject::Batch(id) => match s.store.get_json::<StoredBatch>(&record_path(id)).await? {
+            Some(b) if is_terminal(&b.batch.status) => (
                 format!("batch.{}", b.batch.status),
                 serde_json::to_value(&b.batch).expect("batches serialize"),
             ),
-            Ok(Some(_)) => return Ok(None),
-            Ok(None) => return Err(format!("batch {id:?} does not exist")),
-            Err(e) => return Err(e.to_string()),
+            Some(_) => return Ok(Payload::NotYet),
+            None => return Ok(Payload::Missing(format!("batch {id:?} does not exist"))),
         },
     };
     let body = serde_json::json!({"type": kind, "timestamp": timestamp, "data": data});
-    Ok(Some(serde_json::to_vec(&body).expect("payloads serialize")))
+    Ok(Payload::Ready(
+        serde_json::to_vec(&body).expect("payloads serialize"),
+    ))
 }
 
 /// Makes one try of delivery `id` if it is due and its subject has ended.
@@ -374,17 +389,17 @@ async fn attempt(
         return Ok(());
     }
     let body = match payload(g, s, &d).await {
-        Ok(Some(body)) => body,
-        Ok(None) => return Ok(()),
+        Ok(Payload::Ready(body)) => body,
+        Ok(Payload::NotYet) => return Ok(()),
         // The delivery is recorded just before its job: give the job time to appear.
-        Err(why)
-            if why.contains("does not exist")
-                && now.saturating_sub(d.created_at_ms) > SUBJECT_GRACE_MS =>
-        {
-            return dead_letter(s, d, why).await;
+        Ok(Payload::Missing(why)) => {
+            if now.saturating_sub(d.created_at_ms) > SUBJECT_GRACE_MS {
+                return dead_letter(s, d, why).await;
+            }
+            return Ok(());
         }
-        Err(why) => {
-            tracing::debug!(delivery = %id, why, "cannot read the webhook's subject yet");
+        Err(e) => {
+            tracing::debug!(delivery = %id, error = %e, "cannot read the webhook's subject yet");
             return Ok(());
         }
     };
@@ -510,7 +525,7 @@ pub async fn dead(
     for name in s.store.names("webhooks-dead").await? {
         if let Some(d) = s
             .store
-            .get_json::<Delivery>(&format!("webhooks-dead/{name}"))
+            .get_json::<Delivery>(&dead_path(name.trim_end_matches(".json")))
             .await?
             && caller.may_see(&d.tenant)
         {
