@@ -43,6 +43,10 @@ pub struct JobSpec {
     /// Publish the job's events (start, tokens, end) as it runs, for streaming clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
+    /// Publish the job's end, with its answer, for a client that waits for it whole (what
+    /// `stream` publishes besides, the start and the tokens, is left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<bool>,
     /// The tenant the job belongs to; [`DEFAULT_TENANT`] when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
@@ -67,6 +71,7 @@ impl JobSpec {
             temperature: None,
             metadata: None,
             stream: None,
+            notify: None,
             tenant: None,
             priority: None,
             deadline_at_ms: None,
@@ -86,6 +91,11 @@ impl JobSpec {
     /// True when the job's events are published as it runs.
     pub fn streams(&self) -> bool {
         self.stream == Some(true)
+    }
+
+    /// True when the job's end is published (for `stream` or `notify`).
+    pub fn notifies(&self) -> bool {
+        self.streams() || self.notify == Some(true)
     }
 
     /// The conversation to send to the model: `messages`, or `prompt` as one user message.
@@ -180,6 +190,14 @@ impl Default for Limits {
 
 fn default_tenant() -> String {
     DEFAULT_TENANT.to_string()
+}
+
+/// Now, Unix milliseconds (0 on a clock before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A fresh, unique job id.
@@ -345,7 +363,8 @@ pub struct JobRecord {
     pub spec: Option<JobSpec>,
 }
 
-/// Something that happened to a job, published while it runs (for jobs with `stream`).
+/// Something that happened to a job, published while it runs (all of them for jobs with
+/// `stream`, only the end for jobs with `notify`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobEvent {
@@ -368,6 +387,10 @@ pub enum JobEvent {
         /// The error message, when the run failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The job's record as the worker left it (its times by the worker's clock, no
+        /// spec, no enqueue time), so a waiting client needs no read of the stored one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        record: Option<Box<JobRecord>>,
     },
 }
 

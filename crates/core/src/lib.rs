@@ -17,7 +17,7 @@ pub use duration::parse_duration;
 pub use error::InvalidInput;
 pub use job::{
     ChatMessage, ErrorKind, JobEvent, JobRecord, JobSpec, JobStatus, Limits, Malformed, Usage,
-    new_job_id, parse_entry,
+    new_job_id, parse_entry, unix_ms,
 };
 pub use queue::{
     Admin, Cancelled, Completion, Consumer, DeadLetter, EventBus, EventStream, Finished, JobError,

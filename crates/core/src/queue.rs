@@ -361,6 +361,21 @@ pub trait Consumer: Send + Sync {
         outcome: Outcome,
     ) -> Result<Finished, QueueError>;
 
+    /// Records several outcomes of `worker`'s runs at once, as [`Consumer::finish`] would
+    /// one after the other, in fewer round trips where the backend can. On an error some
+    /// may be recorded already: recording one again is safe (see [`Finished`]).
+    async fn finish_all(
+        &self,
+        worker: &str,
+        done: &[(LeasedJob, Outcome)],
+    ) -> Result<Vec<Finished>, QueueError> {
+        let mut out = Vec::with_capacity(done.len());
+        for (job, outcome) in done {
+            out.push(self.finish(worker, job, outcome.clone()).await?);
+        }
+        Ok(out)
+    }
+
     /// Hands a leased job back, unfinished, to the front of the queue (the run is not
     /// counted as an attempt).
     async fn release(&self, worker: &str, job: &LeasedJob) -> Result<(), QueueError>;

@@ -367,6 +367,7 @@ pub async fn create_job(
         temperature: req.temperature,
         metadata: req.metadata,
         stream: req.stream,
+        notify: None,
         tenant: Some(caller.tenant.clone()),
         priority: match req.priority {
             Some(p) => Some(p),

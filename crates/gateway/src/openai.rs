@@ -242,6 +242,7 @@ impl ChatRequest {
             temperature: self.temperature,
             metadata: None,
             stream: None,
+            notify: None,
             tenant: Some(tenant.to_string()),
             priority: None,
             deadline_at_ms: None,
@@ -256,8 +257,14 @@ fn to_spec(
     req: ChatRequest,
 ) -> Result<JobSpec, ApiError> {
     let priority = priority_of(headers, req.service_tier.as_deref())?;
+    let streamed = req.stream == Some(true);
     let mut spec = req.into_spec(new_job_id(), &caller.tenant, g.config.models.first());
-    spec.stream = Some(true);
+    // A streaming client follows every token; one waiting for the whole answer, the end.
+    if streamed {
+        spec.stream = Some(true);
+    } else {
+        spec.notify = Some(true);
+    }
     spec.priority = priority;
     spec.deadline_at_ms = crate::jobs::deadline_at(headers, None)?;
     spec.validate(&g.config.limits)

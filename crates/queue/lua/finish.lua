@@ -1,72 +1,97 @@
--- finish.lua: record the outcome of a run and release its lease, idempotently.
+-- finish.lua: record the outcomes of runs and release their leases, idempotently. Takes
+-- the outcomes a worker has ready at once; counters several share are written once.
 -- A job that already has a final status (succeeded, failed, dead, cancelled, expired) is
 -- never overwritten, so a duplicate or late delivery cannot corrupt its record.
--- KEYS[1]  the job's record hash
--- KEYS[2]  the worker's in-flight list
--- KEYS[3]  result:{id}, the prototype-compatible answer string
--- KEYS[4]  delayed retries sorted set (member: entry, score: due time, Unix ms)
--- KEYS[5]  dead-letter list
--- KEYS[6]  counters hash (outcomes and error kinds, for metrics)
--- ARGV[1]  the entry as held in the in-flight list
--- ARGV[2]  outcome: succeeded | retry | failed | dead
--- ARGV[3]  retention of finished records and answers, in seconds
--- ARGV[4]  retry delay in ms (retry)
--- ARGV[5]  the answer text (succeeded)
--- ARGV[6]  the dead-letter entry, JSON (dead)
--- ARGV[7]  '1' to write the record, '0' when the entry has no job id
--- ARGV[8]  key prefix P
--- ARGV[9]  tokens the run used (succeeded), for the tenant's per-minute budget
--- ARGV[10..] field/value pairs to set on the record
--- Returns the outcome applied, 'final' when the record was already final, or 'lost'
--- for a retry whose lease had expired (the job was handed back and runs again anyway).
-local P = ARGV[8]
+-- KEYS[1]      the worker's in-flight list
+-- KEYS[2]      delayed retries sorted set (member: entry, score: due time, Unix ms)
+-- KEYS[3]      dead-letter list
+-- KEYS[4]      counters hash (outcomes and error kinds, for metrics)
+-- KEYS[3+2i]   job i's record hash (i = 1..n)
+-- KEYS[4+2i]   job i's result:{id}, the prototype-compatible answer string
+-- ARGV[1]      key prefix P
+-- ARGV[2]      retention of finished records and answers, in seconds
+-- then for each job, in order:
+--   the entry as held in the in-flight list
+--   outcome: succeeded | retry | failed | dead
+--   retry delay in ms (retry)
+--   the answer text (succeeded)
+--   the dead-letter entry, JSON (dead)
+--   '1' to write the record, '0' when the entry has no job id
+--   tokens the run used (succeeded), for the tenant's per-minute budget
+--   the job's tenant, or '' to read it from the entry
+--   '1' when the record may hold an earlier run's error (cleared on success), else '0'
+--   N, then N field/value pairs to set on the record
+-- Returns, per job, the outcome applied, 'final' when the record was already final, or
+-- 'lost' for a retry whose lease had expired (the job was handed back and runs again).
+local P, retention = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
-local held = redis.call('LREM', KEYS[2], 1, ARGV[1])
-local tenant = class_of(ARGV[1])
-if held == 1 then left_inflight(P, ARGV[1]) end
-local outcome = ARGV[2]
-local record = ARGV[7] == '1'
-local status = nil
-if record then
-  status = redis.call('HGET', KEYS[1], 'status')
-  if status and TERMINAL[status] then return 'final' end
+local out = {}
+local counts, tenant_counts, tokens = {}, {}, {}
+local function add(t, k, n) t[k] = (t[k] or 0) + n end
+local function tadd(tenant, field, n)
+  tenant_counts[tenant] = tenant_counts[tenant] or {}
+  add(tenant_counts[tenant], field, n)
 end
-if outcome == 'retry' and held == 0 then
-  return 'lost'
-end
--- A late answer for a job that was handed back: it no longer waits.
-if status == 'queued' then tcount(P, tenant, 'queued', -1) end
-local fields = {}
-local error_kind = nil
-for i = 10, #ARGV do
-  fields[#fields + 1] = ARGV[i]
-  if ARGV[i] == 'error_kind' and (i - 10) % 2 == 0 then error_kind = ARGV[i + 1] end
-end
-if error_kind then redis.call('HINCRBY', KEYS[6], 'error:' .. error_kind, 1) end
-redis.call('HINCRBY', KEYS[6], outcome, 1)
-tcount(P, tenant, outcome, 1)
-if outcome == 'retry' then
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[4]), ARGV[1])
-  redis.call('HSET', KEYS[1], 'status', 'queued', unpack(fields))
-  tcount(P, tenant, 'queued', 1)
-  return 'retry'
-end
-if outcome == 'dead' then
-  redis.call('LPUSH', KEYS[5], ARGV[6])
-end
-if record then
-  redis.call('HSET', KEYS[1], 'status', outcome, 'finished_at_ms', now, unpack(fields))
-  if outcome == 'succeeded' then
-    redis.call('HSET', KEYS[1], 'result', ARGV[5])
-    redis.call('HDEL', KEYS[1], 'error_kind', 'error_message')
-    redis.call('SET', KEYS[3], ARGV[5], 'EX', tonumber(ARGV[3]))
-    local tokens = tonumber(ARGV[9]) or 0
-    if tokens > 0 then
-      local key = P .. 'tokens:' .. tenant .. ':' .. math.floor(now / 60000)
-      redis.call('INCRBY', key, tokens)
-      redis.call('EXPIRE', key, 120)
-    end
+local a = 3
+for i = 1, (#KEYS - 4) / 2 do
+  local record_key, result_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local entry, outcome, delay, answer = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local dead_item, record, used = ARGV[a + 4], ARGV[a + 5] == '1', tonumber(ARGV[a + 6]) or 0
+  local tenant, clear = ARGV[a + 7], ARGV[a + 8] == '1'
+  local nfields = tonumber(ARGV[a + 9])
+  local fields = {}
+  local error_kind = nil
+  for f = a + 10, a + 9 + 2 * nfields, 2 do
+    fields[#fields + 1] = ARGV[f]
+    fields[#fields + 1] = ARGV[f + 1]
+    if ARGV[f] == 'error_kind' then error_kind = ARGV[f + 1] end
   end
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+  a = a + 10 + 2 * nfields
+  if tenant == '' then tenant = class_of(entry) end
+  local held = redis.call('LREM', KEYS[1], 1, entry)
+  if held == 1 then tadd(tenant, 'running', -1) end
+  local status = nil
+  if record then status = redis.call('HGET', record_key, 'status') end
+  if status and TERMINAL[status] then
+    out[#out + 1] = 'final'
+  elseif outcome == 'retry' and held == 0 then
+    out[#out + 1] = 'lost'
+  else
+    -- A late answer for a job that was handed back: it no longer waits.
+    if status == 'queued' then tadd(tenant, 'queued', -1) end
+    if error_kind then add(counts, 'error:' .. error_kind, 1) end
+    add(counts, outcome, 1)
+    tadd(tenant, outcome, 1)
+    if outcome == 'retry' then
+      redis.call('ZADD', KEYS[2], now + tonumber(delay), entry)
+      redis.call('HSET', record_key, 'status', 'queued', unpack(fields))
+      tadd(tenant, 'queued', 1)
+    else
+      if outcome == 'dead' then redis.call('LPUSH', KEYS[3], dead_item) end
+      if record then
+        if outcome == 'succeeded' then
+          redis.call('HSET', record_key, 'status', outcome, 'finished_at_ms', now, 'result', answer, unpack(fields))
+          if clear then redis.call('HDEL', record_key, 'error_kind', 'error_message') end
+          redis.call('SET', result_key, answer, 'EX', retention)
+          if used > 0 then add(tokens, tenant, used) end
+        else
+          redis.call('HSET', record_key, 'status', outcome, 'finished_at_ms', now, unpack(fields))
+        end
+        redis.call('EXPIRE', record_key, retention)
+      end
+    end
+    out[#out + 1] = outcome
+  end
 end
-return outcome
+for field, n in pairs(counts) do redis.call('HINCRBY', KEYS[4], field, n) end
+for tenant, fields in pairs(tenant_counts) do
+  for field, n in pairs(fields) do
+    if n ~= 0 then tcount(P, tenant, field, n) end
+  end
+end
+for tenant, n in pairs(tokens) do
+  local key = P .. 'tokens:' .. tenant .. ':' .. math.floor(now / 60000)
+  redis.call('INCRBY', key, n)
+  redis.call('EXPIRE', key, 120)
+end
+return out

@@ -6,6 +6,8 @@
 -- trigger and a job handed back on shutdown are what they always were. Keys are named from the prefix P (`greenscale:<list>:`), so these scripts need a
 -- standalone Redis (or all keys in one hash slot).
 
+local TERMINAL = { succeeded = true, failed = true, dead = true, cancelled = true, expired = true }
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -103,65 +105,119 @@ local function push_front(P, ingress, entry)
   activate(P, prio, tenant)
 end
 
--- Takes the next entry by the fair rule: the highest class with a ready tenant, in it the
--- lowest head tag (ties: tenant name) among tenants below their max_running. Moves the
--- class clock and the flow's tag. Returns the entry and its tenant, or nil. `settings_cache`
--- keeps the tenants' settings read in this script call. The caller makes the default flow
--- ready first when producers pushed straight onto the pending list.
-local function pick(P, ingress, settings_cache)
-  local classes = redis.call('ZREVRANGE', P .. 'classes', 0, -1)
-  for _, prio in ipairs(classes) do
-    local ckey = P .. 'class:' .. prio
-    -- The ready tenants one at a time, lowest tag first: usually the first is taken.
-    local at = 0
-    while true do
-      local ready = redis.call('ZRANGE', ckey, at, at, 'WITHSCORES')
-      if #ready == 0 then
-        if at == 0 then redis.call('ZREM', P .. 'classes', prio) end
-        break
-      end
-      local tenant, head = ready[1], tonumber(ready[2])
-      local settings = settings_of(P, tenant, settings_cache)
-      local cap = settings and tonumber(settings.max_running)
-      local take = true
-      if cap then
-        local running = tonumber(redis.call('HGET', P .. 'tenant:' .. tenant, 'running') or '0')
-        take = running < cap
-      end
-      if take then
-        local from_ingress = is_ingress(prio, tenant)
-        local flow = from_ingress and ingress or flow_key(P, prio, tenant)
-        local entry
-        if from_ingress then
-          entry = redis.call('RPOP', ingress)
-          while entry do
-            -- an entry pushed straight onto the list that names another tenant or class
-            local t, p = class_of(entry)
-            if is_ingress(p, t) then break end
-            push_back(P, ingress, entry, t, p)
-            entry = redis.call('RPOP', ingress)
-          end
+-- Whether an entry's job has a final status (`records`: the record key prefix).
+local function is_final(records, entry)
+  local ok, job = pcall(cjson.decode, entry)
+  if not (ok and type(job) == 'table') then return false end
+  local id = job.job_id
+  if type(id) ~= 'string' and type(id) ~= 'number' then return false end
+  local status = redis.call('HGET', records .. tostring(id), 'status')
+  return (status and TERMINAL[status]) or false
+end
+
+-- Takes up to `want` entries by the fair rule: each from the highest class with a ready
+-- tenant, in it the lowest head tag (ties: tenant name) among tenants below their
+-- max_running. Moves the class clocks and the flows' tags. A tenant that stays first takes
+-- its next entries in one pop, so a lease costs a few commands per tenant, not per entry.
+-- `running` (tenant -> count) counts what this call took, on top of the stored counts, for
+-- the max_running checks; the caller adds it to the stored counts. An entry of a capped
+-- tenant whose job is final already (cancelled while queued, or answered by a worker
+-- thought dead; `records` is the record key prefix) is dropped here, so it holds no place
+-- of the cap; other such entries are dropped when started. Returns the entries in the
+-- order taken, and how many were taken (dropped ones included). The caller makes the
+-- default flow ready first when producers pushed straight onto the pending list.
+local function take(P, ingress, want, running, records)
+  local out, taken = {}, 0
+  local settings_cache = {}
+  -- Set when an entry pushed onto the list was sent to another flow: the classes and tags
+  -- are read again, as a one-at-a-time pick would after it.
+  local again = true
+  while again and taken < want do
+    again = false
+    for _, prio in ipairs(redis.call('ZREVRANGE', P .. 'classes', 0, -1)) do
+      local ckey = P .. 'class:' .. prio
+      -- The ready tenants in tag order; `at` skips those at their max_running.
+      local at = 0
+      while taken < want and not again do
+        local ready = redis.call('ZRANGE', ckey, at, at + 1, 'WITHSCORES')
+        if #ready == 0 then
+          if at == 0 then redis.call('ZREM', P .. 'classes', prio) end
+          break
+        end
+        local tenant, head = ready[1], tonumber(ready[2])
+        local rival_tag = tonumber(ready[4]) -- the next ready tenant's tag, or nil
+        local settings = settings_of(P, tenant, settings_cache)
+        local limit = want - taken
+        local cap = settings and tonumber(settings.max_running)
+        if cap then
+          local stored = tonumber(redis.call('HGET', P .. 'tenant:' .. tenant, 'running') or '0')
+          limit = math.min(limit, cap - stored - (running[tenant] or 0))
+        end
+        if limit <= 0 then
+          at = at + 1
         else
-          entry = redis.call('LPOP', flow)
-        end
-        if entry then
-          local nxt = head + 1 / weight_of(settings)
-          redis.call('HSET', P .. 'clock:' .. prio, 'v', head, 'f:' .. tenant, nxt)
-          local more = redis.call('LLEN', flow) > 0
-          if more then
-            redis.call('ZADD', ckey, nxt, tenant)
-          else
-            redis.call('ZREM', ckey, tenant)
+          -- The tags of the picks this tenant wins in a row: its first, then each while it
+          -- stays strictly below the next tenant's (a tie is left to the next round).
+          local step = 1 / weight_of(settings)
+          local tags = { head }
+          while #tags < limit and (not rival_tag or tags[#tags] + step < rival_tag) do
+            tags[#tags + 1] = tags[#tags] + step
           end
-          return entry, tenant
+          local from_ingress = is_ingress(prio, tenant)
+          local flow = from_ingress and ingress or flow_key(P, prio, tenant)
+          local n, drained, rerouted, dropped = 0, false, false, 0
+          while n < #tags and not drained and not again do
+            local asked = #tags - n
+            local got = redis.call(from_ingress and 'RPOP' or 'LPOP', flow, asked) or {}
+            drained = #got < asked
+            for i, entry in ipairs(got) do
+              local t, p = tenant, prio
+              if from_ingress then t, p = class_of(entry) end
+              if not is_ingress(p, t) and from_ingress then
+                -- an entry pushed straight onto the list that names another tenant or class
+                push_back(P, ingress, entry, t, p)
+                rerouted = true
+              else
+                n = n + 1
+                taken = taken + 1
+                if cap and is_final(records, entry) then
+                  dropped = dropped + 1
+                else
+                  out[#out + 1] = entry
+                end
+                if rerouted then
+                  -- the rest goes back, in its order, for the next round
+                  if i < #got then
+                    local rest = {}
+                    for j = #got, i + 1, -1 do rest[#rest + 1] = got[j] end
+                    redis.call('RPUSH', ingress, unpack(rest))
+                    drained = false
+                  end
+                  again = true
+                  break
+                end
+              end
+            end
+          end
+          if rerouted then again = true end
+          if n > 0 then
+            local nxt = tags[n] + step
+            redis.call('HSET', P .. 'clock:' .. prio, 'v', tags[n], 'f:' .. tenant, nxt)
+            running[tenant] = (running[tenant] or 0) + n - dropped
+            if not drained and redis.call('LLEN', flow) > 0 then
+              redis.call('ZADD', ckey, nxt, tenant)
+            else
+              redis.call('ZREM', ckey, tenant)
+            end
+          else
+            redis.call('ZREM', ckey, tenant) -- nothing left: the next one moves up to `at`
+          end
         end
-        redis.call('ZREM', ckey, tenant) -- nothing left: the next one moves up to `at`
-      else
-        at = at + 1
       end
+      if taken >= want or again then break end
     end
   end
-  return nil
+  return out, taken
 end
 
 -- An entry left a worker's in-flight list: it no longer counts as its tenant's running.
@@ -171,4 +227,3 @@ local function left_inflight(P, entry)
   return tenant
 end
 
-local TERMINAL = { succeeded = true, failed = true, dead = true, cancelled = true, expired = true }

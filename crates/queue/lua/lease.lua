@@ -9,31 +9,20 @@
 -- ARGV[4]  key prefix P
 -- ARGV[5]  job record key prefix
 -- Entries of jobs that already finished (cancelled while queued, or answered by a worker
--- thought dead) are dropped here; they count among the ARGV[2] taken.
+-- thought dead) count among the ARGV[2] taken; those of capped tenants are dropped here,
+-- the others when started (start.lua).
 -- Returns how many entries were taken (dropped ones included), then the leased raw
 -- entries in the order taken.
 local P = ARGV[4]
 redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
 -- Entries pushed straight onto the pending list make the default flow ready.
 if redis.call('LLEN', KEYS[1]) > 0 then activate(P, 0, 'default') end
-local leased = {}
-local settings = {}
-local taken = 0
-for _ = 1, tonumber(ARGV[2]) do
-  local entry, tenant = pick(P, KEYS[1], settings)
-  if not entry then break end
-  taken = taken + 1
-  local ok, job = pcall(cjson.decode, entry)
-  local status = nil
-  if ok and type(job) == 'table' and (type(job.job_id) == 'string' or type(job.job_id) == 'number') then
-    status = redis.call('HGET', ARGV[5] .. tostring(job.job_id), 'status')
-  end
-  if not (status and TERMINAL[status]) then
-    redis.call('LPUSH', KEYS[2], entry)
-    tcount(P, tenant, 'running', 1)
-    leased[#leased + 1] = entry
-  end
-end
+local running = {}
+local leased, taken = take(P, KEYS[1], tonumber(ARGV[2]), running, ARGV[5])
 if taken == 0 then return {} end
+if #leased > 0 then redis.call('LPUSH', KEYS[2], unpack(leased)) end
+for tenant, n in pairs(running) do
+  if n ~= 0 then tcount(P, tenant, 'running', n) end
+end
 table.insert(leased, 1, tostring(taken))
 return leased

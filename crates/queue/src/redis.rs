@@ -29,7 +29,7 @@
 //! Every state change is one Lua script (see `lua/`), so a crash between two steps cannot
 //! lose or duplicate an entry.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -145,11 +145,83 @@ fn unavailable(e: redis::RedisError) -> QueueError {
     QueueError::Unavailable(e.to_string())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+use greenscale_core::unix_ms as now_ms;
+
+/// Whether a raw entry names its job (a JSON object with a string or number `job_id`).
+fn has_job_id(entry: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        job_id: Option<serde_json::Value>,
+    }
+    serde_json::from_str::<Named>(entry).is_ok_and(|e| {
+        matches!(
+            e.job_id,
+            Some(serde_json::Value::String(_) | serde_json::Value::Number(_))
+        )
+    })
+}
+
+/// One outcome to record, as `finish.lua` takes it.
+struct FinishStep {
+    /// The entry as held in the in-flight list.
+    entry: String,
+    /// The job's id; `None` for an entry without one (it has no record).
+    job_id: Option<String>,
+    /// `succeeded`, `retry`, `failed` or `dead`.
+    outcome: &'static str,
+    /// When a retry is due.
+    delay: Duration,
+    /// The answer (succeeded).
+    answer: String,
+    /// The dead-letter item, JSON (dead).
+    dead_item: String,
+    /// Tokens the run used, for the tenant's per-minute budget.
+    tokens: u64,
+    /// The job's tenant; empty to read it from the entry.
+    tenant: String,
+    /// Whether an earlier run's error may be on the record (cleared on success).
+    clear_error: bool,
+    /// Fields to set on the record.
+    fields: Vec<(&'static str, String)>,
+}
+
+impl FinishStep {
+    /// Moves an entry to the dead-letter list with `reason`.
+    fn dead_letter(
+        entry: String,
+        job_id: Option<String>,
+        tenant: String,
+        kind: ErrorKind,
+        reason: &str,
+        attempts: Option<u32>,
+    ) -> Self {
+        let item = DeadLetter {
+            job_id: job_id.clone(),
+            kind: kind.as_str().to_string(),
+            reason: reason.to_string(),
+            entry: entry.clone(),
+            at_ms: now_ms(),
+        };
+        let mut fields = vec![
+            ("error_kind", kind.as_str().to_string()),
+            ("error_message", reason.to_string()),
+        ];
+        if let Some(a) = attempts {
+            fields.push(("attempts", a.to_string()));
+        }
+        FinishStep {
+            entry,
+            job_id,
+            outcome: "dead",
+            delay: Duration::ZERO,
+            answer: String::new(),
+            dead_item: serde_json::to_string(&item).expect("dead letters serialize"),
+            tokens: 0,
+            tenant,
+            clear_error: false,
+            fields,
+        }
+    }
 }
 
 /// A [`Queue`] stored in Redis.
@@ -245,10 +317,11 @@ impl RedisQueue {
         });
     }
 
-    /// Leases what is there now, without waiting. A job given up while it is started (its
-    /// workers kept dying, or its entry is malformed) held a place of its tenant's
-    /// `max_running` during the lease script; the places it kept from others are leased
-    /// again at once, so a worker asking for work gets what a fair pick would have given.
+    /// Leases what is there now, without waiting. An entry dropped while it is started (its
+    /// job is final already, its workers kept dying, or it is malformed) held a place of its
+    /// tenant's `max_running` during the lease script; the places it kept from others are
+    /// leased again at once, so a worker asking for work gets what a fair pick would have
+    /// given.
     async fn lease_now(&self, worker: &str, max: usize) -> Result<Vec<LeasedJob>, QueueError> {
         let mut jobs = Vec::new();
         let mut left = max;
@@ -272,9 +345,9 @@ impl RedisQueue {
                 break;
             }
             let taken: usize = raw.remove(0).parse().unwrap_or(left);
-            let (started, given_up) = self.start_all(worker, raw).await?;
+            let (started, dropped) = self.start_all(worker, raw).await?;
             jobs.extend(started);
-            if given_up == 0 || taken >= left {
+            if dropped == 0 || taken >= left {
                 break;
             }
             left -= taken;
@@ -282,165 +355,201 @@ impl RedisQueue {
         Ok(jobs)
     }
 
-    /// Turns raw leased entries into jobs to run: parses them, dead-letters the malformed,
-    /// starts the rest in one script call (dropping those already final), and dead-letters
-    /// those whose workers kept dying. Returns the jobs and how many were dead-lettered.
+    /// Turns raw leased entries into jobs to run: parses them, starts the well-formed in
+    /// one script call (dropping those already final), and dead-letters the malformed and
+    /// those whose workers kept dying, together in one more. Returns the jobs and how many
+    /// entries were dropped or dead-lettered.
     async fn start_all(
         &self,
         worker: &str,
         raw: Vec<String>,
     ) -> Result<(Vec<LeasedJob>, usize), QueueError> {
-        let mut given_up = 0;
+        let mut given_up = Vec::new();
         let mut parsed = Vec::with_capacity(raw.len());
         for entry in raw {
             match parse_entry(&entry, &self.config.limits) {
                 Ok(spec) => parsed.push((entry, spec)),
                 Err(bad) => {
                     tracing::warn!(job_id = bad.job_id.as_deref().unwrap_or("-"), reason = %bad.reason, "malformed entry moved to the dead-letter list");
-                    given_up += 1;
-                    self.dead_letter(
-                        worker,
-                        &entry,
-                        bad.job_id.as_deref(),
+                    given_up.push(FinishStep::dead_letter(
+                        entry,
+                        bad.job_id,
+                        String::new(),
                         ErrorKind::Malformed,
                         &bad.reason,
                         None,
-                    )
-                    .await?;
+                    ));
                 }
             }
         }
-        if parsed.is_empty() {
-            return Ok((Vec::new(), given_up));
-        }
-        let mut invocation = self.scripts.start.prepare_invoke();
-        invocation
-            .key(self.keys.inflight(worker))
-            .key(&self.keys.index)
-            .arg(worker)
-            .arg(&self.keys.prefix)
-            .arg(self.config.retention.as_secs().max(1));
-        let normalized: Vec<String> = parsed.iter().map(|(_, spec)| spec.to_entry()).collect();
-        for ((entry, spec), norm) in parsed.iter().zip(&normalized) {
-            invocation
-                .key(record_key(&spec.job_id))
-                .arg(entry)
-                .arg(norm)
-                .arg(&spec.job_id)
-                .arg(spec.deadline_at_ms.map_or(String::new(), |d| d.to_string()));
-        }
-        let mut c = self.conn.clone();
-        let verdicts: Vec<String> = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
         let mut jobs = Vec::with_capacity(parsed.len());
-        for (((_, spec), token), verdict) in
-            parsed.into_iter().zip(normalized).zip(verdicts.chunks(2))
-        {
-            if verdict[0] == "skip" {
-                tracing::info!(job_id = %spec.job_id, status = %verdict[1], "dropped a delivery of a job that is already final");
-                continue;
+        let mut final_already = 0;
+        if !parsed.is_empty() {
+            let mut invocation = self.scripts.start.prepare_invoke();
+            invocation
+                .key(self.keys.inflight(worker))
+                .key(&self.keys.index)
+                .arg(worker)
+                .arg(&self.keys.prefix)
+                .arg(self.config.retention.as_secs().max(1));
+            let mut tokens = Vec::with_capacity(parsed.len());
+            for (entry, spec) in &parsed {
+                let normalized = spec.to_entry();
+                // The raw entry stays the token unless it lacks the job id a rerun needs.
+                let replace = !has_job_id(entry);
+                invocation
+                    .key(record_key(&spec.job_id))
+                    .arg(entry)
+                    .arg(&normalized)
+                    .arg(if replace { "1" } else { "0" })
+                    .arg(&spec.job_id)
+                    .arg(spec.deadline_at_ms.map_or(String::new(), |d| d.to_string()))
+                    .arg(spec.tenant());
+                tokens.push(if replace { normalized } else { entry.clone() });
             }
-            let attempt: u32 = verdict[1].parse().unwrap_or(1);
-            if attempt > self.config.max_attempts {
-                let reason = format!(
-                    "its worker stopped while running it {} times (retry budget {})",
-                    attempt - 1,
-                    self.config.max_attempts
-                );
-                tracing::warn!(job_id = %spec.job_id, %reason, "job moved to the dead-letter list");
-                given_up += 1;
-                self.dead_letter(
-                    worker,
-                    &token,
-                    Some(&spec.job_id),
-                    ErrorKind::LeaseExpired,
-                    &reason,
-                    Some(attempt - 1),
-                )
-                .await?;
-                continue;
+            let mut c = self.conn.clone();
+            let verdicts: Vec<String> =
+                invocation.invoke_async(&mut c).await.map_err(unavailable)?;
+            for (((_, spec), token), verdict) in
+                parsed.into_iter().zip(tokens).zip(verdicts.chunks(2))
+            {
+                if verdict[0] == "skip" {
+                    tracing::info!(job_id = %spec.job_id, status = %verdict[1], "dropped a delivery of a job that is already final");
+                    final_already += 1;
+                    continue;
+                }
+                let attempt: u32 = verdict[1].parse().unwrap_or(1);
+                if attempt > self.config.max_attempts {
+                    let reason = format!(
+                        "its worker stopped while running it {} times (retry budget {})",
+                        attempt - 1,
+                        self.config.max_attempts
+                    );
+                    tracing::warn!(job_id = %spec.job_id, %reason, "job moved to the dead-letter list");
+                    given_up.push(FinishStep::dead_letter(
+                        token,
+                        Some(spec.job_id.clone()),
+                        spec.tenant().to_string(),
+                        ErrorKind::LeaseExpired,
+                        &reason,
+                        Some(attempt - 1),
+                    ));
+                    continue;
+                }
+                jobs.push(LeasedJob {
+                    spec,
+                    attempt,
+                    token,
+                });
             }
-            jobs.push(LeasedJob {
-                spec,
-                attempt,
-                token,
-            });
         }
-        Ok((jobs, given_up))
+        if !given_up.is_empty() {
+            self.run_finish(worker, &given_up).await?;
+        }
+        Ok((jobs, given_up.len() + final_already))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Records outcomes in one script call (`finish.lua`); returns what was applied to each.
     async fn run_finish(
         &self,
         worker: &str,
-        entry: &str,
-        job_id: Option<&str>,
-        outcome: &str,
-        delay: Duration,
-        answer: &str,
-        dead_item: &str,
-        tokens: u64,
-        fields: &[(&str, String)],
-    ) -> Result<String, QueueError> {
-        let id = job_id.unwrap_or("");
-        let mut c = self.conn.clone();
+        steps: &[FinishStep],
+    ) -> Result<Vec<String>, QueueError> {
         let mut inv = self.scripts.finish.prepare_invoke();
-        inv.key(record_key(id))
-            .key(self.keys.inflight(worker))
-            .key(result_key(id))
+        inv.key(self.keys.inflight(worker))
             .key(&self.keys.delayed)
             .key(&self.keys.dead)
             .key(&self.keys.counters)
-            .arg(entry)
-            .arg(outcome)
-            .arg(self.config.retention.as_secs().max(1))
-            .arg(delay.as_millis() as u64)
-            .arg(answer)
-            .arg(dead_item)
-            .arg(if job_id.is_some() { "1" } else { "0" })
             .arg(&self.keys.prefix)
-            .arg(tokens);
-        for (k, v) in fields {
-            inv.arg(*k).arg(v);
+            .arg(self.config.retention.as_secs().max(1));
+        for step in steps {
+            let id = step.job_id.as_deref().unwrap_or("");
+            inv.key(record_key(id))
+                .key(result_key(id))
+                .arg(&step.entry)
+                .arg(step.outcome)
+                .arg(step.delay.as_millis() as u64)
+                .arg(&step.answer)
+                .arg(&step.dead_item)
+                .arg(if step.job_id.is_some() { "1" } else { "0" })
+                .arg(step.tokens)
+                .arg(&step.tenant)
+                .arg(if step.clear_error { "1" } else { "0" })
+                .arg(step.fields.len());
+            for (k, v) in &step.fields {
+                inv.arg(*k).arg(v);
+            }
         }
+        let mut c = self.conn.clone();
         inv.invoke_async(&mut c).await.map_err(unavailable)
     }
 
-    async fn dead_letter(
-        &self,
-        worker: &str,
-        entry: &str,
-        job_id: Option<&str>,
-        kind: ErrorKind,
-        reason: &str,
-        attempts: Option<u32>,
-    ) -> Result<String, QueueError> {
-        let item = DeadLetter {
-            job_id: job_id.map(str::to_string),
-            kind: kind.as_str().to_string(),
-            reason: reason.to_string(),
-            entry: entry.to_string(),
-            at_ms: now_ms(),
+    /// What recording `outcome` for `job` takes: a retry while its budget lasts, a dead
+    /// letter once it is spent.
+    fn finish_step(&self, worker: &str, job: &LeasedJob, outcome: &Outcome) -> FinishStep {
+        let mut step = FinishStep {
+            entry: job.token.clone(),
+            job_id: Some(job.spec.job_id.clone()),
+            outcome: "succeeded",
+            delay: Duration::ZERO,
+            answer: String::new(),
+            dead_item: String::new(),
+            tokens: 0,
+            tenant: job.spec.tenant().to_string(),
+            // Only a run after a failed one can find an error on the record.
+            clear_error: job.attempt > 1,
+            fields: Vec::new(),
         };
-        let item = serde_json::to_string(&item).expect("dead letters serialize");
-        let mut fields = vec![
-            ("error_kind", kind.as_str().to_string()),
-            ("error_message", reason.to_string()),
-        ];
-        if let Some(a) = attempts {
-            fields.push(("attempts", a.to_string()));
+        match outcome {
+            Outcome::Succeeded(done) => {
+                step.answer = done.text.clone();
+                step.tokens = done.usage.prompt_tokens + done.usage.completion_tokens;
+                step.fields = vec![
+                    ("prompt_tokens", done.usage.prompt_tokens.to_string()),
+                    (
+                        "completion_tokens",
+                        done.usage.completion_tokens.to_string(),
+                    ),
+                    ("worker_id", worker.to_string()),
+                ];
+                if let Some(t) = done.ttft_ms {
+                    step.fields.push(("ttft_ms", t.to_string()));
+                }
+            }
+            Outcome::Failed(JobError {
+                kind,
+                message,
+                transient,
+                retry_after,
+            }) => {
+                if *transient && job.attempt >= self.config.max_attempts {
+                    let reason = format!(
+                        "gave up after {} attempts; last error ({}): {message}",
+                        job.attempt,
+                        kind.as_str()
+                    );
+                    return FinishStep::dead_letter(
+                        job.token.clone(),
+                        Some(job.spec.job_id.clone()),
+                        step.tenant,
+                        ErrorKind::RetriesExhausted,
+                        &reason,
+                        None,
+                    );
+                }
+                step.fields = vec![
+                    ("error_kind", kind.as_str().to_string()),
+                    ("error_message", message.clone()),
+                ];
+                if *transient {
+                    step.outcome = "retry";
+                    step.delay = self.config.retry_delay(job.attempt, *retry_after);
+                } else {
+                    step.outcome = "failed";
+                }
+            }
         }
-        self.run_finish(
-            worker,
-            entry,
-            job_id,
-            "dead",
-            Duration::ZERO,
-            "",
-            &item,
-            0,
-            &fields,
-        )
-        .await
+        step
     }
 
     /// Validates and stores a job (see [`Queue::store`]).
@@ -907,95 +1016,34 @@ impl Consumer for RedisQueue {
         job: &LeasedJob,
         outcome: Outcome,
     ) -> Result<Finished, QueueError> {
-        let id = job.spec.job_id.as_str();
-        let applied = match outcome {
-            Outcome::Succeeded(done) => {
-                let mut fields = vec![
-                    ("prompt_tokens", done.usage.prompt_tokens.to_string()),
-                    (
-                        "completion_tokens",
-                        done.usage.completion_tokens.to_string(),
-                    ),
-                    ("worker_id", worker.to_string()),
-                ];
-                if let Some(t) = done.ttft_ms {
-                    fields.push(("ttft_ms", t.to_string()));
-                }
-                self.run_finish(
-                    worker,
-                    &job.token,
-                    Some(id),
-                    "succeeded",
-                    Duration::ZERO,
-                    &done.text,
-                    "",
-                    done.usage.prompt_tokens + done.usage.completion_tokens,
-                    &fields,
-                )
-                .await?
-            }
-            Outcome::Failed(JobError {
-                kind,
-                message,
-                transient,
-                retry_after,
-            }) => {
-                let fields = [
-                    ("error_kind", kind.as_str().to_string()),
-                    ("error_message", message.clone()),
-                ];
-                if !transient {
-                    self.run_finish(
-                        worker,
-                        &job.token,
-                        Some(id),
-                        "failed",
-                        Duration::ZERO,
-                        "",
-                        "",
-                        0,
-                        &fields,
-                    )
-                    .await?
-                } else if job.attempt >= self.config.max_attempts {
-                    let reason = format!(
-                        "gave up after {} attempts; last error ({}): {message}",
-                        job.attempt,
-                        kind.as_str()
-                    );
-                    self.dead_letter(
-                        worker,
-                        &job.token,
-                        Some(id),
-                        ErrorKind::RetriesExhausted,
-                        &reason,
-                        None,
-                    )
-                    .await?
-                } else {
-                    let delay = self.config.retry_delay(job.attempt, retry_after);
-                    self.run_finish(
-                        worker,
-                        &job.token,
-                        Some(id),
-                        "retry",
-                        delay,
-                        "",
-                        "",
-                        0,
-                        &fields,
-                    )
-                    .await?
-                }
-            }
-        };
-        Ok(match applied.as_str() {
-            "succeeded" => Finished::Succeeded,
-            "retry" => Finished::RetryScheduled,
-            "failed" => Finished::Failed,
-            "dead" => Finished::Dead,
-            _ => Finished::AlreadyFinal,
-        })
+        let done = self.finish_all(worker, &[(job.clone(), outcome)]).await?;
+        Ok(done[0])
+    }
+
+    // One script call for all of them.
+    async fn finish_all(
+        &self,
+        worker: &str,
+        done: &[(LeasedJob, Outcome)],
+    ) -> Result<Vec<Finished>, QueueError> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let steps: Vec<FinishStep> = done
+            .iter()
+            .map(|(job, outcome)| self.finish_step(worker, job, outcome))
+            .collect();
+        let applied = self.run_finish(worker, &steps).await?;
+        Ok(applied
+            .iter()
+            .map(|a| match a.as_str() {
+                "succeeded" => Finished::Succeeded,
+                "retry" => Finished::RetryScheduled,
+                "failed" => Finished::Failed,
+                "dead" => Finished::Dead,
+                _ => Finished::AlreadyFinal,
+            })
+            .collect())
     }
 
     async fn release(&self, worker: &str, job: &LeasedJob) -> Result<(), QueueError> {

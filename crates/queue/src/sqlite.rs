@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use greenscale_core::{
@@ -157,10 +157,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    greenscale_core::unix_ms() as i64
 }
 
 fn db_error(e: rusqlite::Error) -> QueueError {
@@ -967,6 +964,22 @@ impl Consumer for SqliteQueue {
         let job = job.clone();
         self.tx(move |tx, ctx| finish_in(tx, ctx, &worker, &job, outcome))
             .await
+    }
+
+    // One transaction, so one commit (and one sync to disk) for all of them.
+    async fn finish_all(
+        &self,
+        worker: &str,
+        done: &[(LeasedJob, Outcome)],
+    ) -> Result<Vec<Finished>, QueueError> {
+        let worker = worker.to_string();
+        let done = done.to_vec();
+        self.tx(move |tx, ctx| {
+            done.into_iter()
+                .map(|(job, outcome)| finish_in(tx, ctx, &worker, &job, outcome))
+                .collect()
+        })
+        .await
     }
 
     async fn release(&self, worker: &str, job: &LeasedJob) -> Result<(), QueueError> {

@@ -93,3 +93,73 @@ async fn redis_restart_loses_nothing() {
         );
     }
 }
+
+/// Every command Redis executed since the last `CONFIG RESETSTAT` (commands run inside
+/// scripts included; this check's own `INFO` and `CONFIG RESETSTAT` left out), and how
+/// many of them were script calls.
+fn commands_executed(c: &mut redis::Connection) -> (u64, u64) {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
+    let (mut all, mut scripts) = (0, 0);
+    for line in info.lines() {
+        let Some((name, rest)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let calls: u64 = rest
+            .strip_prefix("calls=")
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        if matches!(name, "info" | "config|resetstat") {
+            continue;
+        }
+        all += calls;
+        if name.starts_with("eval") {
+            scripts += calls;
+        }
+    }
+    (all, scripts)
+}
+
+#[tokio::test]
+/// What a prototype-style job (`LPUSH jobs`) costs Redis on its way through a worker that
+/// leases and records outcomes 16 at a time, read from Redis's own `INFO commandstats`:
+/// at most 9 commands executed per job, scripts' own included (before the lean path: 31 in
+/// `bench/run redis_commands`), and three script calls (lease, start, finish) per 16 jobs.
+async fn a_job_costs_redis_few_commands() {
+    let server = RedisServer::start();
+    let q = queue(&server, QueueConfig::default());
+    let mut c = server.connection();
+    let jobs = 320;
+    for i in 0..jobs {
+        let _: i64 = c
+            .lpush(
+                "jobs",
+                format!(r#"{{"job_id":"cost-{i}","prompt":"p{i}"}}"#),
+            )
+            .unwrap();
+    }
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
+    let mut done = 0;
+    while done < jobs {
+        let leased = q.lease("w1", 16, Duration::ZERO).await.unwrap();
+        assert_eq!(leased.len(), 16, "a full lease while jobs wait");
+        let outcomes: Vec<_> = leased.into_iter().map(|j| (j, success("ok"))).collect();
+        let finished = q.finish_all("w1", &outcomes).await.unwrap();
+        assert!(finished.iter().all(|f| *f == Finished::Succeeded));
+        done += outcomes.len();
+    }
+    let (all, scripts) = commands_executed(&mut c);
+    let per_job = all as f64 / jobs as f64;
+    let calls_per_job = scripts as f64 / jobs as f64;
+    println!("{per_job:.2} commands and {calls_per_job:.3} script calls per job");
+    assert!(per_job <= 9.0, "{per_job:.2} commands per job");
+    assert!(
+        calls_per_job <= 0.2,
+        "{calls_per_job:.3} script calls per job"
+    );
+    let answer: String = c.get("result:cost-0").unwrap();
+    assert_eq!(answer, "ok");
+}

@@ -1,6 +1,7 @@
 //! GreenScale's worker: the runtime that leases and runs jobs, and the model backends.
 
 pub mod backend;
+mod finisher;
 pub mod runtime;
 pub mod sse;
 pub mod turns;

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use greenscale_core::{Finished, JobEvent, JobStatus, LeasedJob, Outcome, WorkerQueue};
+use greenscale_core::{Finished, JobEvent, JobRecord, JobStatus, LeasedJob, Outcome, WorkerQueue};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::backend::ModelBackend;
+use crate::finisher::Finisher;
 use crate::turns::LeaseTurns;
 
 /// Settings of one worker process.
@@ -93,6 +94,7 @@ pub async fn run_worker<B: ModelBackend>(
     shutdown: impl Future<Output = ()>,
 ) -> Arc<WorkerReport> {
     let mut worker = Worker {
+        finisher: Finisher::start(queue.clone(), config.id.clone()),
         held: Arc::default(),
         slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
         tasks: JoinSet::new(),
@@ -117,6 +119,8 @@ struct Worker<B> {
     backend: Arc<B>,
     config: WorkerConfig,
     report: Arc<WorkerReport>,
+    /// Records outcomes, several per round trip when runs end together.
+    finisher: Finisher,
     held: Held,
     slots: Arc<Semaphore>,
     tasks: JoinSet<()>,
@@ -245,8 +249,9 @@ impl<B: ModelBackend> Worker<B> {
                     stop: stop.clone(),
                 },
             );
-            let (queue, backend, held, report, worker) = (
+            let (queue, finisher, backend, held, report, worker) = (
                 self.queue.clone(),
+                self.finisher.clone(),
                 self.backend.clone(),
                 self.held.clone(),
                 self.report.clone(),
@@ -254,7 +259,13 @@ impl<B: ModelBackend> Worker<B> {
             );
             report.in_flight.fetch_add(1, Ordering::Relaxed);
             self.tasks.spawn(async move {
-                run_one(&*queue, &*backend, &worker, &job, &stop, &report).await;
+                let run = Run {
+                    queue: &*queue,
+                    finisher: &finisher,
+                    worker: &worker,
+                    report: &report,
+                };
+                run_one(run, &*backend, &job, &stop).await;
                 report.in_flight.fetch_sub(1, Ordering::Relaxed);
                 held.lock()
                     .expect("held jobs lock")
@@ -320,14 +331,21 @@ impl<B: ModelBackend> Worker<B> {
     }
 }
 
-async fn run_one<B: ModelBackend>(
-    queue: &dyn WorkerQueue,
-    backend: &B,
-    worker: &str,
-    job: &LeasedJob,
-    stop: &Notify,
-    report: &WorkerReport,
-) {
+/// What one run reports to: the queue, the outcome recorder, the worker and its counts.
+struct Run<'a> {
+    queue: &'a dyn WorkerQueue,
+    finisher: &'a Finisher,
+    worker: &'a str,
+    report: &'a WorkerReport,
+}
+
+async fn run_one<B: ModelBackend>(run: Run<'_>, backend: &B, job: &LeasedJob, stop: &Notify) {
+    let Run {
+        queue,
+        finisher,
+        worker,
+        report,
+    } = run;
     let started = Instant::now();
     let streaming = job.spec.streams();
     let id = job.spec.job_id.as_str();
@@ -369,7 +387,7 @@ async fn run_one<B: ModelBackend>(
     // The answer is only safe once recorded: keep trying while the queue is down.
     let mut delay = Duration::from_millis(100);
     let finished = loop {
-        match queue.finish(worker, job, outcome.clone()).await {
+        match finisher.finish(job, outcome.clone()).await {
             Ok(f) => break f,
             Err(e) => {
                 tracing::warn!(job_id = %job.spec.job_id, error = %e, "cannot record the outcome yet; retrying");
@@ -378,7 +396,7 @@ async fn run_one<B: ModelBackend>(
             }
         }
     };
-    if streaming {
+    if job.spec.notifies() {
         let status = match finished {
             Finished::Succeeded => JobStatus::Succeeded,
             Finished::RetryScheduled => JobStatus::Queued,
@@ -392,6 +410,8 @@ async fn run_one<B: ModelBackend>(
         let event = JobEvent::Finished {
             status,
             error: error.as_ref().map(|e| e.message.clone()),
+            record: (finished != Finished::AlreadyFinal)
+                .then(|| Box::new(ended_record(worker, job, &outcome, status, run_time))),
         };
         publish_quietly(queue, id, &event).await;
     }
@@ -411,6 +431,43 @@ async fn run_one<B: ModelBackend>(
         (f, _) => {
             tracing::info!(job_id = %id, outcome = ?f, "job already had a final status; outcome discarded")
         }
+    }
+}
+
+/// The record of a run that just ended, as this worker saw it, for the end event: the
+/// times by this worker's clock; the enqueue time and the spec left out.
+fn ended_record(
+    worker: &str,
+    job: &LeasedJob,
+    outcome: &Outcome,
+    status: JobStatus,
+    run_time: Duration,
+) -> JobRecord {
+    let finished_at_ms = greenscale_core::unix_ms();
+    let (result, usage, ttft_ms, error) = match outcome {
+        Outcome::Succeeded(done) => (
+            Some(done.text.clone()),
+            Some(done.usage),
+            done.ttft_ms,
+            None,
+        ),
+        Outcome::Failed(e) => (None, None, None, Some(e)),
+    };
+    JobRecord {
+        id: job.spec.job_id.clone(),
+        tenant: job.spec.tenant().to_string(),
+        status,
+        attempts: job.attempt,
+        enqueued_at_ms: None,
+        started_at_ms: Some(finished_at_ms.saturating_sub(run_time.as_millis() as u64)),
+        finished_at_ms: status.is_terminal().then_some(finished_at_ms),
+        worker_id: Some(worker.to_string()),
+        error_kind: error.map(|e| e.kind),
+        error_message: error.map(|e| e.message.clone()),
+        usage,
+        ttft_ms,
+        result,
+        spec: None,
     }
 }
 
