@@ -1,25 +1,61 @@
-//! One subscription to the queue's job events, shared by every waiting request.
+//! One subscription to the queue's job events, shared by every waiting request: each
+//! request that waits on a job has a small mailbox, filled by the one task that reads the
+//! queue's event stream. A mailbox holds no buffer until an event arrives for it, so a
+//! request held while the pool wakes costs a map entry, not a channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use greenscale_core::{JobEvent, Queue};
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 
-/// Events buffered per job. Tokens arrive one event per generated piece (joined when the
-/// worker's publishing falls behind); a receiver that falls further behind than this stops
-/// streaming and gets the rest of the text from the job record when the job ends. Each slot
-/// is allocated up front for every waiting request, so it is kept small.
-const CAPACITY: usize = 32;
+/// Events a mailbox holds before its reader counts as fallen behind. Tokens arrive one
+/// event per generated piece (joined when the worker's publishing falls behind); a reader
+/// that falls further behind stops streaming and gets the rest of the text from the job
+/// record when the job ends.
+const CAPACITY: usize = 64;
 
-type Senders = Arc<Mutex<HashMap<String, broadcast::Sender<JobEvent>>>>;
+/// The events of one job for one waiting request.
+#[derive(Default)]
+struct Mailbox {
+    state: Mutex<Letters>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Letters {
+    events: VecDeque<JobEvent>,
+    /// Events were lost: the reader fell behind, or the event stream broke.
+    lost: bool,
+}
+
+impl Mailbox {
+    fn deliver(&self, event: JobEvent) {
+        let mut letters = self.state.lock().expect("mailbox lock");
+        if letters.events.len() >= CAPACITY {
+            letters.events.clear();
+            letters.lost = true;
+        } else if !letters.lost {
+            letters.events.push_back(event);
+        }
+        drop(letters);
+        self.ready.notify_one();
+    }
+
+    fn lose(&self) {
+        self.state.lock().expect("mailbox lock").lost = true;
+        self.ready.notify_one();
+    }
+}
+
+type Mailboxes = Arc<Mutex<HashMap<String, Vec<Arc<Mailbox>>>>>;
 
 /// Routes job events from the queue to the requests waiting on those jobs.
 #[derive(Clone, Default)]
 pub struct EventHub {
-    senders: Senders,
+    mailboxes: Mailboxes,
 }
 
 impl EventHub {
@@ -33,77 +69,110 @@ impl EventHub {
     }
 
     fn follow(&self, queue: Arc<dyn Queue>) {
-        let senders = self.senders.clone();
+        let hub = self.clone();
         tokio::spawn(async move {
+            let mut broke = false;
             loop {
                 match queue.events().await {
                     Ok(mut stream) => {
-                        while let Some((id, event)) = stream.next().await {
-                            let tx = senders.lock().expect("hub lock").get(&id).cloned();
-                            if let Some(tx) = tx {
-                                let _ = tx.send(event);
+                        if broke {
+                            // What was published while no stream was open is lost:
+                            // every waiting request reads its job's record.
+                            for boxes in hub.mailboxes.lock().expect("hub lock").values() {
+                                boxes.iter().for_each(|b| b.lose());
                             }
                         }
-                        tracing::warn!("job event stream ended; reconnecting");
+                        while let Some((id, event)) = stream.next().await {
+                            hub.deliver(&id, event);
+                        }
+                        tracing::warn!(
+                            "job event stream ended (broken, or fell behind); subscribing again"
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot subscribe to job events; retrying")
+                        tracing::warn!(error = %e, "cannot subscribe to job events; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                broke = true;
             }
         });
     }
 
+    /// Hands an event to every request waiting on its job.
+    fn deliver(&self, job_id: &str, event: JobEvent) {
+        let boxes = self
+            .mailboxes
+            .lock()
+            .expect("hub lock")
+            .get(job_id)
+            .cloned();
+        for b in boxes.into_iter().flatten() {
+            b.deliver(event.clone());
+        }
+    }
+
     /// Events of one job from now on, until the subscription is dropped.
     pub fn subscribe(&self, job_id: &str) -> Subscription {
-        let mut senders = self.senders.lock().expect("hub lock");
-        let rx = senders
+        let mailbox = Arc::new(Mailbox::default());
+        self.mailboxes
+            .lock()
+            .expect("hub lock")
             .entry(job_id.to_string())
-            .or_insert_with(|| broadcast::channel(CAPACITY).0)
-            .subscribe();
+            .or_default()
+            .push(mailbox.clone());
         Subscription {
-            rx: Some(rx),
+            mailbox,
+            ended: false,
             job_id: job_id.to_string(),
-            senders: self.senders.clone(),
+            mailboxes: self.mailboxes.clone(),
         }
     }
 }
 
 /// A request's view of one job's events.
 pub struct Subscription {
-    rx: Option<broadcast::Receiver<JobEvent>>,
+    mailbox: Arc<Mailbox>,
+    /// Set once events were lost: nothing more is read.
+    ended: bool,
     job_id: String,
-    senders: Senders,
+    mailboxes: Mailboxes,
 }
 
 impl Subscription {
-    /// The next event. `None`, once, when events were lost (this receiver fell behind) or
-    /// the hub closed: the caller re-reads the record, and this subscription never yields
-    /// again, so what a caller forwarded stays a gap-free prefix of the job's text.
+    /// The next event. `None`, once, when events were lost (this reader fell behind, or
+    /// the event stream broke): the caller re-reads the record, and this subscription never
+    /// yields again, so what a caller forwarded stays a gap-free prefix of the job's text.
     pub async fn next(&mut self) -> Option<JobEvent> {
-        let Some(rx) = self.rx.as_mut() else {
+        if self.ended {
             return std::future::pending().await;
-        };
-        match rx.recv().await {
-            Ok(event) => Some(event),
-            Err(_) => {
-                self.rx = None;
-                None
+        }
+        loop {
+            {
+                let mut letters = self.mailbox.state.lock().expect("mailbox lock");
+                if letters.lost {
+                    drop(letters);
+                    self.ended = true;
+                    return None;
+                }
+                if let Some(event) = letters.events.pop_front() {
+                    return Some(event);
+                }
             }
+            self.mailbox.ready.notified().await;
         }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        drop(self.rx.take());
-        let mut senders = self.senders.lock().expect("hub lock");
-        if senders
-            .get(&self.job_id)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
-            senders.remove(&self.job_id);
+        let mut mailboxes = self.mailboxes.lock().expect("hub lock");
+        if let Some(boxes) = mailboxes.get_mut(&self.job_id) {
+            boxes.retain(|b| !Arc::ptr_eq(b, &self.mailbox));
+            if boxes.is_empty() {
+                mailboxes.remove(&self.job_id);
+            }
         }
     }
 }
@@ -116,21 +185,35 @@ mod tests {
     async fn a_subscriber_that_fell_behind_stops_instead_of_skipping_text() {
         let hub = EventHub::default();
         let mut sub = hub.subscribe("job");
-        let tx = hub.senders.lock().unwrap().get("job").cloned().unwrap();
         for i in 0..CAPACITY + 5 {
-            tx.send(JobEvent::Token {
-                text: i.to_string(),
-            })
-            .unwrap();
+            hub.deliver(
+                "job",
+                JobEvent::Token {
+                    text: i.to_string(),
+                },
+            );
         }
         // The oldest events are gone: it says so once...
         assert_eq!(sub.next().await, None);
         // ...and never hands out a later piece that would leave a gap in the text.
-        tx.send(JobEvent::Token {
-            text: "late".into(),
-        })
-        .unwrap_or(0);
+        hub.deliver(
+            "job",
+            JobEvent::Token {
+                text: "late".into(),
+            },
+        );
         let later = tokio::time::timeout(Duration::from_millis(50), sub.next()).await;
         assert!(later.is_err(), "yielded {later:?} after a gap");
+    }
+
+    #[tokio::test]
+    async fn a_finished_request_leaves_nothing_behind() {
+        let hub = EventHub::default();
+        let first = hub.subscribe("job");
+        let second = hub.subscribe("job");
+        drop(first);
+        assert_eq!(hub.mailboxes.lock().unwrap()["job"].len(), 1);
+        drop(second);
+        assert!(hub.mailboxes.lock().unwrap().is_empty());
     }
 }

@@ -13,13 +13,12 @@ use greenscale_core::{
     ChatMessage, ErrorKind, JobRecord, JobSpec, JobStatus, Priority, QueueStats, new_job_id,
 };
 use serde::{Deserialize, Serialize};
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::Gateway;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::watch::{Update, WatchOptions, watch};
+use crate::watch::{Update, Watch, WatchOptions};
 use crate::webhooks::Subject;
 
 /// A job to run.
@@ -606,20 +605,25 @@ pub async fn job_events(
         }
     };
     let was_running = record.status == JobStatus::Running;
-    let updates = watch(
+    let watch = Watch::new(
         g,
         id.clone(),
         sub,
         WatchOptions {
             start_deadline: None,
             cancel_on_disconnect: false,
+            waiting_every: None,
+            stored_record: true,
         },
     );
-    let rest = ReceiverStream::new(updates).filter_map(move |u| {
+    let updates =
+        futures::stream::unfold(watch, |mut w| async move { w.next().await.map(|u| (u, w)) });
+    let rest = updates.filter_map(move |u| {
         let id = id.clone();
         async move {
             match u {
                 Update::Started if was_running => None,
+                Update::Waiting(_) => None,
                 Update::Started => Some(sse_event("started", serde_json::json!({"id": id}))),
                 Update::Token(text) => Some(sse_event("token", serde_json::json!({"text": text}))),
                 Update::Done(rec) => {

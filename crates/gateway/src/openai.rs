@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -16,7 +16,6 @@ use futures::StreamExt;
 use greenscale_core::{ChatMessage, JobRecord, JobSpec, JobStatus, Priority, new_job_id};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
 use crate::Gateway;
@@ -24,7 +23,7 @@ use crate::auth::Caller;
 use crate::dashboard::PoolsStatus;
 use crate::error::{ApiError, ErrorBody};
 use crate::jobs::{admit, json_body};
-use crate::watch::{Update, WatchOptions, watch};
+use crate::watch::{Update, Watch, WatchOptions};
 
 /// A chat message's content: text, or a list of parts of which the text ones are used.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -363,13 +362,15 @@ pub async fn chat_completions(
     let sub = g.hub.subscribe(&id);
     g.routes.enqueue(spec).await?;
     g.metrics.submitted();
-    let updates = watch(
+    let mut watch = Watch::new(
         g.clone(),
         id.clone(),
         sub,
         WatchOptions {
             start_deadline: Some(g.config.wait_deadline),
             cancel_on_disconnect: true,
+            waiting_every: stream.then_some(WAITING_EVERY),
+            stored_record: false,
         },
     );
     if stream {
@@ -377,10 +378,9 @@ pub async fn chat_completions(
             pools: g.pools.clone(),
             progress,
         };
-        return Ok(stream_response(id, model, include_usage, wake, updates));
+        return Ok(stream_response(id, model, include_usage, wake, watch));
     }
-    let mut updates = updates;
-    while let Some(update) = updates.recv().await {
+    while let Some(update) = watch.next().await {
         match update {
             Update::Done(rec) if rec.status == JobStatus::Succeeded => {
                 return Ok(axum::Json(completion(&id, model, unix_now(), *rec)).into_response());
@@ -392,7 +392,7 @@ pub async fn chat_completions(
                 e.retry_after = Some(5);
                 return Err(e);
             }
-            Update::Started | Update::Token(_) => {}
+            Update::Started | Update::Token(_) | Update::Waiting(_) => {}
         }
     }
     Err(ApiError::new(
@@ -469,48 +469,12 @@ impl Wake {
     }
 }
 
-/// A job's update, or the news that it still waits for a worker (and for how long).
-enum Waited {
-    Update(Update),
-    Still(Duration),
-}
-
-/// The updates of a job, with a `Still` every `WAITING_EVERY` until a worker starts it.
-/// Ends when the updates end or the receiver goes (dropping `updates`, which cancels a job
-/// nobody waits for any more).
-fn with_waiting(
-    mut updates: tokio::sync::mpsc::Receiver<Update>,
-) -> tokio::sync::mpsc::Receiver<Waited> {
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(async move {
-        let since = Instant::now();
-        let mut ticks =
-            tokio::time::interval_at(tokio::time::Instant::now() + WAITING_EVERY, WAITING_EVERY);
-        let mut started = false;
-        loop {
-            let next = tokio::select! {
-                u = updates.recv() => match u {
-                    Some(u) => Waited::Update(u),
-                    None => return,
-                },
-                _ = ticks.tick(), if !started => Waited::Still(since.elapsed()),
-                _ = tx.closed() => return,
-            };
-            started |= matches!(next, Waited::Update(Update::Started | Update::Token(_)));
-            if tx.send(next).await.is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 fn stream_response(
     id: String,
     model: String,
     include_usage: bool,
     wake: Wake,
-    updates: tokio::sync::mpsc::Receiver<Update>,
+    watch: Watch,
 ) -> Response {
     let created = unix_now();
     let first = chunk(
@@ -520,11 +484,12 @@ fn stream_response(
         delta(json!({"role": "assistant", "content": ""}), None),
         None,
     );
-    let events = ReceiverStream::new(with_waiting(updates)).flat_map(move |w| {
+    let updates =
+        futures::stream::unfold(watch, |mut w| async move { w.next().await.map(|u| (u, w)) });
+    let events = updates.flat_map(move |u| {
         let mut out: Vec<Event> = Vec::new();
-        let u = match w {
-            Waited::Update(u) => u,
-            Waited::Still(waited) => {
+        match u {
+            Update::Waiting(waited) => {
                 // A comment keeps proxies and SDKs from timing out; an opted-in client
                 // also gets the words as reasoning text, which chat UIs show apart.
                 let message = wake.message(&model, waited);
@@ -538,10 +503,7 @@ fn stream_response(
                         None,
                     ));
                 }
-                return futures::stream::iter(out.into_iter().map(Ok::<_, Infallible>));
             }
-        };
-        match u {
             Update::Started => {}
             Update::Token(text) => out.push(chunk(
                 &id,

@@ -1,11 +1,14 @@
 //! Following one job from the gateway: events as they are published, the record as the
 //! source of truth, a deadline for a worker to start it, and cancellation when the client
-//! goes away before it started.
+//! goes away before it started. A [`Watch`] is polled by the request that waits on it, with
+//! no task or channel of its own, so a request held while a pool wakes costs little.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use greenscale_core::{JobEvent, JobRecord, JobStatus};
-use tokio::sync::mpsc;
+use tokio::time::Instant as TokioInstant;
 
 use crate::Gateway;
 use crate::events::Subscription;
@@ -23,130 +26,262 @@ pub enum Update {
     NotStarted,
     /// The gateway is shutting down before the job finished; why, for the client.
     ShuttingDown(&'static str),
+    /// No worker has started it yet; it has waited this long (see
+    /// [`WatchOptions::waiting_every`]).
+    Waiting(Duration),
 }
 
 /// How to watch.
 pub struct WatchOptions {
     /// Give up (and cancel the job) if no worker starts it within this time.
     pub start_deadline: Option<Duration>,
-    /// Cancel the job if the receiver goes away before a worker started it.
+    /// Cancel the job if the watch is dropped (its client went away) before it started.
     pub cancel_on_disconnect: bool,
+    /// Say every so often that the job still waits for a worker.
+    pub waiting_every: Option<Duration>,
+    /// End with the stored record even when the end event carries the worker's.
+    pub stored_record: bool,
 }
 
-/// Starts watching `id` (subscribed with `sub` before the job was enqueued, so no event is
-/// missed); updates arrive on the returned channel until `Done`, `NotStarted` or
-/// `ShuttingDown`.
-pub fn watch(
+/// Record reads per second that the safety checks of all waiting requests together may
+/// cost: with many requests waiting each is checked less often (events tell the rest).
+const CHECKS_PER_SECOND: f64 = 2000.0;
+/// The shortest time between two safety checks of one job's record.
+const MIN_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Follows one job (subscribed before the job was enqueued, so no event is missed) until
+/// `Done`, `NotStarted` or `ShuttingDown`.
+pub struct Watch {
     g: Gateway,
     id: String,
-    mut sub: Subscription,
+    sub: Subscription,
     options: WatchOptions,
-) -> mpsc::Receiver<Update> {
-    let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
-        let _counted = Waiting::count(&g.waiting);
-        let started_at = Instant::now();
-        let mut started = false;
-        let mut streamed = String::new();
-        let mut shutdown = g.shutdown.clone();
-        let mut draining = g.draining.clone();
-        let mut drain_seen = *draining.borrow();
-        let mut poll = tokio::time::interval(Duration::from_millis(500));
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let mut check_record = false;
-            tokio::select! {
-                event = sub.next() => match event {
-                    Some(JobEvent::Started { .. }) => {
-                        if !started {
-                            started = true;
-                            if tx.send(Update::Started).await.is_err() { break; }
-                        }
-                    }
-                    Some(JobEvent::Token { text }) => {
-                        started = true;
-                        streamed.push_str(&text);
-                        if tx.send(Update::Token(text)).await.is_err() { break; }
-                    }
-                    Some(JobEvent::Finished { .. }) | None => check_record = true,
-                },
-                _ = poll.tick() => check_record = true,
-                _ = tx.closed() => {
-                    if options.cancel_on_disconnect && !started {
-                        cancel_if_queued(&g, &id, "the client went away").await;
-                    }
-                    return;
-                }
-                _ = shutdown.changed() => {
-                    let _ = tx.send(Update::ShuttingDown(STOPPED)).await;
-                    return;
-                }
-                _ = async { drop(draining.wait_for(|d| *d).await) }, if !drain_seen => {
-                    drain_seen = true;
-                    check_record = true;
-                }
+    /// When the watch began (about when the job was enqueued), Unix ms.
+    began_ms: u64,
+    since: Instant,
+    started: bool,
+    /// The text handed out so far.
+    streamed: String,
+    drain_seen: bool,
+    /// The next safety check of the record.
+    next_check: TokioInstant,
+    /// When the record was last read.
+    checked_at: TokioInstant,
+    /// The next `Waiting`, while the job waits and they are asked for.
+    next_waiting: Option<TokioInstant>,
+    /// What to hand out next, before anything else.
+    queued: Option<Update>,
+    ended: bool,
+    _counted: Counted,
+}
+
+/// What woke a watch.
+enum Wake {
+    Event(Option<JobEvent>),
+    Check,
+    Waiting,
+    Draining,
+    Stopped,
+}
+
+impl Watch {
+    /// Starts watching `id`.
+    pub fn new(g: Gateway, id: String, sub: Subscription, options: WatchOptions) -> Self {
+        let counted = Counted::new(&g.waiting);
+        let now = TokioInstant::now();
+        let drain_seen = *g.draining.borrow();
+        Watch {
+            next_check: now + check_every(&g.waiting, &id),
+            checked_at: now,
+            next_waiting: options.waiting_every.map(|every| now + every),
+            began_ms: greenscale_core::unix_ms(),
+            since: Instant::now(),
+            started: false,
+            streamed: String::new(),
+            drain_seen,
+            queued: None,
+            ended: false,
+            _counted: counted,
+            g,
+            id,
+            sub,
+            options,
+        }
+    }
+
+    /// The next update; `None` after the last (`Done`, `NotStarted` or `ShuttingDown`).
+    pub async fn next(&mut self) -> Option<Update> {
+        if let Some(u) = self.queued.take() {
+            return Some(u);
+        }
+        while !self.ended {
+            if let Some(update) = self.step().await {
+                return Some(update);
             }
-            if !check_record {
-                continue;
+        }
+        None
+    }
+
+    /// Waits for one thing to happen; returns what to hand out, if anything.
+    async fn step(&mut self) -> Option<Update> {
+        // The start deadline wakes the watch once; after that the regular checks see it.
+        let deadline = self
+            .options
+            .start_deadline
+            .filter(|_| !self.started)
+            .map(|d| TokioInstant::from_std(self.since + d))
+            .filter(|d| *d > self.checked_at);
+        let next_check = deadline.map_or(self.next_check, |d| d.min(self.next_check));
+        let next_waiting = self.next_waiting.filter(|_| !self.started);
+        let mut shutdown = self.g.shutdown.clone();
+        let mut draining = self.g.draining.clone();
+        let wake = tokio::select! {
+            event = self.sub.next() => Wake::Event(event),
+            _ = tokio::time::sleep_until(next_check) => Wake::Check,
+            _ = async { tokio::time::sleep_until(next_waiting.expect("set")).await }, if next_waiting.is_some() => Wake::Waiting,
+            _ = shutdown.changed() => Wake::Stopped,
+            _ = async { drop(draining.wait_for(|d| *d).await) }, if !self.drain_seen => Wake::Draining,
+        };
+        match wake {
+            Wake::Event(Some(JobEvent::Started { .. })) => self.mark_started(),
+            Wake::Event(Some(JobEvent::Token { text })) => {
+                self.started = true;
+                self.streamed.push_str(&text);
+                Some(Update::Token(text))
             }
-            let record = match g.routes.job(&id).await {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::debug!(job_id = %id, error = %e, "cannot read the job record yet");
-                    continue;
-                }
+            Wake::Event(Some(JobEvent::Finished {
+                status,
+                record: Some(record),
+                ..
+            })) if status.is_terminal() && !self.options.stored_record => {
+                let mut record = *record;
+                record.enqueued_at_ms = Some(self.began_ms);
+                Some(self.end(record))
+            }
+            Wake::Event(Some(JobEvent::Finished { .. }) | None) | Wake::Check => {
+                self.check_record().await
+            }
+            Wake::Draining => {
+                self.drain_seen = true;
+                self.check_record().await
+            }
+            Wake::Waiting => {
+                let every = self.options.waiting_every.expect("asked for");
+                self.next_waiting = Some(TokioInstant::now() + every);
+                Some(Update::Waiting(self.since.elapsed()))
+            }
+            Wake::Stopped => {
+                self.ended = true;
+                Some(Update::ShuttingDown(STOPPED))
+            }
+        }
+    }
+
+    fn mark_started(&mut self) -> Option<Update> {
+        if self.started {
+            return None;
+        }
+        self.started = true;
+        Some(Update::Started)
+    }
+
+    /// The job ended with `record`: the text not handed out yet, then `Done`.
+    fn end(&mut self, record: JobRecord) -> Update {
+        self.ended = true;
+        self.g.metrics.completed(&record);
+        let rest = record
+            .result
+            .as_deref()
+            .and_then(|r| r.strip_prefix(self.streamed.as_str()))
+            .filter(|r| !r.is_empty())
+            .map(str::to_string);
+        let done = Update::Done(Box::new(record));
+        match rest {
+            // Text published before this request subscribed is sent now.
+            Some(rest) => {
+                self.queued = Some(done);
+                Update::Token(rest)
+            }
+            None => done,
+        }
+    }
+
+    /// Reads the record: the source of truth when an event was missed, for the deadline
+    /// and in a drain.
+    async fn check_record(&mut self) -> Option<Update> {
+        self.checked_at = TokioInstant::now();
+        self.next_check = self.checked_at + check_every(&self.g.waiting, &self.id);
+        let record = match self.g.routes.job(&self.id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!(job_id = %self.id, error = %e, "cannot read the job record yet");
+                return None;
+            }
+        };
+        if record.status == JobStatus::Running && !self.started {
+            return self.mark_started();
+        }
+        if record.status.is_terminal() {
+            return Some(self.end(record));
+        }
+        // Draining: only jobs already running are waited for.
+        if self.drain_seen && record.status == JobStatus::Queued {
+            self.ended = true;
+            let why = if self.options.cancel_on_disconnect {
+                cancel_if_queued(&self.g, &self.id, "GreenScale is shutting down").await;
+                NOT_STARTED_CANCELLED
+            } else {
+                NOT_STARTED_KEPT
             };
-            if record.status == JobStatus::Running && !started {
-                started = true;
-                if tx.send(Update::Started).await.is_err() {
-                    break;
-                }
-            }
-            if record.status.is_terminal() {
-                // Text published before this request subscribed is sent now.
-                if let Some(rest) = record
-                    .result
-                    .as_deref()
-                    .and_then(|r| r.strip_prefix(streamed.as_str()))
-                    .filter(|r| !r.is_empty())
-                {
-                    let _ = tx.send(Update::Token(rest.to_string())).await;
-                }
-                g.metrics.completed(&record);
-                let _ = tx.send(Update::Done(Box::new(record))).await;
-                return;
-            }
-            // Draining: only jobs already running are waited for.
-            if drain_seen && record.status == JobStatus::Queued {
-                let why = if options.cancel_on_disconnect {
-                    cancel_if_queued(&g, &id, "GreenScale is shutting down").await;
-                    NOT_STARTED_CANCELLED
-                } else {
-                    NOT_STARTED_KEPT
-                };
-                let _ = tx.send(Update::ShuttingDown(why)).await;
-                return;
-            }
-            if let Some(deadline) = options.start_deadline
-                && record.status == JobStatus::Queued
-                && started_at.elapsed() >= deadline
+            return Some(Update::ShuttingDown(why));
+        }
+        if let Some(deadline) = self.options.start_deadline
+            && record.status == JobStatus::Queued
+            && self.since.elapsed() >= deadline
+        {
+            cancel_if_queued(
+                &self.g,
+                &self.id,
+                "no worker started it before the deadline",
+            )
+            .await;
+            // It may have started in the meantime; only report what really happened.
+            if let Ok(Some(r)) = self.g.routes.job(&self.id).await
+                && r.status == JobStatus::Cancelled
             {
-                cancel_if_queued(&g, &id, "no worker started it before the deadline").await;
-                // It may have started in the meantime; only report what really happened.
-                if let Ok(Some(r)) = g.routes.job(&id).await
-                    && r.status == JobStatus::Cancelled
-                {
-                    let _ = tx.send(Update::NotStarted).await;
-                    return;
-                }
+                self.ended = true;
+                return Some(Update::NotStarted);
             }
         }
-        if options.cancel_on_disconnect && !started {
-            cancel_if_queued(&g, &id, "the client went away").await;
+        None
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.ended || self.started || !self.options.cancel_on_disconnect {
+            return;
         }
-    });
-    rx
+        // The client went away before a worker started its job.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (g, id) = (self.g.clone(), std::mem::take(&mut self.id));
+            runtime.spawn(async move { cancel_if_queued(&g, &id, "the client went away").await });
+        }
+    }
+}
+
+/// How long until a job's next safety check: longer the more requests wait, so that all
+/// of them together stay near [`CHECKS_PER_SECOND`]; spread by the job id so they do not
+/// all fall on the same instant.
+fn check_every(waiting: &AtomicUsize, id: &str) -> Duration {
+    let waiting = waiting.load(Ordering::Relaxed) as f64;
+    let every = MIN_CHECK_EVERY.max(Duration::from_secs_f64(waiting / CHECKS_PER_SECOND));
+    let spread = id
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
+        % 1000;
+    every.mul_f64(0.75 + f64::from(spread) / 2000.0)
 }
 
 /// Why a watch ended at the final stop.
@@ -157,18 +292,18 @@ const NOT_STARTED_CANCELLED: &str = "GreenScale is shutting down and this reques
 const NOT_STARTED_KEPT: &str = "GreenScale is shutting down and the job had not started; it stays queued and runs when workers are back";
 
 /// Counts a waiting request for as long as it lives.
-struct Waiting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+struct Counted(Arc<AtomicUsize>);
 
-impl Waiting {
-    fn count(n: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
-        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Waiting(n.clone())
+impl Counted {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Counted(n.clone())
     }
 }
 
-impl Drop for Waiting {
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -889,14 +889,10 @@ impl EventBus for SqliteQueue {
 
     async fn events(&self) -> Result<EventStream, QueueError> {
         let rx = self.events.subscribe();
+        // A subscriber that fell behind has lost events: its stream ends, so the reader
+        // knows to subscribe again and re-read what it follows.
         let stream = futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(item) => return Some((item, rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
+            rx.recv().await.ok().map(|item| (item, rx))
         });
         Ok(Box::pin(stream))
     }

@@ -358,11 +358,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(
-        axum::serve(crate::commands::shared::without_nagle(listener), app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .into_future(),
+        axum::serve(
+            crate::commands::shared::without_nagle(listener),
+            crate::commands::shared::shared_router(app),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        })
+        .into_future(),
     );
     shutdown_signal().await;
 
