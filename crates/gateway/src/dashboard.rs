@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{Extension, Query, State};
 use axum::http::header;
@@ -135,13 +135,7 @@ pub(crate) struct DashboardState {
     history: Mutex<HashMap<String, VecDeque<Sample>>>,
 }
 
-/// Now, Unix milliseconds.
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use greenscale_core::unix_ms;
 
 /// Starts the task that samples the timeline (every `SAMPLE_EVERY`) and pushes the
 /// overview to watchers (every `OVERVIEW_EVERY`). It ends with the gateway's shutdown.

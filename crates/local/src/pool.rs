@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use greenscale_core::policy::{
     Decision, Measured, Observation, PoolShape, ReplicaCounts, TURN_COLD_STARTS,
@@ -159,12 +159,7 @@ pub struct Pool {
     gpus: Option<Arc<Gpus>>,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use greenscale_core::unix_ms;
 
 impl Pool {
     /// A pool with no replicas yet, taking its jobs from `queue` (whose workers hold leases

@@ -1,6 +1,6 @@
 //! Helpers the subcommands share: queue connections, signals, the HTTP listener, times, and the checks `submit` and `status` both make.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use greenscale_core::status::PoolStatus;
@@ -148,12 +148,7 @@ pub(crate) fn shared_router(app: axum::Router) -> axum::routing::IntoMakeService
     app.into_make_service()
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use greenscale_core::unix_ms as now_ms;
 
 pub(crate) fn ago(ms: Option<u64>, now: u64) -> String {
     match ms {
