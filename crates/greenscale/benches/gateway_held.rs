@@ -14,6 +14,13 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    // The gateway and this client each hold a socket per request.
+    let limit = open_file_limit();
+    assert!(
+        held + 200 <= limit,
+        "cannot hold {held} requests: the open-file limit is {limit} (bench/run raises it with \
+         ulimit -n 65536 where the hard limit allows; `ulimit -Hn` shows that limit)"
+    );
     let redis = RedisServer::start_with(&["--appendfsync", "everysec"]);
     let (_model, model_url) = common::demo_model();
     let (gateway, port) = common::gateway(
@@ -79,6 +86,17 @@ async fn main() {
 }
 
 /// Reads `pending` from a `/v1/queue` answer.
+/// This process's open-file limit (the gateway inherits it), from /proc.
+fn open_file_limit() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("read /proc/self/limits");
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
 async fn pending_of(r: reqwest::Response) -> Option<u64> {
     let v: serde_json::Value = r.json().await.ok()?;
     v["pending"].as_u64()
