@@ -23,6 +23,18 @@ local left, dequeued = {}, {}      -- tenant -> entries leaving in-flight / the 
 local indexed, by_tenant = {}, {}  -- ZADD arguments for jobs first seen here
 local dated = {}                   -- ids whose deadline no longer applies
 local function add(t, tenant) t[tenant] = (t[tenant] or 0) + 1 end
+-- A job first seen here (pushed straight onto the list): what its record starts with, and
+-- its place in the indexes.
+local function first_seen(fields, id, tenant, normalized)
+  for _, v in ipairs({ 'id', id, 'tenant', tenant, 'spec', normalized, 'enqueued_at_ms', now }) do
+    fields[#fields + 1] = v
+  end
+  indexed[#indexed + 1] = now
+  indexed[#indexed + 1] = id
+  by_tenant[tenant] = by_tenant[tenant] or {}
+  table.insert(by_tenant[tenant], now)
+  table.insert(by_tenant[tenant], id)
+end
 for i = 1, #KEYS - 2 do
   local record = KEYS[2 + i]
   local a = 6 * i - 2
@@ -38,14 +50,9 @@ for i = 1, #KEYS - 2 do
     local fields = { 'status', 'expired', 'finished_at_ms', now, 'error_message',
       'not started before its deadline (checked ' .. (now - tonumber(deadline)) .. ' ms after it); it was never run' }
     if not status then
-      for _, v in ipairs({ 'id', id, 'tenant', tenant, 'attempts', 0, 'enqueued_at_ms', now, 'spec', normalized }) do
-        fields[#fields + 1] = v
-      end
-      indexed[#indexed + 1] = now
-      indexed[#indexed + 1] = id
-      by_tenant[tenant] = by_tenant[tenant] or {}
-      table.insert(by_tenant[tenant], now)
-      table.insert(by_tenant[tenant], id)
+      first_seen(fields, id, tenant, normalized)
+      fields[#fields + 1] = 'attempts'
+      fields[#fields + 1] = 0
     end
     redis.call('HSET', record, unpack(fields))
     redis.call('EXPIRE', record, tonumber(ARGV[3]))
@@ -66,17 +73,7 @@ for i = 1, #KEYS - 2 do
     if status == 'queued' then add(dequeued, tenant) end
     local attempts = (tonumber(state[2]) or 0) + 1
     local fields = { 'status', 'running', 'started_at_ms', now, 'worker_id', ARGV[1], 'attempts', attempts }
-    if not status then
-      -- first seen here (pushed straight onto the list): record and index it now
-      for _, v in ipairs({ 'id', id, 'tenant', tenant, 'spec', normalized, 'enqueued_at_ms', now }) do
-        fields[#fields + 1] = v
-      end
-      indexed[#indexed + 1] = now
-      indexed[#indexed + 1] = id
-      by_tenant[tenant] = by_tenant[tenant] or {}
-      table.insert(by_tenant[tenant], now)
-      table.insert(by_tenant[tenant], id)
-    end
+    if not status then first_seen(fields, id, tenant, normalized) end
     redis.call('HSET', record, unpack(fields))
     out[#out + 1] = 'run'
     out[#out + 1] = tostring(attempts)
