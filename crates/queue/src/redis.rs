@@ -147,18 +147,12 @@ fn unavailable(e: redis::RedisError) -> QueueError {
 
 use greenscale_core::unix_ms as now_ms;
 
-/// Whether a raw entry names its job (a JSON object with a string or number `job_id`).
-fn has_job_id(entry: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Named {
-        job_id: Option<serde_json::Value>,
-    }
-    serde_json::from_str::<Named>(entry).is_ok_and(|e| {
-        matches!(
-            e.job_id,
-            Some(serde_json::Value::String(_) | serde_json::Value::Number(_))
-        )
-    })
+/// Whether a raw entry carries its job's id as written (so a rerun from it gets the same
+/// id): the id, quoted, is in it. An id assigned at parse is a fresh UUID, never in the
+/// entry; an id written differently (a number, escapes) counts as absent, which only costs
+/// swapping the raw entry for the normalized one.
+fn names_its_id(entry: &str, id: &str) -> bool {
+    entry.contains(&format!("\"{id}\""))
 }
 
 /// One outcome to record, as `finish.lua` takes it.
@@ -396,7 +390,7 @@ impl RedisQueue {
             for (entry, spec) in &parsed {
                 let normalized = spec.to_entry();
                 // The raw entry stays the token unless it lacks the job id a rerun needs.
-                let replace = !has_job_id(entry);
+                let replace = !names_its_id(entry, &spec.job_id);
                 invocation
                     .key(record_key(&spec.job_id))
                     .arg(entry)
