@@ -20,9 +20,9 @@ pub use job::{
     new_job_id, parse_entry, unix_ms,
 };
 pub use queue::{
-    Admin, Cancelled, Completion, Consumer, DeadLetter, EventBus, EventStream, Finished, JobError,
-    JobPage, LeasedJob, Maintenance, Outcome, Producer, Queue, QueueConfig, QueueError, QueueStats,
-    Reader, WorkerQueue, cursor_after, parse_cursor,
+    Admin, AfterFailure, Cancelled, Completion, Consumer, DeadLetter, EventBus, EventStream,
+    Finished, JobError, JobPage, LeasedJob, Maintenance, Outcome, Producer, Queue, QueueConfig,
+    QueueError, QueueStats, Reader, WorkerQueue, cursor_after, parse_cursor,
 };
 pub use size::{format_bytes, parse_bytes};
 pub use tenant::{

@@ -55,6 +55,34 @@ impl QueueConfig {
         };
         jittered.max(retry_after.unwrap_or_default())
     }
+
+    /// What run number `attempt` failing with `error` leads to, the same in every backend:
+    /// a permanent error fails the job; a transient one is retried after
+    /// [`QueueConfig::retry_delay`] until `max_attempts` runs, then dead-lettered.
+    pub fn after_failure(&self, attempt: u32, error: &JobError) -> AfterFailure {
+        if !error.transient {
+            AfterFailure::Failed
+        } else if attempt >= self.max_attempts {
+            AfterFailure::Dead(format!(
+                "gave up after {attempt} attempts; last error ({}): {}",
+                error.kind.as_str(),
+                error.message
+            ))
+        } else {
+            AfterFailure::Retry(self.retry_delay(attempt, error.retry_after))
+        }
+    }
+}
+
+/// What a failed run leads to (see [`QueueConfig::after_failure`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterFailure {
+    /// The job fails for good.
+    Failed,
+    /// The job runs again after this delay.
+    Retry(Duration),
+    /// The retry budget is spent: the job goes to the dead-letter list, for this reason.
+    Dead(String),
 }
 
 /// A job a worker holds under lease.

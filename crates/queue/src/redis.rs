@@ -34,10 +34,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use greenscale_core::{
-    Admin, Cancelled, Consumer, DEFAULT_TENANT, DeadLetter, ErrorKind, EventBus, EventStream,
-    Finished, JobError, JobEvent, JobPage, JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance,
-    Outcome, Producer, QueueConfig, QueueError, QueueStats, Quota, Reader, TenantStats, Tenants,
-    Usage, parse_cursor, parse_entry,
+    Admin, AfterFailure, Cancelled, Consumer, DEFAULT_TENANT, DeadLetter, ErrorKind, EventBus,
+    EventStream, Finished, JobEvent, JobPage, JobRecord, JobSpec, JobStatus, LeasedJob,
+    Maintenance, Outcome, Producer, QueueConfig, QueueError, QueueStats, Quota, Reader,
+    TenantStats, Tenants, Usage, parse_cursor, parse_entry,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
@@ -510,36 +510,27 @@ impl RedisQueue {
                     step.fields.push(("ttft_ms", t.to_string()));
                 }
             }
-            Outcome::Failed(JobError {
-                kind,
-                message,
-                transient,
-                retry_after,
-            }) => {
-                if *transient && job.attempt >= self.config.max_attempts {
-                    let reason = format!(
-                        "gave up after {} attempts; last error ({}): {message}",
-                        job.attempt,
-                        kind.as_str()
-                    );
-                    return FinishStep::dead_letter(
-                        job.token.clone(),
-                        Some(job.spec.job_id.clone()),
-                        step.tenant,
-                        ErrorKind::RetriesExhausted,
-                        &reason,
-                        None,
-                    );
-                }
+            Outcome::Failed(error) => {
                 step.fields = vec![
-                    ("error_kind", kind.as_str().to_string()),
-                    ("error_message", message.clone()),
+                    ("error_kind", error.kind.as_str().to_string()),
+                    ("error_message", error.message.clone()),
                 ];
-                if *transient {
-                    step.outcome = "retry";
-                    step.delay = self.config.retry_delay(job.attempt, *retry_after);
-                } else {
-                    step.outcome = "failed";
+                match self.config.after_failure(job.attempt, error) {
+                    AfterFailure::Failed => step.outcome = "failed",
+                    AfterFailure::Retry(delay) => {
+                        step.outcome = "retry";
+                        step.delay = delay;
+                    }
+                    AfterFailure::Dead(reason) => {
+                        return FinishStep::dead_letter(
+                            job.token.clone(),
+                            Some(job.spec.job_id.clone()),
+                            step.tenant,
+                            ErrorKind::RetriesExhausted,
+                            &reason,
+                            None,
+                        );
+                    }
                 }
             }
         }

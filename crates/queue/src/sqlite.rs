@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use greenscale_core::{
-    Admin, Cancelled, Consumer, DEFAULT_TENANT, DeadLetter, ErrorKind, EventBus, EventStream,
-    Finished, JobError, JobEvent, JobPage, JobRecord, JobSpec, JobStatus, LeasedJob, Maintenance,
-    Outcome, Priority, Producer, QueueConfig, QueueError, QueueStats, Quota, Reader,
+    Admin, AfterFailure, Cancelled, Consumer, DEFAULT_TENANT, DeadLetter, ErrorKind, EventBus,
+    EventStream, Finished, JobEvent, JobPage, JobRecord, JobSpec, JobStatus, LeasedJob,
+    Maintenance, Outcome, Priority, Producer, QueueConfig, QueueError, QueueStats, Quota, Reader,
     TenantSettings, TenantStats, Tenants, Usage, cursor_after, parse_cursor, parse_entry,
     validate_tenant,
 };
@@ -1566,45 +1566,38 @@ fn finish_in(
             .map_err(db_error)?;
             Ok(Finished::Succeeded)
         }
-        Outcome::Failed(JobError {
-            kind,
-            message,
-            transient,
-            retry_after,
-        }) => {
-            if !transient {
-                count_outcome(tx, ctx, job.spec.tenant(), "failed")?;
-                count(tx, ctx, &format!("error:{}", kind.as_str()))?;
-                tx.execute(
-                    "UPDATE jobs SET status = 'failed', finished_at_ms = ?2, error_kind = ?3,
-                     error_message = ?4, expires_at_ms = ?5 WHERE id = ?1",
-                    params![id, now, kind.as_str(), message, expires],
-                )
-                .map_err(db_error)?;
-                return Ok(Finished::Failed);
-            }
-            if job.attempt >= ctx.config.max_attempts {
-                let reason = format!(
-                    "gave up after {} attempts; last error ({}): {message}",
-                    job.attempt,
-                    kind.as_str()
-                );
-                dead_letter(
-                    tx,
-                    ctx,
-                    &job.spec.to_entry(),
-                    Some(id),
-                    ErrorKind::RetriesExhausted,
-                    &reason,
-                )?;
-                return Ok(Finished::Dead);
-            }
+        Outcome::Failed(error) => {
+            let (kind, message) = (error.kind.as_str(), error.message.as_str());
+            let delay = match ctx.config.after_failure(job.attempt, &error) {
+                AfterFailure::Failed => {
+                    count_outcome(tx, ctx, job.spec.tenant(), "failed")?;
+                    count(tx, ctx, &format!("error:{kind}"))?;
+                    tx.execute(
+                        "UPDATE jobs SET status = 'failed', finished_at_ms = ?2, error_kind = ?3,
+                         error_message = ?4, expires_at_ms = ?5 WHERE id = ?1",
+                        params![id, now, kind, message, expires],
+                    )
+                    .map_err(db_error)?;
+                    return Ok(Finished::Failed);
+                }
+                AfterFailure::Dead(reason) => {
+                    dead_letter(
+                        tx,
+                        ctx,
+                        &job.spec.to_entry(),
+                        Some(id),
+                        ErrorKind::RetriesExhausted,
+                        &reason,
+                    )?;
+                    return Ok(Finished::Dead);
+                }
+                AfterFailure::Retry(delay) => delay,
+            };
             if !held {
                 return Ok(Finished::AlreadyFinal);
             }
             count_outcome(tx, ctx, job.spec.tenant(), "retry")?;
-            count(tx, ctx, &format!("error:{}", kind.as_str()))?;
-            let delay = ctx.config.retry_delay(job.attempt, retry_after);
+            count(tx, ctx, &format!("error:{kind}"))?;
             insert_entry(
                 tx,
                 ctx,
@@ -1615,7 +1608,7 @@ fn finish_in(
             )?;
             tx.execute(
                 "UPDATE jobs SET status = 'queued', error_kind = ?2, error_message = ?3 WHERE id = ?1",
-                params![id, kind.as_str(), message],
+                params![id, kind, message],
             )
             .map_err(db_error)?;
             Ok(Finished::RetryScheduled)
