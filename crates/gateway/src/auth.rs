@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use greenscale_core::{DEFAULT_TENANT, InvalidInput, validate_tenant};
 use subtle::ConstantTimeEq;
@@ -106,41 +104,53 @@ impl ApiKeys {
     }
 }
 
-/// Middleware: rejects requests without a valid key (when keys are configured) and records
-/// the [`Caller`] in the request's extensions.
-pub async fn require_key(
-    State(keys): State<ApiKeys>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if keys.is_empty() {
-        request.extensions_mut().insert(Caller {
-            tenant: DEFAULT_TENANT.to_string(),
-            admin: true,
-        });
-        return next.run(request).await;
-    }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match presented.and_then(|key| keys.caller(key.as_bytes())) {
-        Some(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
+/// Rejects requests without a valid key (when keys are configured) and records the
+/// [`Caller`] in the request's extensions. It decides before the request goes on, so it
+/// adds no state to a request that then waits (see [`require_key`]).
+#[derive(Clone)]
+pub struct RequireKey(pub ApiKeys);
+
+impl<B> tower_http::validate_request::ValidateRequest<B> for RequireKey {
+    type ResponseBody = axum::body::Body;
+
+    fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response> {
+        let keys = &self.0;
+        if keys.is_empty() {
+            request.extensions_mut().insert(Caller {
+                tenant: DEFAULT_TENANT.to_string(),
+                admin: true,
+            });
+            return Ok(());
         }
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "missing or invalid API key: send it as 'Authorization: Bearer <key>'",
-        )
-        .into_response(),
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        match presented.and_then(|key| keys.caller(key.as_bytes())) {
+            Some(caller) => {
+                request.extensions_mut().insert(caller);
+                Ok(())
+            }
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "missing or invalid API key: send it as 'Authorization: Bearer <key>'",
+            )
+            .into_response()),
+        }
     }
+}
+
+/// The layer that puts [`RequireKey`] in front of routes.
+pub fn require_key(
+    keys: ApiKeys,
+) -> tower_http::validate_request::ValidateRequestHeaderLayer<RequireKey> {
+    tower_http::validate_request::ValidateRequestHeaderLayer::custom(RequireKey(keys))
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! One subscription to the queue's job events, shared by every waiting request: each
 //! request that waits on a job has a small mailbox, filled by the one task that reads the
 //! queue's event stream. A mailbox holds no buffer until an event arrives for it, so a
-//! request held while the pool wakes costs a map entry, not a channel.
+//! request held while the pool wakes costs a map entry, not a channel. The hub also wakes
+//! every mailbox when the gateway starts draining or stops, so a waiting request needs no
+//! watch of its own on those.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use greenscale_core::{JobEvent, Queue};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// Events a mailbox holds before its reader counts as fallen behind. Tokens arrive one
 /// event per generated piece (joined when the worker's publishing falls behind); a reader
@@ -50,6 +52,16 @@ impl Mailbox {
     }
 }
 
+/// What a subscriber finds in its mailbox.
+#[derive(Debug, PartialEq)]
+pub enum Letter {
+    /// The job's next event.
+    Event(JobEvent),
+    /// Events were lost (the reader fell behind, or the event stream broke): re-read the
+    /// record. Said once; nothing more is handed out after it.
+    Lost,
+}
+
 type Mailboxes = Arc<Mutex<HashMap<String, Vec<Arc<Mailbox>>>>>;
 
 /// Routes job events from the queue to the requests waiting on those jobs.
@@ -66,6 +78,19 @@ impl EventHub {
             hub.follow(queue);
         }
         hub
+    }
+
+    /// Wakes every waiting request whenever `signal` changes (the gateway's drain and stop),
+    /// so each looks at it again.
+    pub fn alert_on(&self, mut signal: watch::Receiver<bool>) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            while signal.changed().await.is_ok() {
+                for boxes in hub.mailboxes.lock().expect("hub lock").values() {
+                    boxes.iter().for_each(|b| b.ready.notify_one());
+                }
+            }
+        });
     }
 
     fn follow(&self, queue: Arc<dyn Queue>) {
@@ -141,27 +166,25 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next event. `None`, once, when events were lost (this reader fell behind, or
-    /// the event stream broke): the caller re-reads the record, and this subscription never
-    /// yields again, so what a caller forwarded stays a gap-free prefix of the job's text.
-    pub async fn next(&mut self) -> Option<JobEvent> {
+    /// What is in the mailbox now, if anything. After [`Letter::Lost`] it stays empty, so
+    /// what a caller forwarded stays a gap-free prefix of the job's text.
+    pub fn try_next(&mut self) -> Option<Letter> {
         if self.ended {
-            return std::future::pending().await;
+            return None;
         }
-        loop {
-            {
-                let mut letters = self.mailbox.state.lock().expect("mailbox lock");
-                if letters.lost {
-                    drop(letters);
-                    self.ended = true;
-                    return None;
-                }
-                if let Some(event) = letters.events.pop_front() {
-                    return Some(event);
-                }
-            }
-            self.mailbox.ready.notified().await;
+        let mut letters = self.mailbox.state.lock().expect("mailbox lock");
+        if letters.lost {
+            drop(letters);
+            self.ended = true;
+            return Some(Letter::Lost);
         }
+        letters.events.pop_front().map(Letter::Event)
+    }
+
+    /// Waits until something may be new: a letter, or the gateway's drain or stop (see
+    /// [`EventHub::alert_on`]). A wake-up since the last look is kept, so none is missed.
+    pub async fn wait(&self) {
+        self.mailbox.ready.notified().await;
     }
 }
 
@@ -194,7 +217,7 @@ mod tests {
             );
         }
         // The oldest events are gone: it says so once...
-        assert_eq!(sub.next().await, None);
+        assert_eq!(sub.try_next(), Some(Letter::Lost));
         // ...and never hands out a later piece that would leave a gap in the text.
         hub.deliver(
             "job",
@@ -202,8 +225,7 @@ mod tests {
                 text: "late".into(),
             },
         );
-        let later = tokio::time::timeout(Duration::from_millis(50), sub.next()).await;
-        assert!(later.is_err(), "yielded {later:?} after a gap");
+        assert_eq!(sub.try_next(), None, "handed out a piece after a gap");
     }
 
     #[tokio::test]

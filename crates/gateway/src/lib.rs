@@ -12,6 +12,7 @@ mod jobs;
 pub mod metrics;
 mod openai;
 pub mod routes;
+mod serve;
 mod watch;
 pub mod webhooks;
 
@@ -34,6 +35,7 @@ pub use error::ApiError;
 use events::EventHub;
 pub use metrics::Metrics;
 pub use routes::{Route, Routes};
+pub use serve::serve;
 pub use webhooks::WebhookConfig;
 
 /// Gateway settings.
@@ -120,8 +122,10 @@ impl Gateway {
         config: GatewayConfig,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
+        let hub = EventHub::start(routes.queues());
+        hub.alert_on(shutdown.clone());
         Gateway {
-            hub: EventHub::start(routes.queues()),
+            hub,
             routes,
             pools: None,
             dashboard: Arc::default(),
@@ -146,6 +150,7 @@ impl Gateway {
     /// answers, and those whose job has not started are answered 503 at once (a chat
     /// request's unstarted job is cancelled, since its client will retry).
     pub fn with_draining(mut self, draining: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.hub.alert_on(draining.clone());
         self.draining = draining;
         self
     }
@@ -269,7 +274,10 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/v1/tenants", get(jobs::tenants))
         .route(
             "/v1/chat/completions",
-            axum::routing::post(openai::chat_completions),
+            axum::routing::post_service(tower::service_fn({
+                let g = gateway.clone();
+                move |request| openai::chat_completions(g.clone(), request)
+            })),
         )
         .route("/v1/models", get(openai::list_models))
         .route(
@@ -298,10 +306,7 @@ pub fn app(gateway: Gateway) -> Router {
         .route("/v1/gpus", get(dashboard::gpus))
         .route("/v1/dashboard/events", get(dashboard::events))
         .route("/v1/dashboard/history", get(dashboard::history))
-        .route_layer(axum::middleware::from_fn_with_state(
-            keys,
-            auth::require_key,
-        ));
+        .route_layer(auth::require_key(keys));
     Router::new()
         .merge(api)
         .route("/", get(dashboard::index))

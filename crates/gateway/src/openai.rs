@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use futures::future::{Either, FutureExt, ready};
 use greenscale_core::{ChatMessage, JobRecord, JobSpec, JobStatus, Priority, new_job_id};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -313,13 +313,13 @@ fn failure(rec: &JobRecord) -> ApiError {
     }
 }
 
-fn not_started(g: &Gateway) -> ApiError {
+fn not_started(deadline: Duration) -> ApiError {
     ApiError::new(
         StatusCode::GATEWAY_TIMEOUT,
         "timeout",
         format!(
             "no worker started the request within {} s; the pool may be unable to scale up",
-            g.config.wait_deadline.as_secs()
+            deadline.as_secs()
         ),
     )
 }
@@ -333,12 +333,46 @@ fn not_started(g: &Gateway) -> ApiError {
         (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 502, body = ErrorBody),
         (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn chat_completions(
-    State(g): State<Gateway>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+pub(crate) fn chat_completions(
+    g: Gateway,
+    request: Request,
+) -> impl Future<Output = Result<Response, Infallible>> + Send {
+    // Submitting and waiting are boxed apart and chained, not one handler: a request held
+    // while the pool wakes keeps only its wait, neither its headers and body (which share
+    // the connection's read buffer) nor the queue call's state.
+    Box::pin(submit(g, request)).then(|submitted| match submitted {
+        Ok(Submitted::Waiting(waiting)) => Either::Right(Box::pin((*waiting).answer())),
+        Ok(Submitted::Streamed(response)) => Either::Left(ready(Ok(response))),
+        Err(e) => Either::Left(ready(Ok(e.into_response()))),
+    })
+}
+
+/// A chat request whose job is queued: streamed (the response is its event stream), or
+/// waiting for the whole answer.
+enum Submitted {
+    /// The event-stream response, which follows the job itself.
+    Streamed(Response),
+    /// A request waiting for its job's end.
+    Waiting(Box<WaitingAnswer>),
+}
+
+/// Validates a chat request, admits it and queues its job.
+async fn submit(g: Gateway, request: Request) -> Result<Submitted, ApiError> {
+    // The auth layer in front of every /v1 route puts the caller there.
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the request reached the chat endpoint without passing the key check",
+            )
+        })?;
+    let (mut parts, body) = request.into_parts();
+    let headers = std::mem::take(&mut parts.headers);
+    let body = Bytes::from_request(Request::from_parts(parts, body), &()).await;
     let progress = headers
         .get(PROGRESS_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1");
@@ -350,6 +384,7 @@ pub async fn chat_completions(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let mut spec = to_spec(&g, &caller, &headers, req)?;
+    drop(headers);
     admit(&g, spec.priority().is_deferrable()).await?;
     crate::admission::check_deadline(&g, &spec)?;
     if spec.model.is_none() {
@@ -362,7 +397,7 @@ pub async fn chat_completions(
     let sub = g.hub.subscribe(&id);
     g.routes.enqueue(spec).await?;
     g.metrics.submitted();
-    let mut watch = Watch::new(
+    let watch = Watch::new(
         g.clone(),
         id.clone(),
         sub,
@@ -378,28 +413,61 @@ pub async fn chat_completions(
             pools: g.pools.clone(),
             progress,
         };
-        return Ok(stream_response(id, model, include_usage, wake, watch));
+        return Ok(Submitted::Streamed(stream_response(
+            id,
+            model,
+            include_usage,
+            wake,
+            watch,
+        )));
     }
-    while let Some(update) = watch.next().await {
-        match update {
-            Update::Done(rec) if rec.status == JobStatus::Succeeded => {
-                return Ok(axum::Json(completion(&id, model, unix_now(), *rec)).into_response());
+    Ok(Submitted::Waiting(Box::new(WaitingAnswer {
+        id,
+        model,
+        watch,
+    })))
+}
+
+/// A non-streamed chat request waiting for its job's end.
+struct WaitingAnswer {
+    id: String,
+    model: String,
+    watch: Watch,
+}
+
+impl WaitingAnswer {
+    /// The completion, or the error the job ended with.
+    async fn answer(self) -> Result<Response, Infallible> {
+        Ok(self
+            .outcome()
+            .await
+            .unwrap_or_else(IntoResponse::into_response))
+    }
+
+    async fn outcome(mut self) -> Result<Response, ApiError> {
+        while let Some(update) = self.watch.next().await {
+            match update {
+                Update::Done(rec) if rec.status == JobStatus::Succeeded => {
+                    let done = completion(&self.id, self.model, unix_now(), *rec);
+                    return Ok(axum::Json(done).into_response());
+                }
+                Update::Done(rec) => return Err(failure(&rec)),
+                Update::NotStarted => return Err(not_started(self.watch.deadline())),
+                Update::ShuttingDown(why) => {
+                    let mut e =
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", why);
+                    e.retry_after = Some(5);
+                    return Err(e);
+                }
+                Update::Started | Update::Token(_) | Update::Waiting(_) => {}
             }
-            Update::Done(rec) => return Err(failure(&rec)),
-            Update::NotStarted => return Err(not_started(&g)),
-            Update::ShuttingDown(why) => {
-                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", why);
-                e.retry_after = Some(5);
-                return Err(e);
-            }
-            Update::Started | Update::Token(_) | Update::Waiting(_) => {}
         }
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "lost track of the job",
+        ))
     }
-    Err(ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
-        "lost track of the job",
-    ))
 }
 
 /// One streamed chunk in OpenAI's shape; `usage` only on the last one.

@@ -3,6 +3,8 @@
 //! goes away before it started. A [`Watch`] is polled by the request that waits on it, with
 //! no task or channel of its own, so a request held while a pool wakes costs little.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use greenscale_core::{JobEvent, JobRecord, JobStatus};
 use tokio::time::Instant as TokioInstant;
 
 use crate::Gateway;
-use crate::events::Subscription;
+use crate::events::{Letter, Subscription};
 
 /// What happened to a watched job.
 #[derive(Debug, Clone)]
@@ -75,15 +77,6 @@ pub struct Watch {
     _counted: Counted,
 }
 
-/// What woke a watch.
-enum Wake {
-    Event(Option<JobEvent>),
-    Check,
-    Waiting,
-    Draining,
-    Stopped,
-}
-
 impl Watch {
     /// Starts watching `id`.
     pub fn new(g: Gateway, id: String, sub: Subscription, options: WatchOptions) -> Self {
@@ -109,6 +102,11 @@ impl Watch {
         }
     }
 
+    /// How long a worker may take to start the job (zero: no limit).
+    pub fn deadline(&self) -> Duration {
+        self.options.start_deadline.unwrap_or_default()
+    }
+
     /// The next update; `None` after the last (`Done`, `NotStarted` or `ShuttingDown`).
     pub async fn next(&mut self) -> Option<Update> {
         if let Some(u) = self.queued.take() {
@@ -122,8 +120,39 @@ impl Watch {
         None
     }
 
-    /// Waits for one thing to happen; returns what to hand out, if anything.
+    /// Looks at what is new (the gateway's stop and drain, the job's events, the timers) or
+    /// else waits until something may be; returns what to hand out, if anything. While it
+    /// waits it holds only the mailbox's wake-up and one timer.
     async fn step(&mut self) -> Option<Update> {
+        if *self.g.shutdown.borrow() {
+            self.ended = true;
+            return Some(Update::ShuttingDown(STOPPED));
+        }
+        if !self.drain_seen && *self.g.draining.borrow() {
+            self.drain_seen = true;
+            return self.check_record().await;
+        }
+        match self.sub.try_next() {
+            Some(Letter::Event(JobEvent::Started { .. })) => return self.mark_started(),
+            Some(Letter::Event(JobEvent::Token { text })) => {
+                self.started = true;
+                self.streamed.push_str(&text);
+                return Some(Update::Token(text));
+            }
+            Some(Letter::Event(JobEvent::Finished {
+                status,
+                record: Some(record),
+                ..
+            })) if status.is_terminal() && !self.options.stored_record => {
+                let mut record = *record;
+                record.enqueued_at_ms = Some(self.began_ms);
+                return Some(self.end(record));
+            }
+            Some(Letter::Event(JobEvent::Finished { .. }) | Letter::Lost) => {
+                return self.check_record().await;
+            }
+            None => {}
+        }
         // The start deadline wakes the watch once; after that the regular checks see it.
         let deadline = self
             .options
@@ -133,48 +162,21 @@ impl Watch {
             .filter(|d| *d > self.checked_at);
         let next_check = deadline.map_or(self.next_check, |d| d.min(self.next_check));
         let next_waiting = self.next_waiting.filter(|_| !self.started);
-        let mut shutdown = self.g.shutdown.clone();
-        let mut draining = self.g.draining.clone();
-        let wake = tokio::select! {
-            event = self.sub.next() => Wake::Event(event),
-            _ = tokio::time::sleep_until(next_check) => Wake::Check,
-            _ = async { tokio::time::sleep_until(next_waiting.expect("set")).await }, if next_waiting.is_some() => Wake::Waiting,
-            _ = shutdown.changed() => Wake::Stopped,
-            _ = async { drop(draining.wait_for(|d| *d).await) }, if !self.drain_seen => Wake::Draining,
-        };
-        match wake {
-            Wake::Event(Some(JobEvent::Started { .. })) => self.mark_started(),
-            Wake::Event(Some(JobEvent::Token { text })) => {
-                self.started = true;
-                self.streamed.push_str(&text);
-                Some(Update::Token(text))
-            }
-            Wake::Event(Some(JobEvent::Finished {
-                status,
-                record: Some(record),
-                ..
-            })) if status.is_terminal() && !self.options.stored_record => {
-                let mut record = *record;
-                record.enqueued_at_ms = Some(self.began_ms);
-                Some(self.end(record))
-            }
-            Wake::Event(Some(JobEvent::Finished { .. }) | None) | Wake::Check => {
-                self.check_record().await
-            }
-            Wake::Draining => {
-                self.drain_seen = true;
-                self.check_record().await
-            }
-            Wake::Waiting => {
-                let every = self.options.waiting_every.expect("asked for");
-                self.next_waiting = Some(TokioInstant::now() + every);
-                Some(Update::Waiting(self.since.elapsed()))
-            }
-            Wake::Stopped => {
-                self.ended = true;
-                Some(Update::ShuttingDown(STOPPED))
-            }
+        let now = TokioInstant::now();
+        if next_waiting.is_some_and(|at| at <= now) {
+            let every = self.options.waiting_every.expect("asked for");
+            self.next_waiting = Some(now + every);
+            return Some(Update::Waiting(self.since.elapsed()));
         }
+        if next_check <= now {
+            return self.check_record().await;
+        }
+        let wake_at = next_waiting.map_or(next_check, |w| w.min(next_check));
+        tokio::select! {
+            _ = self.sub.wait() => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
+        }
+        None
     }
 
     fn mark_started(&mut self) -> Option<Update> {
@@ -207,8 +209,12 @@ impl Watch {
     }
 
     /// Reads the record: the source of truth when an event was missed, for the deadline
-    /// and in a drain.
-    async fn check_record(&mut self) -> Option<Update> {
+    /// and in a drain. Boxed, so that a waiting watch does not carry the queue call's state.
+    fn check_record(&mut self) -> Pin<Box<dyn Future<Output = Option<Update>> + Send + '_>> {
+        Box::pin(self.read_record())
+    }
+
+    async fn read_record(&mut self) -> Option<Update> {
         self.checked_at = TokioInstant::now();
         self.next_check = self.checked_at + check_every(&self.g.waiting, &self.id);
         let record = match self.g.routes.job(&self.id).await {

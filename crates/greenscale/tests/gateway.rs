@@ -418,6 +418,96 @@ async fn a_client_that_disconnects_cancels_its_unstarted_job() {
     }
 }
 
+/// HTTP/2 with prior knowledge (h2c) on the gateway's port: a multiplexing proxy or client
+/// holds many requests on one connection; a stream it resets cancels its unstarted job.
+#[tokio::test]
+async fn http2_clients_hold_many_requests_on_one_connection() {
+    let s = stack(&[]);
+    // curl (nghttp2) as an independent HTTP/2 peer, next to HTTP/1.1 on the same port.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg("--http2-prior-knowledge")
+        .args(["-H", &format!("Authorization: Bearer {KEY}")])
+        .arg(format!("{}/v1/models", s.base))
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    assert_eq!(get(&s.base, "/v1/models").await.status(), 200);
+
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let held: Vec<_> = (0..50)
+        .map(|i| {
+            let (h2, url) = (h2.clone(), format!("{}/v1/chat/completions", s.base));
+            tokio::spawn(async move {
+                h2.post(url)
+                    .bearer_auth(KEY)
+                    .json(&json!({"model": "greenscale-demo", "messages": [{"role": "user", "content": format!("held {i}")}]}))
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    // One more stream on its own connection, given up after half a second: reset.
+    let gave_up = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .bearer_auth(KEY)
+        .json(&json!({"messages": [{"role": "user", "content": "never mind"}]}))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let list: Value = get(&s.base, "/v1/jobs?status=cancelled")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if list["jobs"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reset stream's job was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        held.iter().all(|r| !r.is_finished()),
+        "all 50 are held at zero workers"
+    );
+
+    let _worker = s.worker("h2");
+    for request in held {
+        let r = tokio::time::timeout(Duration::from_secs(30), request)
+            .await
+            .expect("answered once a worker runs")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .starts_with("[demo]")
+        );
+    }
+}
+
 async fn model_ids(base: &str) -> Vec<String> {
     let list: Value = get(base, "/v1/models").await.json().await.unwrap();
     list["data"]

@@ -9,12 +9,17 @@ use std::time::{Duration, Instant};
 
 /// Resident memory of process `pid` in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A memory figure (`VmRSS:`, `VmHWM:`, ...) of process `pid` in KiB, from /proc.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc status")
+        .unwrap_or_else(|| panic!("{field} in /proc status"))
 }
 
 /// A child process killed when dropped.
@@ -24,6 +29,11 @@ impl Proc {
     /// Resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.0.id())
+    }
+
+    /// The most resident memory it has had, in KiB, from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.0.id(), "VmHWM:")
     }
 
     /// CPU time used so far (user + system), from /proc.

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use crate::cli::GatewayArgs;
 use crate::commands::shared::{
-    batch_config, bind, build_gateway, open_queue, redacted, shared_router, shutdown_signal,
-    store_tenants, without_nagle,
+    batch_config, bind, build_gateway, open_queue, redacted, shutdown_signal, store_tenants,
 };
 
 /// Runs `greenscale gateway` until SIGTERM or SIGINT, then drains within `--drain-grace`.
@@ -80,12 +79,7 @@ pub(super) async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             let _ = stop_tx.send(true);
         }
     };
-    axum::serve(
-        without_nagle(listener),
-        shared_router(greenscale_gateway::app(gateway)),
-    )
-    .with_graceful_shutdown(drain)
-    .await?;
+    greenscale_gateway::serve(listener, greenscale_gateway::app(gateway), drain).await;
     tracing::info!("gateway stopped");
     Ok(ExitCode::SUCCESS)
 }

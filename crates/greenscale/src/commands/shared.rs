@@ -125,29 +125,6 @@ pub(crate) async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::
         .with_context(|| format!("cannot listen on {listen}"))
 }
 
-/// The HTTP listener with `TCP_NODELAY` on every accepted connection, so that small writes
-/// (streamed chunks, one per token) go out at once instead of waiting, by Nagle's algorithm,
-/// for the client's delayed ACK of the previous one (up to 40 ms).
-pub(crate) fn without_nagle(
-    listener: tokio::net::TcpListener,
-) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
-    use axum::serve::ListenerExt;
-    fn nodelay(stream: &mut tokio::net::TcpStream) {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-        }
-    }
-    listener.tap_io(nodelay as fn(&mut tokio::net::TcpStream))
-}
-
-/// The service `axum::serve` gives each connection: one router shared by all of them.
-/// (Served as a `Router`, axum applies the router's state again for every connection,
-/// rebuilding its route table: about 12 KB that each open connection, so each held
-/// request, keeps.)
-pub(crate) fn shared_router(app: axum::Router) -> axum::routing::IntoMakeService<axum::Router> {
-    app.into_make_service()
-}
-
 pub(crate) use greenscale_core::unix_ms as now_ms;
 
 pub(crate) fn ago(ms: Option<u64>, now: u64) -> String {

@@ -357,16 +357,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .map(|p| tokio::spawn(autoscaler::run_pool(p.clone(), drain_rx.clone())))
         .collect();
     let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(
-        axum::serve(
-            crate::commands::shared::without_nagle(listener),
-            crate::commands::shared::shared_router(app),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        })
-        .into_future(),
-    );
+    let server = tokio::spawn(greenscale_gateway::serve(listener, app, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
     shutdown_signal().await;
 
     // The drain: new work gets 503; replicas finish their jobs within their grace (and hand
@@ -438,7 +431,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(130));
     }
-    if let Ok(Err(e)) = server.await {
+    if let Err(e) = server.await {
         tracing::warn!(error = %e, "the HTTP server failed");
     }
     tracing::info!("all replicas stopped; bye");
