@@ -508,6 +508,62 @@ async fn http2_clients_hold_many_requests_on_one_connection() {
     }
 }
 
+/// With every worker gone, the gateway's own maintenance still hands a killed worker's job
+/// back to the pending list, where a list-length trigger (KEDA's) sees it and wakes a pool.
+#[tokio::test]
+async fn a_killed_workers_job_goes_back_to_the_list_with_no_worker_left() {
+    let s = stack(&[]);
+    let slow = demo_model(5.0);
+    let id = post(
+        &s.base,
+        "/v1/jobs",
+        json!({"prompt": "a long answer", "model": "greenscale-demo"}),
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let worker = Process::worker(
+        s.dir.path(),
+        "doomed",
+        &s.redis.url(),
+        &slow.url,
+        &["--lease", "1s"],
+    );
+    let mut c = s.redis.connection();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis::cmd("LLEN")
+        .arg("greenscale:jobs:inflight:doomed")
+        .query::<i64>(&mut c)
+        .unwrap()
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not lease the job"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    worker.signal("KILL");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while redis::cmd("LLEN").arg("jobs").query::<i64>(&mut c).unwrap() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the job did not go back to the list"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let record: Value = get(&s.base, &format!("/v1/jobs/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["status"], "queued", "{record}");
+}
+
 async fn model_ids(base: &str) -> Vec<String> {
     let list: Value = get(base, "/v1/models").await.json().await.unwrap();
     list["data"]

@@ -2,21 +2,21 @@
 -- and is dropped when leased; a running job's worker finds its record final when it ends.
 -- KEYS[1]  the job's record hash
 -- KEYS[2]  counters hash (outcomes, for metrics)
--- ARGV[1]  retention of finished records, in seconds
--- ARGV[2]  '1' to cancel a running job too
--- ARGV[3]  key prefix P
--- ARGV[4]  job id
--- Returns 'cancelled', 'running' (running and ARGV[2] is '0'), 'final' or 'missing'.
-local P = ARGV[3]
+-- ARGV[1]  '1' to cancel a running job too
+-- ARGV[2]  key prefix P
+-- ARGV[3]  job id
+-- Returns 'cancelled', 'running' (running and ARGV[1] is '0'), 'final' or 'missing'.
+local P = ARGV[2]
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
-if status == 'running' and ARGV[2] ~= '1' then return 'running' end
+if status == 'running' and ARGV[1] ~= '1' then return 'running' end
 if status ~= 'queued' and status ~= 'running' then return 'final' end
 local tenant = redis.call('HGET', KEYS[1], 'tenant') or 'default'
 if status == 'queued' then tcount(P, tenant, 'queued', -1) end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at_ms', now_ms())
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at_ms', now)
+ended(P, now, { ARGV[3] })
 redis.call('HINCRBY', KEYS[2], 'cancelled', 1)
 tcount(P, tenant, 'cancelled', 1)
-redis.call('ZREM', P .. 'deadlines', ARGV[4])
+redis.call('ZREM', P .. 'deadlines', ARGV[3])
 return 'cancelled'

@@ -3,12 +3,11 @@
 -- KEYS[1]  counters hash
 -- ARGV[1]  job record key prefix
 -- ARGV[2]  key prefix P
--- ARGV[3]  retention of finished records, in seconds
--- ARGV[4]  the most jobs to expire in one call
+-- ARGV[3]  the most jobs to expire in one call
 -- Returns the number expired.
 local P = ARGV[2]
 local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', P .. 'deadlines', '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[4]))
+local due = redis.call('ZRANGEBYSCORE', P .. 'deadlines', '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 local expired = 0
 for i = 1, #due, 2 do
   local id, deadline = due[i], tonumber(due[i + 1])
@@ -18,7 +17,7 @@ for i = 1, #due, 2 do
     local tenant = redis.call('HGET', key, 'tenant') or 'default'
     redis.call('HSET', key, 'status', 'expired', 'finished_at_ms', now, 'error_message',
       'not started before its deadline (checked ' .. (now - deadline) .. ' ms after it); it was never run')
-    redis.call('EXPIRE', key, tonumber(ARGV[3]))
+    ended(P, now, { id })
     redis.call('HINCRBY', KEYS[1], 'expired', 1)
     tcount(P, tenant, 'queued', -1)
     tcount(P, tenant, 'expired', 1)

@@ -9,7 +9,8 @@
 -- KEYS[3+2i]   job i's record hash (i = 1..n)
 -- KEYS[4+2i]   job i's result:{id}, the prototype-compatible answer string
 -- ARGV[1]      key prefix P
--- ARGV[2]      retention of finished records and answers, in seconds
+-- ARGV[2]      retention of answers (result:{id}), in seconds
+-- ARGV[3]      job record key prefix
 -- then for each job, in order:
 --   the entry as held in the in-flight list
 --   outcome: succeeded | retry | failed | dead
@@ -23,16 +24,17 @@
 --   N, then N field/value pairs to set on the record
 -- Returns, per job, the outcome applied, 'final' when the record was already final, or
 -- 'lost' for a retry whose lease had expired (the job was handed back and runs again).
-local P, retention = ARGV[1], tonumber(ARGV[2])
+local P, retention, records = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now = now_ms()
 local out = {}
 local counts, tenant_counts, tokens = {}, {}, {}
+local gone = {} -- ids of the jobs that ended here
 local function add(t, k, n) t[k] = (t[k] or 0) + n end
 local function tadd(tenant, field, n)
   tenant_counts[tenant] = tenant_counts[tenant] or {}
   add(tenant_counts[tenant], field, n)
 end
-local a = 3
+local a = 4
 for i = 1, (#KEYS - 4) / 2 do
   local record_key, result_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local entry, outcome, delay, answer = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
@@ -77,12 +79,13 @@ for i = 1, (#KEYS - 4) / 2 do
         else
           redis.call('HSET', record_key, 'status', outcome, 'finished_at_ms', now, unpack(fields))
         end
-        redis.call('EXPIRE', record_key, retention)
+        gone[#gone + 1] = string.sub(record_key, #records + 1)
       end
     end
     out[#out + 1] = outcome
   end
 end
+ended(P, now, gone)
 for field, n in pairs(counts) do redis.call('HINCRBY', KEYS[4], field, n) end
 for tenant, fields in pairs(tenant_counts) do
   for field, n in pairs(fields) do
@@ -91,7 +94,7 @@ for tenant, fields in pairs(tenant_counts) do
 end
 for tenant, n in pairs(tokens) do
   local key = P .. 'tokens:' .. tenant .. ':' .. math.floor(now / 60000)
-  redis.call('INCRBY', key, n)
-  redis.call('EXPIRE', key, 120)
+  -- A minute's count is needed for two minutes at most; set when the minute begins.
+  if redis.call('INCRBY', key, n) == n then redis.call('EXPIRE', key, 120) end
 end
 return out

@@ -1,4 +1,5 @@
--- flows.lua: the fair queue's shared steps, put in front of the scripts that use them.
+-- flows.lua: the queue's shared steps (the fair queue's, and starting leased jobs), put in
+-- front of the scripts that use them.
 -- A job waits in its tenant's flow in its priority class; each class has a sorted set of
 -- the tenants with work (score: the head's tag) and a clock (the rule is FairClock's in
 -- greenscale-core). The default tenant's interactive flow is the pending list producers
@@ -13,12 +14,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The tenant and class of an entry, read leniently (what cannot be read is the default
--- tenant's, interactive; it is dead-lettered when leased).
-local function class_of(entry)
+-- The tenant and class of a decoded entry (`job`, a table or anything else), read
+-- leniently: what cannot be read is the default tenant's, interactive (such an entry is
+-- dead-lettered when leased).
+local function class_of_job(job)
   local tenant, prio = 'default', 0
-  local ok, job = pcall(cjson.decode, entry)
-  if ok and type(job) == 'table' then
+  if type(job) == 'table' then
     local t = job.tenant
     if type(t) == 'string' and #t > 0 and #t <= 64 and not string.find(t, '[^%w%-_%.]') then
       tenant = t
@@ -34,6 +35,12 @@ local function class_of(entry)
     end
   end
   return tenant, prio
+end
+
+-- The tenant and class of a raw entry (see class_of_job).
+local function class_of(entry)
+  local ok, job = pcall(cjson.decode, entry)
+  return class_of_job(ok and job)
 end
 
 -- A tenant's stored settings (a table) or nil; `cache` (a table, or nil) keeps what one
@@ -55,6 +62,18 @@ local function weight_of(settings)
     return settings.weight
   end
   return 1
+end
+
+-- Notes that jobs ended at `now` (Unix ms): their records are kept for the retention from
+-- then, and deleted by maintenance (forget.lua) after it. `ids` may be empty.
+local function ended(P, now, ids)
+  if #ids == 0 then return end
+  local args = {}
+  for _, id in ipairs(ids) do
+    args[#args + 1] = now
+    args[#args + 1] = id
+  end
+  redis.call('ZADD', P .. 'ended', unpack(args))
 end
 
 -- Adds delta to a tenant's counter (queued, running, or an outcome).
@@ -227,3 +246,88 @@ local function left_inflight(P, entry)
   return tenant
 end
 
+
+-- Marks leased jobs as running, drops those that already have a final status and expires
+-- those past their deadline (both leave the in-flight list). What several jobs share
+-- (indexes, tenant names, counters) is written once per call.
+-- `jobs`: a list of {raw = the entry as leased, normalized = the entry with its job id (the
+-- record's spec for a job first seen here), replace = true when the normalized entry takes
+-- the raw one's place in the in-flight list (the raw one has no job id of its own), id,
+-- deadline (Unix ms, or nil), tenant}. `now`: the time (Unix ms); `records`: the record key
+-- prefix.
+-- Returns, per job, two items: 'run' and its attempt number, or 'skip' and its final status.
+local function start_jobs(P, now, inflight, index, records, worker, jobs)
+  local out = {}
+  local left, dequeued = {}, {}      -- tenant -> entries leaving in-flight / the queued count
+  local indexed, by_tenant = {}, {}  -- ZADD arguments for jobs first seen here
+  local dated = {}                   -- ids whose deadline no longer applies
+  local gone = {}                    -- ids of jobs expired here
+  local function add(t, tenant) t[tenant] = (t[tenant] or 0) + 1 end
+  -- A job first seen here (pushed straight onto the list): what its record starts with, and
+  -- its place in the indexes.
+  local function first_seen(fields, job)
+    for _, v in ipairs({ 'id', job.id, 'tenant', job.tenant, 'spec', job.normalized, 'enqueued_at_ms', now }) do
+      fields[#fields + 1] = v
+    end
+    indexed[#indexed + 1] = now
+    indexed[#indexed + 1] = job.id
+    by_tenant[job.tenant] = by_tenant[job.tenant] or {}
+    table.insert(by_tenant[job.tenant], now)
+    table.insert(by_tenant[job.tenant], job.id)
+  end
+  for _, job in ipairs(jobs) do
+    local record = records .. job.id
+    local state = redis.call('HMGET', record, 'status', 'attempts')
+    local status = state[1] or nil
+    if job.deadline then dated[#dated + 1] = job.id end
+    if job.deadline and job.deadline <= now and not (status and TERMINAL[status]) then
+      redis.call('LREM', inflight, 1, job.raw)
+      add(left, job.tenant)
+      if status == 'queued' then add(dequeued, job.tenant) end
+      local fields = { 'status', 'expired', 'finished_at_ms', now, 'error_message',
+        'not started before its deadline (checked ' .. (now - job.deadline) .. ' ms after it); it was never run' }
+      if not status then
+        first_seen(fields, job)
+        fields[#fields + 1] = 'attempts'
+        fields[#fields + 1] = 0
+      end
+      redis.call('HSET', record, unpack(fields))
+      gone[#gone + 1] = job.id
+      redis.call('HINCRBY', P .. 'counters', 'expired', 1)
+      tcount(P, job.tenant, 'expired', 1)
+      out[#out + 1] = 'skip'
+      out[#out + 1] = 'expired'
+    elseif status and TERMINAL[status] then
+      redis.call('LREM', inflight, 1, job.raw)
+      add(left, job.tenant)
+      out[#out + 1] = 'skip'
+      out[#out + 1] = status
+    else
+      if job.replace then
+        redis.call('LREM', inflight, 1, job.raw)
+        redis.call('LPUSH', inflight, job.normalized)
+      end
+      if status == 'queued' then add(dequeued, job.tenant) end
+      local attempts = (tonumber(state[2]) or 0) + 1
+      local fields = { 'status', 'running', 'started_at_ms', now, 'worker_id', worker, 'attempts', attempts }
+      if not status then first_seen(fields, job) end
+      redis.call('HSET', record, unpack(fields))
+      out[#out + 1] = 'run'
+      out[#out + 1] = tostring(attempts)
+    end
+  end
+  if #indexed > 0 then
+    redis.call('ZADD', index, unpack(indexed))
+    local names = {}
+    for tenant, pairs_ in pairs(by_tenant) do
+      redis.call('ZADD', P .. 'index:' .. tenant, unpack(pairs_))
+      names[#names + 1] = tenant
+    end
+    redis.call('SADD', P .. 'tenant_names', unpack(names))
+  end
+  if #dated > 0 then redis.call('ZREM', P .. 'deadlines', unpack(dated)) end
+  ended(P, now, gone)
+  for tenant, n in pairs(dequeued) do tcount(P, tenant, 'queued', -n) end
+  for tenant, n in pairs(left) do tcount(P, tenant, 'running', -n) end
+  return out
+end

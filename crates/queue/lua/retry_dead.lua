@@ -11,7 +11,11 @@ local P = ARGV[4]
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local tenant, prio = class_of(ARGV[2])
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  -- It is no longer an ended job's record, to be forgotten after the retention (nor one
+  -- with a TTL, as records were kept once).
   redis.call('PERSIST', KEYS[3])
+  local id = redis.call('HGET', KEYS[3], 'id')
+  if id then redis.call('ZREM', P .. 'ended', id) end
   redis.call('HSET', KEYS[3], 'status', 'queued', 'attempts', 0)
   redis.call('HDEL', KEYS[3], 'finished_at_ms', 'error_kind', 'error_message')
   tcount(P, tenant, 'queued', 1)

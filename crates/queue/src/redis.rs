@@ -21,6 +21,8 @@
 //! - `greenscale:L:index`: job ids by enqueue time (for listing), trimmed after retention;
 //!   `greenscale:L:index:{tenant}` the same for one tenant.
 //! - `greenscale:L:events`: pub/sub channel of job events (jobs with `stream`).
+//! - `greenscale:L:ended`: the jobs that ended, by when (Unix ms): a record is deleted by
+//!   maintenance once the retention has passed since then.
 //! - `greenscale:L:counters`: how many runs ended how (`succeeded`, `retry`, `failed`,
 //!   `dead`, `cancelled`, `error:<kind>`), for metrics.
 //! - `greenscale:idem:{key}`: the job an idempotency key created.
@@ -59,6 +61,7 @@ struct Scripts {
     cancel: Script,
     retry_dead: Script,
     expire: Script,
+    forget: Script,
     counts: Script,
 }
 
@@ -87,6 +90,7 @@ impl Scripts {
             cancel: with_flows!("cancel"),
             retry_dead: with_flows!("retry_dead"),
             expire: with_flows!("expire"),
+            forget: with_flows!("forget"),
             counts: with_flows!("counts"),
         }
     }
@@ -218,6 +222,67 @@ impl FinishStep {
     }
 }
 
+/// What starting a lease batch came to: the jobs to run, the entries to dead-letter, and
+/// how many were dropped because their job was final already.
+#[derive(Default)]
+struct Started {
+    jobs: Vec<LeasedJob>,
+    given_up: Vec<FinishStep>,
+    final_already: usize,
+}
+
+impl Started {
+    /// A delivery of a job that is final already: dropped.
+    fn skipped(&mut self, config: &QueueConfig, entry: &str, status: &str) {
+        let id = parse_entry(entry, &config.limits)
+            .map(|s| s.job_id)
+            .unwrap_or_default();
+        tracing::info!(job_id = %id, %status, "dropped a delivery of a job that is already final");
+        self.final_already += 1;
+    }
+
+    /// A job started as run number `attempt`: to run, or to dead-letter when its workers
+    /// kept dying (its attempts are over the budget).
+    fn run(&mut self, config: &QueueConfig, token: String, spec: JobSpec, attempt: &str) {
+        let attempt: u32 = attempt.parse().unwrap_or(1);
+        if attempt > config.max_attempts {
+            let reason = format!(
+                "its worker stopped while running it {} times (retry budget {})",
+                attempt - 1,
+                config.max_attempts
+            );
+            tracing::warn!(job_id = %spec.job_id, %reason, "job moved to the dead-letter list");
+            self.given_up.push(FinishStep::dead_letter(
+                token,
+                Some(spec.job_id.clone()),
+                spec.tenant().to_string(),
+                ErrorKind::LeaseExpired,
+                &reason,
+                Some(attempt - 1),
+            ));
+            return;
+        }
+        self.jobs.push(LeasedJob {
+            spec,
+            attempt,
+            token,
+        });
+    }
+
+    /// An entry that is not a job: dead-lettered with the reason.
+    fn malformed(&mut self, entry: String, bad: greenscale_core::Malformed) {
+        tracing::warn!(job_id = bad.job_id.as_deref().unwrap_or("-"), reason = %bad.reason, "malformed entry moved to the dead-letter list");
+        self.given_up.push(FinishStep::dead_letter(
+            entry,
+            bad.job_id,
+            String::new(),
+            ErrorKind::Malformed,
+            &bad.reason,
+            None,
+        ));
+    }
+}
+
 /// A [`Queue`] stored in Redis.
 pub struct RedisQueue {
     client: redis::Client,
@@ -327,11 +392,13 @@ impl RedisQueue {
                 .key(&self.keys.pending)
                 .key(self.keys.inflight(worker))
                 .key(&self.keys.workers)
+                .key(&self.keys.index)
                 .arg(worker)
                 .arg(left)
                 .arg(self.config.lease.as_millis() as u64)
                 .arg(&self.keys.prefix)
                 .arg(RECORD_PREFIX)
+                .arg(self.config.retention.as_secs().max(1))
                 .invoke_async(&mut c)
                 .await
                 .map_err(unavailable)?;
@@ -349,50 +416,44 @@ impl RedisQueue {
         Ok(jobs)
     }
 
-    /// Turns raw leased entries into jobs to run: parses them, starts the well-formed in
-    /// one script call (dropping those already final), and dead-letters the malformed and
-    /// those whose workers kept dying, together in one more. Returns the jobs and how many
-    /// entries were dropped or dead-lettered.
+    /// Turns what the lease script returned (per entry: the raw entry and its start verdict,
+    /// or `new` for one the script left to this side) into jobs to run: parses them, starts
+    /// the well-formed ones left to it in one script call (dropping those already final),
+    /// and dead-letters the malformed and those whose workers kept dying, together in one
+    /// more. Returns the jobs and how many entries were dropped or dead-lettered.
     async fn start_all(
         &self,
         worker: &str,
-        raw: Vec<String>,
+        leased: Vec<String>,
     ) -> Result<(Vec<LeasedJob>, usize), QueueError> {
-        let mut given_up = Vec::new();
-        let mut parsed = Vec::with_capacity(raw.len());
-        for entry in raw {
-            match parse_entry(&entry, &self.config.limits) {
-                Ok(spec) => parsed.push((entry, spec)),
-                Err(bad) => {
-                    tracing::warn!(job_id = bad.job_id.as_deref().unwrap_or("-"), reason = %bad.reason, "malformed entry moved to the dead-letter list");
-                    given_up.push(FinishStep::dead_letter(
-                        entry,
-                        bad.job_id,
-                        String::new(),
-                        ErrorKind::Malformed,
-                        &bad.reason,
-                        None,
-                    ));
-                }
+        let mut started = Started::default();
+        let mut unstarted = Vec::new();
+        for item in leased.chunks_exact(3) {
+            let (entry, verdict, value) = (&item[0], item[1].as_str(), item[2].as_str());
+            if verdict == "skip" {
+                started.skipped(&self.config, entry, value);
+                continue;
+            }
+            match parse_entry(entry, &self.config.limits) {
+                Ok(spec) if verdict == "new" => unstarted.push((entry.clone(), spec)),
+                Ok(spec) => started.run(&self.config, entry.clone(), spec, value),
+                Err(bad) => started.malformed(entry.clone(), bad),
             }
         }
-        let mut jobs = Vec::with_capacity(parsed.len());
-        let mut final_already = 0;
-        if !parsed.is_empty() {
+        if !unstarted.is_empty() {
             let mut invocation = self.scripts.start.prepare_invoke();
             invocation
                 .key(self.keys.inflight(worker))
                 .key(&self.keys.index)
                 .arg(worker)
                 .arg(&self.keys.prefix)
-                .arg(self.config.retention.as_secs().max(1));
-            let mut tokens = Vec::with_capacity(parsed.len());
-            for (entry, spec) in &parsed {
+                .arg(RECORD_PREFIX);
+            let mut tokens = Vec::with_capacity(unstarted.len());
+            for (entry, spec) in &unstarted {
                 let normalized = spec.to_entry();
                 // The raw entry stays the token unless it lacks the job id a rerun needs.
                 let replace = !names_its_id(entry, &spec.job_id);
                 invocation
-                    .key(record_key(&spec.job_id))
                     .arg(entry)
                     .arg(&normalized)
                     .arg(if replace { "1" } else { "0" })
@@ -405,42 +466,20 @@ impl RedisQueue {
             let verdicts: Vec<String> =
                 invocation.invoke_async(&mut c).await.map_err(unavailable)?;
             for (((_, spec), token), verdict) in
-                parsed.into_iter().zip(tokens).zip(verdicts.chunks(2))
+                unstarted.into_iter().zip(tokens).zip(verdicts.chunks(2))
             {
                 if verdict[0] == "skip" {
-                    tracing::info!(job_id = %spec.job_id, status = %verdict[1], "dropped a delivery of a job that is already final");
-                    final_already += 1;
-                    continue;
+                    started.skipped(&self.config, &token, &verdict[1]);
+                } else {
+                    started.run(&self.config, token, spec, &verdict[1]);
                 }
-                let attempt: u32 = verdict[1].parse().unwrap_or(1);
-                if attempt > self.config.max_attempts {
-                    let reason = format!(
-                        "its worker stopped while running it {} times (retry budget {})",
-                        attempt - 1,
-                        self.config.max_attempts
-                    );
-                    tracing::warn!(job_id = %spec.job_id, %reason, "job moved to the dead-letter list");
-                    given_up.push(FinishStep::dead_letter(
-                        token,
-                        Some(spec.job_id.clone()),
-                        spec.tenant().to_string(),
-                        ErrorKind::LeaseExpired,
-                        &reason,
-                        Some(attempt - 1),
-                    ));
-                    continue;
-                }
-                jobs.push(LeasedJob {
-                    spec,
-                    attempt,
-                    token,
-                });
             }
         }
-        if !given_up.is_empty() {
-            self.run_finish(worker, &given_up).await?;
+        let dropped = started.given_up.len() + started.final_already;
+        if !started.given_up.is_empty() {
+            self.run_finish(worker, &started.given_up).await?;
         }
-        Ok((jobs, given_up.len() + final_already))
+        Ok((started.jobs, dropped))
     }
 
     /// Records outcomes in one script call (`finish.lua`); returns what was applied to each.
@@ -455,7 +494,8 @@ impl RedisQueue {
             .key(&self.keys.dead)
             .key(&self.keys.counters)
             .arg(&self.keys.prefix)
-            .arg(self.config.retention.as_secs().max(1));
+            .arg(self.config.retention.as_secs().max(1))
+            .arg(RECORD_PREFIX);
         for step in steps {
             let id = step.job_id.as_deref().unwrap_or("");
             inv.key(record_key(id))
@@ -1095,7 +1135,16 @@ impl Consumer for RedisQueue {
             .key(&self.keys.counters)
             .arg(RECORD_PREFIX)
             .arg(&self.keys.prefix)
-            .arg(self.config.retention.as_secs().max(1))
+            .arg(1000)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let _: i64 = self
+            .scripts
+            .forget
+            .arg(&self.keys.prefix)
+            .arg(RECORD_PREFIX)
+            .arg(self.config.retention.as_millis() as u64)
             .arg(1000)
             .invoke_async(&mut c)
             .await
@@ -1137,7 +1186,6 @@ impl Admin for RedisQueue {
             .cancel
             .key(record_key(id))
             .key(&self.keys.counters)
-            .arg(self.config.retention.as_secs().max(1))
             .arg(if running_too { "1" } else { "0" })
             .arg(&self.keys.prefix)
             .arg(id)

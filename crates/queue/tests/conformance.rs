@@ -370,6 +370,64 @@ async fn models_announced_in_heartbeats_are_listed_until_the_retention_passes(op
     assert_eq!(q.served_models().await.unwrap(), ["qwen"]);
 }
 
+/// An ended job's record is kept for the retention from its end, then maintenance deletes
+/// it; one still queued is kept however long it waits, and a dead letter put back on the
+/// queue is no longer an ended job's.
+async fn ended_records_are_forgotten_after_the_retention(open: Open) {
+    let config = QueueConfig {
+        retention: Duration::from_millis(1500),
+        max_attempts: 1,
+        ..fast_config()
+    };
+    let f = open(config).await;
+    let q = f.q();
+    let done = q.enqueue(JobSpec::from_prompt("done")).await.unwrap();
+    let revived = q.enqueue(JobSpec::from_prompt("revived")).await.unwrap();
+    let cancelled = q.enqueue(JobSpec::from_prompt("cancelled")).await.unwrap();
+    let jobs = q.lease("w1", 2, Duration::ZERO).await.unwrap();
+    assert_eq!(jobs[0].spec.job_id, done);
+    q.finish("w1", &jobs[0], success("ok")).await.unwrap();
+    assert_eq!(
+        q.finish("w1", &jobs[1], transient()).await.unwrap(),
+        Finished::Dead
+    );
+    assert_eq!(
+        q.retry_dead(Some(std::slice::from_ref(&revived)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        q.cancel(&cancelled, false).await.unwrap(),
+        Cancelled::Cancelled
+    );
+    let waiting = q.enqueue(JobSpec::from_prompt("waiting")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // A job that ends later is kept for the retention from its own end.
+    let late = q.enqueue(JobSpec::from_prompt("late")).await.unwrap();
+    q.cancel(&late, false).await.unwrap();
+    q.maintain().await.unwrap();
+    assert!(
+        q.job(&done).await.unwrap().is_some(),
+        "kept within the retention"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    q.maintain().await.unwrap();
+    assert!(
+        q.job(&done).await.unwrap().is_none(),
+        "forgotten after the retention"
+    );
+    assert!(q.job(&cancelled).await.unwrap().is_none());
+    assert!(
+        q.job(&late).await.unwrap().is_some(),
+        "{late} ended 1.1 s ago"
+    );
+    for id in [&waiting, &revived] {
+        let rec = q.job(id).await.unwrap().expect("a queued job is kept");
+        assert_eq!(rec.status, JobStatus::Queued);
+    }
+}
+
 async fn workers_that_keep_dying_send_the_job_to_the_dead_letter_list(open: Open) {
     let config = QueueConfig {
         max_attempts: 2,
@@ -835,6 +893,7 @@ conformance!(
     expired_lease_returns_the_job_and_the_late_result_is_not_duplicated,
     a_heartbeating_worker_keeps_its_jobs,
     models_announced_in_heartbeats_are_listed_until_the_retention_passes,
+    ended_records_are_forgotten_after_the_retention,
     workers_that_keep_dying_send_the_job_to_the_dead_letter_list,
     released_job_goes_back_to_the_front_without_costing_an_attempt,
     cancelled_queued_job_never_runs,

@@ -126,8 +126,10 @@ fn commands_executed(c: &mut redis::Connection) -> (u64, u64) {
 #[tokio::test]
 /// What a prototype-style job (`LPUSH jobs`) costs Redis on its way through a worker that
 /// leases and records outcomes 16 at a time, read from Redis's own `INFO commandstats`:
-/// at most 9 commands executed per job, scripts' own included (before the lean path: 31 in
-/// `bench/run redis_commands`), and three script calls (lease, start, finish) per 16 jobs.
+/// at most 8 commands executed per job, scripts' own included (before the lean path: 31 in
+/// `bench/run redis_commands`; 8.7 before a lease started its jobs itself and ended records
+/// were forgotten by maintenance instead of expiring one by one), and two script calls (the
+/// lease, which starts its jobs, and the finish) per 16 jobs.
 async fn a_job_costs_redis_few_commands() {
     let server = RedisServer::start();
     let q = queue(&server, QueueConfig::default());
@@ -155,9 +157,9 @@ async fn a_job_costs_redis_few_commands() {
     let per_job = all as f64 / jobs as f64;
     let calls_per_job = scripts as f64 / jobs as f64;
     println!("{per_job:.2} commands and {calls_per_job:.3} script calls per job");
-    assert!(per_job <= 9.0, "{per_job:.2} commands per job");
+    assert!(per_job <= 8.0, "{per_job:.2} commands per job");
     assert!(
-        calls_per_job <= 0.2,
+        calls_per_job <= 0.15,
         "{calls_per_job:.3} script calls per job"
     );
     let answer: String = c.get("result:cost-0").unwrap();

@@ -16,7 +16,9 @@ pub(super) async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     }
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let routes = greenscale_gateway::Routes::single(Arc::new(queue));
+    let queue = Arc::new(queue);
+    tokio::spawn(maintain(queue.clone()));
+    let routes = greenscale_gateway::Routes::single(queue);
     {
         // Redis may come up later: keep trying to store the tenants' settings until it does.
         let (http, routes) = (args.http.clone(), routes.clone());
@@ -82,4 +84,21 @@ pub(super) async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     greenscale_gateway::serve(listener, greenscale_gateway::app(gateway), drain).await;
     tracing::info!("gateway stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often a gateway runs the queue's maintenance.
+const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The queue's maintenance, from the gateway too: while every worker is scaled to zero,
+/// the jobs of a worker that died still go back to the queue (where a list-length trigger
+/// sees them and wakes the pool), due retries are promoted, and ended jobs' records are
+/// forgotten after the retention.
+async fn maintain(queue: Arc<greenscale_queue::RedisQueue>) {
+    use greenscale_core::Consumer;
+    loop {
+        tokio::time::sleep(MAINTAIN_EVERY).await;
+        if let Err(e) = queue.maintain().await {
+            tracing::debug!(error = %e, "queue maintenance failed; will try again");
+        }
+    }
 }
