@@ -97,6 +97,7 @@ pub async fn run_worker<B: ModelBackend>(
         finisher: Finisher::start(queue.clone(), config.id.clone()),
         held: Arc::default(),
         slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+        recording: Arc::new(Semaphore::new(config.concurrency.max(1))),
         tasks: JoinSet::new(),
         outage: None,
         queue,
@@ -123,6 +124,9 @@ struct Worker<B> {
     finisher: Finisher,
     held: Held,
     slots: Arc<Semaphore>,
+    /// Outcomes being recorded; a run gives its slot back as it ends while fewer than
+    /// `concurrency` are, so the next job's model call overlaps the recording.
+    recording: Arc<Semaphore>,
     tasks: JoinSet<()>,
     /// Since when leasing fails (the queue is unreachable).
     outage: Option<Instant>,
@@ -249,13 +253,14 @@ impl<B: ModelBackend> Worker<B> {
                     stop: stop.clone(),
                 },
             );
-            let (queue, finisher, backend, held, report, worker) = (
+            let (queue, finisher, backend, held, report, worker, recording) = (
                 self.queue.clone(),
                 self.finisher.clone(),
                 self.backend.clone(),
                 self.held.clone(),
                 self.report.clone(),
                 self.config.id.clone(),
+                self.recording.clone(),
             );
             report.in_flight.fetch_add(1, Ordering::Relaxed);
             self.tasks.spawn(async move {
@@ -265,12 +270,11 @@ impl<B: ModelBackend> Worker<B> {
                     worker: &worker,
                     report: &report,
                 };
-                run_one(run, &*backend, &job, &stop).await;
+                run_one(run, &*backend, &job, &stop, Slot { permit, recording }).await;
                 report.in_flight.fetch_sub(1, Ordering::Relaxed);
                 held.lock()
                     .expect("held jobs lock")
                     .remove(&job.spec.job_id);
-                drop(permit);
             });
         }
     }
@@ -339,7 +343,19 @@ struct Run<'a> {
     report: &'a WorkerReport,
 }
 
-async fn run_one<B: ModelBackend>(run: Run<'_>, backend: &B, job: &LeasedJob, stop: &Notify) {
+/// A run's slot, and the outcomes being recorded that it gives it back against.
+struct Slot {
+    permit: OwnedSemaphorePermit,
+    recording: Arc<Semaphore>,
+}
+
+async fn run_one<B: ModelBackend>(
+    run: Run<'_>,
+    backend: &B,
+    job: &LeasedJob,
+    stop: &Notify,
+    slot: Slot,
+) {
     let Run {
         queue,
         finisher,
@@ -384,6 +400,15 @@ async fn run_one<B: ModelBackend>(run: Run<'_>, backend: &B, job: &LeasedJob, st
         Outcome::Failed(e) => Some(e.clone()),
         Outcome::Succeeded(_) => None,
     };
+    // The model is done with the job: its slot goes to the next one while this outcome is
+    // recorded, unless `concurrency` outcomes are being recorded already (the queue is
+    // slow); then the slot waits, so a slow queue slows the leasing.
+    let recording = slot
+        .recording
+        .acquire_owned()
+        .await
+        .expect("semaphore is never closed");
+    drop(slot.permit);
     // The answer is only safe once recorded: keep trying while the queue is down.
     let mut delay = Duration::from_millis(100);
     let finished = loop {
@@ -415,6 +440,7 @@ async fn run_one<B: ModelBackend>(run: Run<'_>, backend: &B, job: &LeasedJob, st
         };
         publish_quietly(queue, id, &event).await;
     }
+    drop(recording);
     match (finished, error) {
         (Finished::Succeeded, _) => {
             report.succeeded.fetch_add(1, Ordering::Relaxed);
