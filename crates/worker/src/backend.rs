@@ -226,10 +226,7 @@ impl OpenAiBackend {
                     format!("the model's stream broke: {}", without_url(&e)),
                 )
             })?;
-            sse.feed(&bytes);
-            while let Some(data) = sse.next_data() {
-                answer.on_data(&data, started, on_token)?;
-            }
+            sse.feed(&bytes, |data| answer.on_data(data, started, on_token))?;
         }
         let Answer {
             text,
