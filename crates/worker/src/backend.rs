@@ -112,7 +112,8 @@ pub fn chat_completions_url(url: &str) -> Result<String, BackendError> {
 #[derive(Debug, Clone)]
 pub struct OpenAiBackend {
     client: reqwest::Client,
-    url: String,
+    /// Parsed once: every request is sent to it.
+    url: reqwest::Url,
     config: OpenAiConfig,
 }
 
@@ -120,6 +121,10 @@ impl OpenAiBackend {
     /// Builds the backend; fails on a malformed URL.
     pub fn new(config: OpenAiConfig) -> Result<Self, BackendError> {
         let url = chat_completions_url(&config.url)?;
+        let url = reqwest::Url::parse(&url).map_err(|e| BackendError::BadUrl {
+            url: url.clone(),
+            problem: format!("is not a valid URL: {e}"),
+        })?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(1024)
@@ -133,7 +138,7 @@ impl OpenAiBackend {
 
     /// The chat-completions URL in use.
     pub fn url(&self) -> &str {
-        &self.url
+        self.url.as_str()
     }
 
     fn request_body(&self, spec: &JobSpec) -> Value {
@@ -151,7 +156,10 @@ impl OpenAiBackend {
 
     async fn call(&self, spec: &JobSpec, on_token: &TokenSink) -> Result<Completion, JobError> {
         let started = Instant::now();
-        let mut request = self.client.post(&self.url).json(&self.request_body(spec));
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .json(&self.request_body(spec));
         if let Some(key) = &self.config.api_key {
             request = request.bearer_auth(key);
         }

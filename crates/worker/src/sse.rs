@@ -49,7 +49,7 @@ impl SseReader {
             None => Data::None,
         };
         let mut start = 0;
-        while let Some(nl) = input[start..].iter().position(|&b| b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', &input[start..]) {
             let end = start + nl;
             let line = &input[start..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -101,7 +101,10 @@ impl SseReader {
 
 /// A line's text; invalid UTF-8 is replaced, not refused.
 fn text(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 #[cfg(test)]
