@@ -271,7 +271,6 @@ impl<B: ModelBackend> Worker<B> {
                     report: &report,
                 };
                 run_one(run, &*backend, &job, &stop, Slot { permit, recording }).await;
-                report.in_flight.fetch_sub(1, Ordering::Relaxed);
                 held.lock()
                     .expect("held jobs lock")
                     .remove(&job.spec.job_id);
@@ -408,6 +407,9 @@ async fn run_one<B: ModelBackend>(
         .acquire_owned()
         .await
         .expect("semaphore is never closed");
+    // No longer running: counted out before the slot is free, so whoever leases with it
+    // (a pool's lease turns go to the least loaded worker) sees this worker's load as it is.
+    report.in_flight.fetch_sub(1, Ordering::Relaxed);
     drop(slot.permit);
     // The answer is only safe once recorded: keep trying while the queue is down.
     let mut delay = Duration::from_millis(100);
