@@ -70,10 +70,14 @@ async fn accept_failed(e: std::io::Error) {
 
 /// Serves one connection until it closes, or until a stop was asked for and its requests
 /// are answered.
-async fn connection(stream: TcpStream, router: Router, stop: watch::Receiver<bool>) {
-    let http2 = match tokio::time::timeout(HEAD_TIMEOUT, starts_with_preface(&stream)).await {
-        Ok(Ok(http2)) => http2,
-        Ok(Err(_)) | Err(_) => return,
+async fn connection(stream: TcpStream, router: Router, mut stop: watch::Receiver<bool>) {
+    // A client that connected but has sent nothing yet holds up no stop.
+    let http2 = tokio::select! {
+        first = tokio::time::timeout(HEAD_TIMEOUT, starts_with_preface(&stream)) => match first {
+            Ok(Ok(http2)) => http2,
+            Ok(Err(_)) | Err(_) => return,
+        },
+        _ = stop.wait_for(|s| *s) => return,
     };
     let io = TokioIo::new(stream);
     let service = TowerToHyperService::new(router);

@@ -100,7 +100,8 @@ impl Process {
             }
             assert!(
                 Instant::now() < deadline,
-                "process did not exit within {within:?}"
+                "process did not exit within {within:?}; its log:\n{}",
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
