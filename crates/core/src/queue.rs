@@ -94,6 +94,48 @@ pub struct LeasedJob {
     pub attempt: u32,
     /// Backend-specific handle of the lease; pass it back unchanged.
     pub token: String,
+    /// When the lease started the run, Unix milliseconds (the leasing process's clock).
+    pub started_at_ms: u64,
+}
+
+impl LeasedJob {
+    /// The end event of this run ending with `outcome`, leaving the job `status`: the
+    /// record as the worker left it (its times by the worker's clock, no spec, no enqueue
+    /// time), so a client waiting for the answer needs no read of the stored record.
+    /// [`Consumer::finish_all`] publishes it for jobs that notify.
+    pub fn end_event(&self, worker: &str, outcome: &Outcome, status: JobStatus) -> JobEvent {
+        let finished_at_ms = crate::unix_ms();
+        let (result, usage, ttft_ms, error) = match outcome {
+            Outcome::Succeeded(done) => (
+                Some(done.text.clone()),
+                Some(done.usage),
+                done.ttft_ms,
+                None,
+            ),
+            Outcome::Failed(e) => (None, None, None, Some(e)),
+        };
+        let record = JobRecord {
+            id: self.spec.job_id.clone(),
+            tenant: self.spec.tenant().to_string(),
+            status,
+            attempts: self.attempt,
+            enqueued_at_ms: None,
+            started_at_ms: Some(self.started_at_ms.min(finished_at_ms)),
+            finished_at_ms: status.is_terminal().then_some(finished_at_ms),
+            worker_id: Some(worker.to_string()),
+            error_kind: error.map(|e| e.kind),
+            error_message: error.map(|e| e.message.clone()),
+            usage,
+            ttft_ms,
+            result,
+            spec: None,
+        };
+        JobEvent::Finished {
+            status,
+            error: error.map(|e| e.message.clone()),
+            record: Some(Box::new(record)),
+        }
+    }
 }
 
 /// What a run produced.
@@ -142,6 +184,20 @@ pub enum Finished {
     Dead,
     /// The job already had a final status (or was cancelled); nothing was overwritten.
     AlreadyFinal,
+}
+
+impl Finished {
+    /// The job's status after an outcome recorded as given; `None` when it was not
+    /// (already final).
+    pub fn status(self) -> Option<JobStatus> {
+        match self {
+            Finished::Succeeded => Some(JobStatus::Succeeded),
+            Finished::RetryScheduled => Some(JobStatus::Queued),
+            Finished::Failed => Some(JobStatus::Failed),
+            Finished::Dead => Some(JobStatus::Dead),
+            Finished::AlreadyFinal => None,
+        }
+    }
 }
 
 /// What [`Queue::cancel`] did.
@@ -381,28 +437,29 @@ pub trait Consumer: Send + Sync {
     /// [`Reader::served_models`] lists).
     async fn heartbeat(&self, worker: &str, models: &[String]) -> Result<(), QueueError>;
 
-    /// Records the outcome of a leased job and releases its lease.
+    /// Records the outcome of a leased job and releases its lease (see
+    /// [`Consumer::finish_all`]).
     async fn finish(
         &self,
         worker: &str,
         job: &LeasedJob,
         outcome: Outcome,
-    ) -> Result<Finished, QueueError>;
+    ) -> Result<Finished, QueueError> {
+        let done = self.finish_all(worker, &[(job.clone(), outcome)]).await?;
+        Ok(done[0])
+    }
 
     /// Records several outcomes of `worker`'s runs at once, as [`Consumer::finish`] would
     /// one after the other, in fewer round trips where the backend can. On an error some
     /// may be recorded already: recording one again is safe (see [`Finished`]).
+    /// For a job that notifies ([`JobSpec::notifies`]), an outcome recorded as given (not
+    /// [`Finished::AlreadyFinal`]) is published as its [`LeasedJob::end_event`] as part of
+    /// recording it, so a waiting client hears of it without another round trip.
     async fn finish_all(
         &self,
         worker: &str,
         done: &[(LeasedJob, Outcome)],
-    ) -> Result<Vec<Finished>, QueueError> {
-        let mut out = Vec::with_capacity(done.len());
-        for (job, outcome) in done {
-            out.push(self.finish(worker, job, outcome.clone()).await?);
-        }
-        Ok(out)
-    }
+    ) -> Result<Vec<Finished>, QueueError>;
 
     /// Hands a leased job back, unfinished, to the front of the queue (the run is not
     /// counted as an attempt).

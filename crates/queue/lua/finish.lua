@@ -11,6 +11,7 @@
 -- ARGV[1]      key prefix P
 -- ARGV[2]      retention of answers (result:{id}), in seconds
 -- ARGV[3]      job record key prefix
+-- ARGV[4]      the job events channel
 -- then for each job, in order:
 --   the entry as held in the in-flight list
 --   outcome: succeeded | retry | failed | dead
@@ -21,6 +22,7 @@
 --   tokens the run used (succeeded), for the tenant's per-minute budget
 --   the job's tenant, or '' to read it from the entry
 --   '1' when the record may hold an earlier run's error (cleared on success), else '0'
+--   the message to publish on the events channel once the outcome is applied, or ''
 --   N, then N field/value pairs to set on the record
 -- Returns, per job, the outcome applied, 'final' when the record was already final, or
 -- 'lost' for a retry whose lease had expired (the job was handed back and runs again).
@@ -34,21 +36,21 @@ local function tadd(tenant, field, n)
   tenant_counts[tenant] = tenant_counts[tenant] or {}
   add(tenant_counts[tenant], field, n)
 end
-local a = 4
+local a = 5
 for i = 1, (#KEYS - 4) / 2 do
   local record_key, result_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local entry, outcome, delay, answer = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local dead_item, record, used = ARGV[a + 4], ARGV[a + 5] == '1', tonumber(ARGV[a + 6]) or 0
-  local tenant, clear = ARGV[a + 7], ARGV[a + 8] == '1'
-  local nfields = tonumber(ARGV[a + 9])
+  local tenant, clear, event = ARGV[a + 7], ARGV[a + 8] == '1', ARGV[a + 9]
+  local nfields = tonumber(ARGV[a + 10])
   local fields = {}
   local error_kind = nil
-  for f = a + 10, a + 9 + 2 * nfields, 2 do
+  for f = a + 11, a + 10 + 2 * nfields, 2 do
     fields[#fields + 1] = ARGV[f]
     fields[#fields + 1] = ARGV[f + 1]
     if ARGV[f] == 'error_kind' then error_kind = ARGV[f + 1] end
   end
-  a = a + 10 + 2 * nfields
+  a = a + 11 + 2 * nfields
   if tenant == '' then tenant = class_of(entry) end
   local held = redis.call('LREM', KEYS[1], 1, entry)
   if held == 1 then tadd(tenant, 'running', -1) end
@@ -83,6 +85,7 @@ for i = 1, (#KEYS - 4) / 2 do
       end
     end
     out[#out + 1] = outcome
+    if event ~= '' then redis.call('PUBLISH', ARGV[4], event) end
   end
 end
 ended(P, now, gone)

@@ -179,6 +179,9 @@ struct FinishStep {
     tenant: String,
     /// Whether an earlier run's error may be on the record (cleared on success).
     clear_error: bool,
+    /// What to publish on the events channel when the outcome is applied as given (the
+    /// end event of a job that notifies), or empty.
+    event: String,
     /// Fields to set on the record.
     fields: Vec<(&'static str, String)>,
 }
@@ -217,6 +220,7 @@ impl FinishStep {
             tokens: 0,
             tenant,
             clear_error: false,
+            event: String::new(),
             fields,
         }
     }
@@ -266,6 +270,7 @@ impl Started {
             spec,
             attempt,
             token,
+            started_at_ms: now_ms(),
         });
     }
 
@@ -495,7 +500,8 @@ impl RedisQueue {
             .key(&self.keys.counters)
             .arg(&self.keys.prefix)
             .arg(self.config.retention.as_secs().max(1))
-            .arg(RECORD_PREFIX);
+            .arg(RECORD_PREFIX)
+            .arg(&self.keys.events);
         for step in steps {
             let id = step.job_id.as_deref().unwrap_or("");
             inv.key(record_key(id))
@@ -509,6 +515,7 @@ impl RedisQueue {
                 .arg(step.tokens)
                 .arg(&step.tenant)
                 .arg(if step.clear_error { "1" } else { "0" })
+                .arg(&step.event)
                 .arg(step.fields.len());
             for (k, v) in &step.fields {
                 inv.arg(*k).arg(v);
@@ -532,6 +539,7 @@ impl RedisQueue {
             tenant: job.spec.tenant().to_string(),
             // Only a run after a failed one can find an error on the record.
             clear_error: job.attempt > 1,
+            event: String::new(),
             fields: Vec::new(),
         };
         match outcome {
@@ -562,7 +570,7 @@ impl RedisQueue {
                         step.delay = delay;
                     }
                     AfterFailure::Dead(reason) => {
-                        return FinishStep::dead_letter(
+                        step = FinishStep::dead_letter(
                             job.token.clone(),
                             Some(job.spec.job_id.clone()),
                             step.tenant,
@@ -573,6 +581,15 @@ impl RedisQueue {
                     }
                 }
             }
+        }
+        if job.spec.notifies() {
+            let status = match step.outcome {
+                "succeeded" => JobStatus::Succeeded,
+                "retry" => JobStatus::Queued,
+                "failed" => JobStatus::Failed,
+                _ => JobStatus::Dead,
+            };
+            step.event = event_payload(&job.spec.job_id, &job.end_event(worker, outcome, status));
         }
         step
     }
@@ -713,6 +730,11 @@ async fn arrival_stream(
         async move { wanted.then_some(()) }
     });
     Ok(Box::pin(stream))
+}
+
+/// The events channel's message for `event` of job `job_id`.
+fn event_payload(job_id: &str, event: &JobEvent) -> String {
+    serde_json::json!({"job_id": job_id, "event": event}).to_string()
 }
 
 fn parse_record(id: &str, map: std::collections::HashMap<String, String>) -> JobRecord {
@@ -968,7 +990,7 @@ impl Reader for RedisQueue {
 #[async_trait]
 impl EventBus for RedisQueue {
     async fn publish(&self, job_id: &str, event: &JobEvent) -> Result<(), QueueError> {
-        let payload = serde_json::json!({"job_id": job_id, "event": event}).to_string();
+        let payload = event_payload(job_id, event);
         let mut c = self.conn.clone();
         c.publish::<_, _, i64>(&self.keys.events, payload)
             .await
@@ -983,10 +1005,9 @@ impl EventBus for RedisQueue {
             .await
             .map_err(unavailable)?;
         let stream = pubsub.into_on_message().filter_map(|msg| async move {
-            let payload: String = msg.get_payload().ok()?;
-            let v: serde_json::Value = serde_json::from_str(&payload).ok()?;
+            let mut v: serde_json::Value = serde_json::from_slice(msg.get_payload_bytes()).ok()?;
             let id = v["job_id"].as_str()?.to_string();
-            let event: JobEvent = serde_json::from_value(v["event"].clone()).ok()?;
+            let event: JobEvent = serde_json::from_value(v["event"].take()).ok()?;
             Some((id, event))
         });
         Ok(Box::pin(stream))
@@ -1033,16 +1054,6 @@ impl Consumer for RedisQueue {
             .await
             .map(|_| ())
             .map_err(unavailable)
-    }
-
-    async fn finish(
-        &self,
-        worker: &str,
-        job: &LeasedJob,
-        outcome: Outcome,
-    ) -> Result<Finished, QueueError> {
-        let done = self.finish_all(worker, &[(job.clone(), outcome)]).await?;
-        Ok(done[0])
     }
 
     // One script call for all of them.

@@ -950,32 +950,32 @@ impl Consumer for SqliteQueue {
         .await
     }
 
-    async fn finish(
-        &self,
-        worker: &str,
-        job: &LeasedJob,
-        outcome: Outcome,
-    ) -> Result<Finished, QueueError> {
-        let worker = worker.to_string();
-        let job = job.clone();
-        self.tx(move |tx, ctx| finish_in(tx, ctx, &worker, &job, outcome))
-            .await
-    }
-
     // One transaction, so one commit (and one sync to disk) for all of them.
     async fn finish_all(
         &self,
         worker: &str,
         done: &[(LeasedJob, Outcome)],
     ) -> Result<Vec<Finished>, QueueError> {
-        let worker = worker.to_string();
-        let done = done.to_vec();
-        self.tx(move |tx, ctx| {
-            done.into_iter()
-                .map(|(job, outcome)| finish_in(tx, ctx, &worker, &job, outcome))
-                .collect()
-        })
-        .await
+        let owner = worker.to_string();
+        let steps = done.to_vec();
+        let finished: Vec<Finished> = self
+            .tx(move |tx, ctx| {
+                steps
+                    .into_iter()
+                    .map(|(job, outcome)| finish_in(tx, ctx, &owner, &job, outcome))
+                    .collect()
+            })
+            .await?;
+        // Committed: the ends of the jobs that notify are told.
+        for ((job, outcome), f) in done.iter().zip(&finished) {
+            if let (true, Some(status)) = (job.spec.notifies(), f.status()) {
+                let _ = self.events.send((
+                    job.spec.job_id.clone(),
+                    job.end_event(worker, outcome, status),
+                ));
+            }
+        }
+        Ok(finished)
     }
 
     async fn release(&self, worker: &str, job: &LeasedJob) -> Result<(), QueueError> {
@@ -1385,6 +1385,7 @@ fn lease_in(
             spec,
             attempt,
             token: seq.to_string(),
+            started_at_ms: now as u64,
         });
     }
     Ok(jobs)

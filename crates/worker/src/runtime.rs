@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use greenscale_core::{Finished, JobEvent, JobRecord, JobStatus, LeasedJob, Outcome, WorkerQueue};
+use greenscale_core::{Finished, JobEvent, JobStatus, LeasedJob, Outcome, WorkerQueue};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -423,22 +423,17 @@ async fn run_one<B: ModelBackend>(
             }
         }
     };
-    if job.spec.notifies() {
-        let status = match finished {
-            Finished::Succeeded => JobStatus::Succeeded,
-            Finished::RetryScheduled => JobStatus::Queued,
-            Finished::Failed => JobStatus::Failed,
-            Finished::Dead => JobStatus::Dead,
-            Finished::AlreadyFinal => match queue.job(id).await {
-                Ok(Some(rec)) => rec.status,
-                _ => JobStatus::Cancelled,
-            },
+    // The queue published the end of a job that notifies as it recorded it, unless the
+    // job was final already: then its waiting client hears of that from here.
+    if job.spec.notifies() && finished == Finished::AlreadyFinal {
+        let status = match queue.job(id).await {
+            Ok(Some(rec)) => rec.status,
+            _ => JobStatus::Cancelled,
         };
         let event = JobEvent::Finished {
             status,
             error: error.as_ref().map(|e| e.message.clone()),
-            record: (finished != Finished::AlreadyFinal)
-                .then(|| Box::new(ended_record(worker, job, &outcome, status, run_time))),
+            record: None,
         };
         publish_quietly(queue, id, &event).await;
     }
@@ -459,43 +454,6 @@ async fn run_one<B: ModelBackend>(
         (f, _) => {
             tracing::info!(job_id = %id, outcome = ?f, "job already had a final status; outcome discarded")
         }
-    }
-}
-
-/// The record of a run that just ended, as this worker saw it, for the end event: the
-/// times by this worker's clock; the enqueue time and the spec left out.
-fn ended_record(
-    worker: &str,
-    job: &LeasedJob,
-    outcome: &Outcome,
-    status: JobStatus,
-    run_time: Duration,
-) -> JobRecord {
-    let finished_at_ms = greenscale_core::unix_ms();
-    let (result, usage, ttft_ms, error) = match outcome {
-        Outcome::Succeeded(done) => (
-            Some(done.text.clone()),
-            Some(done.usage),
-            done.ttft_ms,
-            None,
-        ),
-        Outcome::Failed(e) => (None, None, None, Some(e)),
-    };
-    JobRecord {
-        id: job.spec.job_id.clone(),
-        tenant: job.spec.tenant().to_string(),
-        status,
-        attempts: job.attempt,
-        enqueued_at_ms: None,
-        started_at_ms: Some(finished_at_ms.saturating_sub(run_time.as_millis() as u64)),
-        finished_at_ms: status.is_terminal().then_some(finished_at_ms),
-        worker_id: Some(worker.to_string()),
-        error_kind: error.map(|e| e.kind),
-        error_message: error.map(|e| e.message.clone()),
-        usage,
-        ttft_ms,
-        result,
-        spec: None,
     }
 }
 
