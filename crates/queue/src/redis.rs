@@ -582,13 +582,7 @@ impl RedisQueue {
                 }
             }
         }
-        if job.spec.notifies() {
-            let status = match step.outcome {
-                "succeeded" => JobStatus::Succeeded,
-                "retry" => JobStatus::Queued,
-                "failed" => JobStatus::Failed,
-                _ => JobStatus::Dead,
-            };
+        if let (true, Some(status)) = (job.spec.notifies(), finished(step.outcome).status()) {
             step.event = event_payload(&job.spec.job_id, &job.end_event(worker, outcome, status));
         }
         step
@@ -730,6 +724,18 @@ async fn arrival_stream(
         async move { wanted.then_some(()) }
     });
     Ok(Box::pin(stream))
+}
+
+/// What the finish script's word for an outcome means: the outcome as given, or, for
+/// `final` and `lost` (a retry whose lease had expired), not recorded.
+fn finished(word: &str) -> Finished {
+    match word {
+        "succeeded" => Finished::Succeeded,
+        "retry" => Finished::RetryScheduled,
+        "failed" => Finished::Failed,
+        "dead" => Finished::Dead,
+        _ => Finished::AlreadyFinal,
+    }
 }
 
 /// The events channel's message for `event` of job `job_id`.
@@ -1070,16 +1076,7 @@ impl Consumer for RedisQueue {
             .map(|(job, outcome)| self.finish_step(worker, job, outcome))
             .collect();
         let applied = self.run_finish(worker, &steps).await?;
-        Ok(applied
-            .iter()
-            .map(|a| match a.as_str() {
-                "succeeded" => Finished::Succeeded,
-                "retry" => Finished::RetryScheduled,
-                "failed" => Finished::Failed,
-                "dead" => Finished::Dead,
-                _ => Finished::AlreadyFinal,
-            })
-            .collect())
+        Ok(applied.iter().map(|a| finished(a)).collect())
     }
 
     async fn release(&self, worker: &str, job: &LeasedJob) -> Result<(), QueueError> {
