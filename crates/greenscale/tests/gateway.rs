@@ -109,6 +109,23 @@ async fn get(base: &str, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Waits up to 5 s for the gateway to list one cancelled job; fails with `why` if not.
+async fn wait_for_one_cancelled_job(base: &str, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let list: Value = get(base, "/v1/jobs?status=cancelled")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if list["jobs"].as_array().unwrap().len() == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn error_type(r: reqwest::Response) -> String {
     let v: Value = r.json().await.unwrap();
     v["error"]["type"].as_str().unwrap().to_string()
@@ -403,19 +420,7 @@ async fn a_client_that_disconnects_cancels_its_unstarted_job() {
         .send()
         .await;
     assert!(r.is_err(), "the client gave up");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let list: Value = get(&s.base, "/v1/jobs?status=cancelled")
-            .await
-            .json()
-            .await
-            .unwrap();
-        if list["jobs"].as_array().unwrap().len() == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the job was not cancelled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_one_cancelled_job(&s.base, "the job was not cancelled").await;
 }
 
 /// HTTP/2 with prior knowledge (h2c) on the gateway's port: a multiplexing proxy or client
@@ -468,22 +473,7 @@ async fn http2_clients_hold_many_requests_on_one_connection() {
         .send()
         .await;
     assert!(gave_up.is_err(), "the client gave up");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let list: Value = get(&s.base, "/v1/jobs?status=cancelled")
-            .await
-            .json()
-            .await
-            .unwrap();
-        if list["jobs"].as_array().unwrap().len() == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the reset stream's job was not cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_one_cancelled_job(&s.base, "the reset stream's job was not cancelled").await;
     assert!(
         held.iter().all(|r| !r.is_finished()),
         "all 50 are held at zero workers"
