@@ -160,6 +160,35 @@ fn now_ms() -> i64 {
     greenscale_core::unix_ms() as i64
 }
 
+/// Runs statements through the connection's statement cache, so the hot paths (enqueue,
+/// lease, finish) parse each SQL text once per connection instead of once per call.
+trait CachedStatements {
+    /// [`Connection::execute`] with a cached statement.
+    fn execute_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
+    /// [`Connection::query_row`] with a cached statement.
+    fn query_row_cached<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl CachedStatements for Connection {
+    fn execute_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 fn db_error(e: rusqlite::Error) -> QueueError {
     QueueError::Unavailable(format!("queue database: {e}"))
 }
@@ -192,6 +221,8 @@ impl SqliteQueue {
             .map_err(db_error)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(db_error)?;
+        // Room for every statement this module runs (about 70 texts), so none is parsed twice.
+        conn.set_prepared_statement_cache_capacity(128);
         migrate(&conn).map_err(db_error)?;
         Ok(SqliteQueue {
             db: Arc::new(Mutex::new(conn)),
@@ -254,7 +285,7 @@ impl SqliteQueue {
     /// Runs `sql`, whose one parameter is this queue's list; returns the rows changed.
     async fn update_list(&self, sql: &'static str) -> Result<u64, QueueError> {
         self.tx(move |tx, ctx| {
-            tx.execute(sql, params![ctx.list])
+            tx.execute_cached(sql, params![ctx.list])
                 .map(|n| n as u64)
                 .map_err(db_error)
         })
@@ -266,7 +297,7 @@ impl SqliteQueue {
     pub async fn expire_worker(&self, worker: &str) -> Result<(), QueueError> {
         let worker = worker.to_string();
         self.tx(move |tx, ctx| {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE workers SET deadline_ms = 0 WHERE list = ?1 AND id = ?2",
                 params![ctx.list, worker],
             )
@@ -328,7 +359,7 @@ fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<JobRecord> {
 }
 
 fn status_of(tx: &Transaction, id: &str) -> Result<Option<JobStatus>, QueueError> {
-    tx.query_row("SELECT status FROM jobs WHERE id = ?1", [id], |r| {
+    tx.query_row_cached("SELECT status FROM jobs WHERE id = ?1", [id], |r| {
         r.get::<_, String>(0)
     })
     .optional()
@@ -338,7 +369,7 @@ fn status_of(tx: &Transaction, id: &str) -> Result<Option<JobStatus>, QueueError
 
 /// Adds one to the counter `name` (error kinds, for metrics).
 fn count(tx: &Transaction, ctx: &Ctx, name: &str) -> Result<(), QueueError> {
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO counters (list, name, value) VALUES (?1, ?2, 1)
          ON CONFLICT(list, name) DO UPDATE SET value = value + 1",
         params![ctx.list, name],
@@ -350,7 +381,7 @@ fn count(tx: &Transaction, ctx: &Ctx, name: &str) -> Result<(), QueueError> {
 /// Adds one to the outcome counter `name`, for the whole queue and for `tenant`.
 fn count_outcome(tx: &Transaction, ctx: &Ctx, tenant: &str, name: &str) -> Result<(), QueueError> {
     count(tx, ctx, name)?;
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO tenant_counters (list, tenant, name, value) VALUES (?1, ?2, ?3, 1)
          ON CONFLICT(list, tenant, name) DO UPDATE SET value = value + 1",
         params![ctx.list, tenant, name],
@@ -396,7 +427,7 @@ impl EntryClass {
 /// Makes the flow of (`priority`, `tenant`) ready if it is not, its head tagged
 /// `max(V, finish)` (the fair rule, [`greenscale_core::FairClock`]).
 fn activate(tx: &Transaction, ctx: &Ctx, priority: i32, tenant: &str) -> Result<(), QueueError> {
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO flows (list, priority, tenant, head, finish, active)
          VALUES (?1, ?2, ?3, COALESCE((SELECT v FROM clocks WHERE list = ?1 AND priority = ?2), 0), 0, 1)
          ON CONFLICT(list, priority, tenant) DO UPDATE SET
@@ -424,7 +455,7 @@ fn insert_entry(
     state: &str,
     due_ms: Option<i64>,
 ) -> Result<(), QueueError> {
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO entries (list, entry, state, due_ms, tenant, priority, job_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -450,7 +481,7 @@ fn tenant_settings(
     ctx: &Ctx,
 ) -> Result<std::collections::HashMap<String, TenantSettings>, QueueError> {
     let mut stmt = tx
-        .prepare("SELECT name, settings FROM tenants WHERE list = ?1")
+        .prepare_cached("SELECT name, settings FROM tenants WHERE list = ?1")
         .map_err(db_error)?;
     let rows: Vec<(String, String)> = stmt
         .query_map(params![ctx.list], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -476,7 +507,7 @@ fn check_quotas(tx: &Transaction, ctx: &Ctx, tenant: &str, now: i64) -> Result<(
     };
     if let Some(max) = settings.max_queued {
         let queued: i64 = tx
-            .query_row(
+            .query_row_cached(
                 "SELECT COUNT(*) FROM jobs WHERE list = ?1 AND tenant = ?2 AND status = 'queued'",
                 params![ctx.list, tenant],
                 |r| r.get(0),
@@ -507,7 +538,7 @@ fn tokens_in_minute(
     tenant: &str,
     now: i64,
 ) -> Result<u64, QueueError> {
-    tx.query_row(
+    tx.query_row_cached(
         "SELECT COALESCE(SUM(tokens), 0) FROM tenant_tokens WHERE list = ?1 AND tenant = ?2 AND minute = ?3",
         params![ctx.list, tenant, now.div_euclid(60_000)],
         |r| r.get::<_, i64>(0),
@@ -519,7 +550,7 @@ fn tokens_in_minute(
 /// The tenant of a job's record (the default tenant's when there is none).
 fn tenant_of(tx: &Transaction, id: &str) -> Result<String, QueueError> {
     Ok(tx
-        .query_row("SELECT tenant FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .query_row_cached("SELECT tenant FROM jobs WHERE id = ?1", [id], |r| r.get(0))
         .optional()
         .map_err(db_error)?
         .unwrap_or_else(|| DEFAULT_TENANT.to_string()))
@@ -547,7 +578,7 @@ fn dead_letter(
         entry: entry.to_string(),
         at_ms: now as u64,
     };
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO dead (list, item) VALUES (?1, ?2)",
         params![
             ctx.list,
@@ -556,13 +587,13 @@ fn dead_letter(
     )
     .map_err(db_error)?;
     if let Some(id) = job_id {
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO jobs (id, list, status, enqueued_at_ms, spec, tenant)
              VALUES (?1, ?2, 'queued', ?3, NULL, ?4) ON CONFLICT(id) DO NOTHING",
             params![id, ctx.list, now, tenant],
         )
         .map_err(db_error)?;
-        tx.execute(
+        tx.execute_cached(
             "UPDATE jobs SET status = 'dead', finished_at_ms = ?2, error_kind = ?3, error_message = ?4,
              expires_at_ms = ?5 WHERE id = ?1",
             params![id, now, kind.as_str(), reason, now + ctx.retention_ms()],
@@ -577,7 +608,7 @@ fn dead_letter(
 /// earlier).
 fn to_front(tx: &Transaction, ctx: &Ctx, seqs: &[i64]) -> Result<(), QueueError> {
     let front: i64 = tx
-        .query_row(
+        .query_row_cached(
             "SELECT COALESCE(MIN(prio), 0) FROM entries WHERE list = ?1 AND state = 'pending'",
             params![ctx.list],
             |r| r.get(0),
@@ -586,7 +617,7 @@ fn to_front(tx: &Transaction, ctx: &Ctx, seqs: &[i64]) -> Result<(), QueueError>
     let base = front.min(0) - seqs.len() as i64;
     for (i, seq) in seqs.iter().enumerate() {
         let (priority, tenant): (i32, String) = tx
-            .query_row(
+            .query_row_cached(
                 "UPDATE entries SET state = 'pending', prio = ?2, worker = NULL, due_ms = NULL
                  WHERE seq = ?1 RETURNING priority, tenant",
                 params![seq, base + i as i64],
@@ -605,7 +636,7 @@ fn inflight_of(
     worker: &str,
 ) -> Result<Vec<(i64, String)>, QueueError> {
     let mut stmt = tx
-        .prepare(
+        .prepare_cached(
             "SELECT seq, entry FROM entries WHERE list = ?1 AND state = 'inflight' AND worker = ?2
              ORDER BY leased, seq",
         )
@@ -632,7 +663,7 @@ fn requeue_records(
             } else {
                 "UPDATE jobs SET status = 'queued' WHERE id = ?1 AND status = 'running'"
             };
-            tx.execute(sql, [id]).map_err(db_error)?;
+            tx.execute_cached(sql, [id]).map_err(db_error)?;
         }
     }
     Ok(())
@@ -644,7 +675,7 @@ fn reclaim(tx: &Transaction, ctx: &Ctx, worker: &str) -> Result<u64, QueueError>
     requeue_records(tx, &entries, false)?;
     let seqs: Vec<i64> = entries.iter().map(|(s, _)| *s).collect();
     to_front(tx, ctx, &seqs)?;
-    tx.execute(
+    tx.execute_cached(
         "DELETE FROM workers WHERE list = ?1 AND id = ?2",
         params![ctx.list, worker],
     )
@@ -658,7 +689,7 @@ fn seq_of(job: &LeasedJob) -> i64 {
 
 /// True when `worker` still holds entry `seq`.
 fn holds(tx: &Transaction, worker: &str, seq: i64) -> Result<bool, QueueError> {
-    tx.query_row(
+    tx.query_row_cached(
         "SELECT 1 FROM entries WHERE seq = ?1 AND state = 'inflight' AND worker = ?2",
         params![seq, worker],
         |_| Ok(()),
@@ -698,7 +729,7 @@ impl Reader for SqliteQueue {
     async fn job(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
         let id = id.to_string();
         self.tx(move |tx, _| {
-            tx.query_row(
+            tx.query_row_cached(
                 &format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1"),
                 [&id],
                 record_from_row,
@@ -731,7 +762,7 @@ impl Reader for SqliteQueue {
                  AND (enqueued_at_ms < ?3 OR (enqueued_at_ms = ?3 AND (?4 = '' OR id < ?4)))
                  ORDER BY enqueued_at_ms DESC, id DESC LIMIT ?5"
             );
-            let mut stmt = tx.prepare(&sql).map_err(db_error)?;
+            let mut stmt = tx.prepare_cached(&sql).map_err(db_error)?;
             let jobs: Vec<JobRecord> = stmt
                 .query_map(
                     params![ctx.list, status, before_ms, before_id, limit as i64, tenant],
@@ -752,7 +783,7 @@ impl Reader for SqliteQueue {
     async fn counters(&self) -> Result<Vec<(String, u64)>, QueueError> {
         self.tx(|tx, ctx| {
             let mut stmt = tx
-                .prepare("SELECT name, value FROM counters WHERE list = ?1 ORDER BY name")
+                .prepare_cached("SELECT name, value FROM counters WHERE list = ?1 ORDER BY name")
                 .map_err(db_error)?;
             stmt.query_map(params![ctx.list], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
@@ -768,7 +799,7 @@ impl Reader for SqliteQueue {
         self.tx(|tx, ctx| {
             let now = now_ms();
             let count = |sql: &str| -> Result<u64, QueueError> {
-                tx.query_row(sql, params![ctx.list], |r| r.get::<_, i64>(0))
+                tx.query_row_cached(sql, params![ctx.list], |r| r.get::<_, i64>(0))
                     .map(|n| n.max(0) as u64)
                     .map_err(db_error)
             };
@@ -780,7 +811,7 @@ impl Reader for SqliteQueue {
                     "SELECT COUNT(*) FROM entries WHERE list = ?1 AND state = 'pending' AND priority < 0",
                 )?,
                 deadline_in_ms: tx
-                    .query_row(
+                    .query_row_cached(
                         "SELECT MIN(deadline_at_ms) FROM jobs WHERE list = ?1 AND status = 'queued'",
                         params![ctx.list],
                         |r| r.get::<_, Option<i64>>(0),
@@ -788,7 +819,7 @@ impl Reader for SqliteQueue {
                     .map_err(db_error)?
                     .map(|d| (d - now).max(0) as u64),
                 oldest_deferrable_ms: tx
-                    .query_row(
+                    .query_row_cached(
                         "SELECT MIN(j.enqueued_at_ms) FROM entries e JOIN jobs j ON j.id = e.job_id
                          WHERE e.list = ?1 AND e.state = 'pending' AND e.priority < 0",
                         params![ctx.list],
@@ -804,7 +835,7 @@ impl Reader for SqliteQueue {
                 )?,
                 dead_letter: count("SELECT COUNT(*) FROM dead WHERE list = ?1")?,
                 live_workers: tx
-                    .query_row(
+                    .query_row_cached(
                         "SELECT COUNT(*) FROM workers WHERE list = ?1 AND deadline_ms > ?2",
                         params![ctx.list, now_ms()],
                         |r| r.get::<_, i64>(0),
@@ -821,7 +852,7 @@ impl Reader for SqliteQueue {
             let now = now_ms();
             let mut out: std::collections::BTreeMap<String, TenantStats> = Default::default();
             let rows = |sql: &str| -> Result<Vec<(String, String, i64)>, QueueError> {
-                let mut stmt = tx.prepare(sql).map_err(db_error)?;
+                let mut stmt = tx.prepare_cached(sql).map_err(db_error)?;
                 stmt.query_map(params![ctx.list, now.div_euclid(60_000)], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
@@ -866,7 +897,7 @@ impl Reader for SqliteQueue {
         self.tx(move |tx, ctx| {
             let since = now_ms() - ctx.config.retention.as_millis() as i64;
             let mut stmt = tx
-                .prepare(
+                .prepare_cached(
                     "SELECT name FROM models WHERE list = ?1 AND seen_ms >= ?2
                      ORDER BY seen_ms DESC, name",
                 )
@@ -931,14 +962,14 @@ impl Consumer for SqliteQueue {
         let models = models.to_vec();
         self.tx(move |tx, ctx| {
             let now = now_ms();
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO workers (list, id, deadline_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT(list, id) DO UPDATE SET deadline_ms = excluded.deadline_ms",
                 params![ctx.list, worker, now + ctx.config.lease.as_millis() as i64],
             )
             .map_err(db_error)?;
             for model in &models {
-                tx.execute(
+                tx.execute_cached(
                     "INSERT INTO models (list, name, seen_ms) VALUES (?1, ?2, ?3)
                      ON CONFLICT(list, name) DO UPDATE SET seen_ms = excluded.seen_ms",
                     params![ctx.list, model, now],
@@ -986,7 +1017,7 @@ impl Consumer for SqliteQueue {
                 return Ok(());
             }
             to_front(tx, ctx, &[seq])?;
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE jobs SET status = 'queued', attempts = attempts - 1
                  WHERE id = ?1 AND status = 'running'",
                 [&id],
@@ -1037,7 +1068,7 @@ impl Consumer for SqliteQueue {
                 let now = now_ms();
                 let expired: Vec<String> = {
                     let mut stmt = tx
-                        .prepare("SELECT id FROM workers WHERE list = ?1 AND deadline_ms <= ?2")
+                        .prepare_cached("SELECT id FROM workers WHERE list = ?1 AND deadline_ms <= ?2")
                         .map_err(db_error)?;
                     stmt.query_map(params![ctx.list, now], |r| r.get(0))
                         .map_err(db_error)?
@@ -1054,7 +1085,7 @@ impl Consumer for SqliteQueue {
                 }
                 let due: Vec<i64> = {
                     let mut stmt = tx
-                        .prepare(
+                        .prepare_cached(
                             "SELECT seq FROM entries WHERE list = ?1 AND state = 'delayed' AND due_ms <= ?2
                              ORDER BY due_ms, seq",
                         )
@@ -1068,7 +1099,7 @@ impl Consumer for SqliteQueue {
                 report.promoted = due.len() as u64;
                 let past_deadline: Vec<String> = {
                     let mut stmt = tx
-                        .prepare(
+                        .prepare_cached(
                             "SELECT spec FROM jobs WHERE list = ?1 AND status = 'queued'
                              AND deadline_at_ms <= ?2",
                         )
@@ -1082,19 +1113,19 @@ impl Consumer for SqliteQueue {
                     let Ok(spec) = serde_json::from_str::<JobSpec>(&spec) else {
                         continue;
                     };
-                    tx.execute(
+                    tx.execute_cached(
                         "DELETE FROM entries WHERE list = ?1 AND job_id = ?2 AND state != 'inflight'",
                         params![ctx.list, spec.job_id],
                     )
                     .map_err(db_error)?;
                     expire(tx, ctx, &spec, now)?;
                 }
-                tx.execute(
+                tx.execute_cached(
                     "DELETE FROM jobs WHERE list = ?1 AND expires_at_ms IS NOT NULL AND expires_at_ms <= ?2",
                     params![ctx.list, now],
                 )
                 .map_err(db_error)?;
-                tx.execute("DELETE FROM idempotency WHERE expires_at_ms <= ?1", [now])
+                tx.execute_cached("DELETE FROM idempotency WHERE expires_at_ms <= ?1", [now])
                     .map_err(db_error)?;
                 Ok(report)
             })
@@ -1119,10 +1150,10 @@ impl Admin for SqliteQueue {
             })
             .collect();
         self.tx(move |tx, ctx| {
-            tx.execute("DELETE FROM tenants WHERE list = ?1", params![ctx.list])
+            tx.execute_cached("DELETE FROM tenants WHERE list = ?1", params![ctx.list])
                 .map_err(db_error)?;
             for (name, settings) in &rows {
-                tx.execute(
+                tx.execute_cached(
                     "INSERT INTO tenants (list, name, settings) VALUES (?1, ?2, ?3)",
                     params![ctx.list, name, settings],
                 )
@@ -1141,7 +1172,7 @@ impl Admin for SqliteQueue {
                 None => Cancelled::NotFound,
                 Some(JobStatus::Running) if !running_too => Cancelled::Running,
                 Some(JobStatus::Queued | JobStatus::Running) => {
-                    tx.execute(
+                    tx.execute_cached(
                         "UPDATE jobs SET status = 'cancelled', finished_at_ms = ?2, expires_at_ms = ?3
                          WHERE id = ?1",
                         params![id, now, now + ctx.retention_ms()],
@@ -1159,7 +1190,7 @@ impl Admin for SqliteQueue {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.tx(move |tx, ctx| {
             let mut stmt = tx
-                .prepare("SELECT item FROM dead WHERE list = ?1 ORDER BY seq DESC LIMIT ?2")
+                .prepare_cached("SELECT item FROM dead WHERE list = ?1 ORDER BY seq DESC LIMIT ?2")
                 .map_err(db_error)?;
             let items: Vec<String> = stmt
                 .query_map(params![ctx.list, limit.max(1) as i64], |r| r.get(0))
@@ -1180,7 +1211,7 @@ impl Admin for SqliteQueue {
             .tx(move |tx, ctx| {
                 let rows: Vec<(i64, String)> = {
                     let mut stmt = tx
-                        .prepare("SELECT seq, item FROM dead WHERE list = ?1 ORDER BY seq")
+                        .prepare_cached("SELECT seq, item FROM dead WHERE list = ?1 ORDER BY seq")
                         .map_err(db_error)?;
                     stmt.query_map(params![ctx.list], |r| Ok((r.get(0)?, r.get(1)?)))
                         .map_err(db_error)?
@@ -1197,11 +1228,11 @@ impl Admin for SqliteQueue {
                     {
                         continue;
                     }
-                    tx.execute("DELETE FROM dead WHERE seq = ?1", [seq])
+                    tx.execute_cached("DELETE FROM dead WHERE seq = ?1", [seq])
                         .map_err(db_error)?;
                     push_pending(tx, ctx, &letter.entry)?;
                     if let Some(id) = &letter.job_id {
-                        tx.execute(
+                        tx.execute_cached(
                             "UPDATE jobs SET status = 'queued', attempts = 0, finished_at_ms = NULL,
                              error_kind = NULL, error_message = NULL, expires_at_ms = NULL WHERE id = ?1",
                             [id],
@@ -1219,7 +1250,7 @@ impl Admin for SqliteQueue {
 
     async fn purge_dead(&self) -> Result<u64, QueueError> {
         self.tx(|tx, ctx| {
-            tx.execute("DELETE FROM dead WHERE list = ?1", params![ctx.list])
+            tx.execute_cached("DELETE FROM dead WHERE list = ?1", params![ctx.list])
                 .map(|n| n as u64)
                 .map_err(db_error)
         })
@@ -1242,7 +1273,7 @@ impl SqliteQueue {
                 let now = now_ms();
                 if let Some(k) = &key {
                     let existing: Option<String> = tx
-                        .query_row(
+                        .query_row_cached(
                             "SELECT job_id FROM idempotency WHERE key = ?1 AND expires_at_ms > ?2",
                             params![k, now],
                             |r| r.get(0),
@@ -1260,7 +1291,7 @@ impl SqliteQueue {
                 insert_record(tx, ctx, &spec, &entry, now)?;
                 insert_entry(tx, ctx, &entry, &EntryClass::of_spec(&spec), "pending", None)?;
                 if let Some(k) = &key {
-                    tx.execute(
+                    tx.execute_cached(
                         "INSERT OR REPLACE INTO idempotency (key, job_id, expires_at_ms) VALUES (?1, ?2, ?3)",
                         params![k, spec.job_id, now + ctx.retention_ms()],
                     )
@@ -1284,7 +1315,7 @@ fn lease_in(
     max: usize,
 ) -> Result<Vec<LeasedJob>, QueueError> {
     let now = now_ms();
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO workers (list, id, deadline_ms) VALUES (?1, ?2, ?3)
          ON CONFLICT(list, id) DO UPDATE SET deadline_ms = excluded.deadline_ms",
         params![ctx.list, worker, now + ctx.config.lease.as_millis() as i64],
@@ -1293,7 +1324,7 @@ fn lease_in(
     let settings = tenant_settings(tx, ctx)?;
     let mut running: std::collections::HashMap<String, u64> = {
         let mut stmt = tx
-            .prepare(
+            .prepare_cached(
                 "SELECT tenant, COUNT(*) FROM entries WHERE list = ?1 AND state = 'inflight'
                  GROUP BY tenant",
             )
@@ -1316,7 +1347,7 @@ fn lease_in(
             Ok(spec) => spec,
             Err(bad) => {
                 tracing::warn!(job_id = bad.job_id.as_deref().unwrap_or("-"), reason = %bad.reason, "malformed entry moved to the dead-letter list");
-                tx.execute("DELETE FROM entries WHERE seq = ?1", [seq])
+                tx.execute_cached("DELETE FROM entries WHERE seq = ?1", [seq])
                     .map_err(db_error)?;
                 dead_letter(
                     tx,
@@ -1330,18 +1361,18 @@ fn lease_in(
             }
         };
         if status_of(tx, &spec.job_id)?.is_some_and(JobStatus::is_terminal) {
-            tx.execute("DELETE FROM entries WHERE seq = ?1", [seq])
+            tx.execute_cached("DELETE FROM entries WHERE seq = ?1", [seq])
                 .map_err(db_error)?;
             continue;
         }
         if spec.deadline_at_ms.is_some_and(|d| d as i64 <= now) {
-            tx.execute("DELETE FROM entries WHERE seq = ?1", [seq])
+            tx.execute_cached("DELETE FROM entries WHERE seq = ?1", [seq])
                 .map_err(db_error)?;
             expire(tx, ctx, &spec, now)?;
             continue;
         }
         let normalized = spec.to_entry();
-        tx.execute(
+        tx.execute_cached(
             "UPDATE entries SET state = 'inflight', worker = ?2, entry = ?3, job_id = ?4,
              leased = (SELECT COALESCE(MAX(leased), 0) + 1 FROM entries) WHERE seq = ?1",
             params![seq, worker, normalized, spec.job_id],
@@ -1349,7 +1380,7 @@ fn lease_in(
         .map_err(db_error)?;
         insert_record(tx, ctx, &spec, &normalized, now)?;
         let attempt: i64 = tx
-            .query_row(
+            .query_row_cached(
                 "UPDATE jobs SET attempts = attempts + 1, status = 'running', started_at_ms = ?2,
                  worker_id = ?3 WHERE id = ?1 RETURNING attempts",
                 params![spec.job_id, now, worker],
@@ -1363,9 +1394,9 @@ fn lease_in(
                 attempt - 1,
                 ctx.config.max_attempts
             );
-            tx.execute("DELETE FROM entries WHERE seq = ?1", [seq])
+            tx.execute_cached("DELETE FROM entries WHERE seq = ?1", [seq])
                 .map_err(db_error)?;
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE jobs SET attempts = ?2 WHERE id = ?1",
                 params![spec.job_id, attempt - 1],
             )
@@ -1400,7 +1431,7 @@ fn insert_record(
     entry: &str,
     now: i64,
 ) -> Result<bool, QueueError> {
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO jobs (id, list, status, attempts, enqueued_at_ms, spec, tenant, priority, deadline_at_ms)
          VALUES (?1, ?2, 'queued', 0, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING",
         params![
@@ -1422,7 +1453,7 @@ fn expire(tx: &Transaction, ctx: &Ctx, spec: &JobSpec, now: i64) -> Result<(), Q
     insert_record(tx, ctx, spec, &spec.to_entry(), now)?;
     let late = now - spec.deadline_at_ms.unwrap_or(0) as i64;
     let changed = tx
-        .execute(
+        .execute_cached(
             "UPDATE jobs SET status = 'expired', finished_at_ms = ?2, error_message = ?3,
              expires_at_ms = ?4 WHERE id = ?1 AND status = 'queued'",
             params![
@@ -1489,7 +1520,7 @@ fn pick_next(
             .collect::<Result<_, _>>()
             .map_err(db_error)?;
         let Some((seq, raw)) = heads.first().cloned() else {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE flows SET active = 0 WHERE list = ?1 AND priority = ?2 AND tenant = ?3",
                 params![ctx.list, priority, tenant],
             )
@@ -1497,13 +1528,13 @@ fn pick_next(
             continue;
         };
         let next = head + 1.0 / s.weight;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO clocks (list, priority, v) VALUES (?1, ?2, ?3)
              ON CONFLICT(list, priority) DO UPDATE SET v = excluded.v",
             params![ctx.list, priority, head],
         )
         .map_err(db_error)?;
-        tx.execute(
+        tx.execute_cached(
             "UPDATE flows SET head = ?4, finish = ?4, active = ?5
              WHERE list = ?1 AND priority = ?2 AND tenant = ?3",
             params![ctx.list, priority, tenant, next, heads.len() > 1],
@@ -1526,7 +1557,7 @@ fn finish_in(
     let id = job.spec.job_id.as_str();
     let held = holds(tx, worker, seq)?;
     if held {
-        tx.execute("DELETE FROM entries WHERE seq = ?1", [seq])
+        tx.execute_cached("DELETE FROM entries WHERE seq = ?1", [seq])
             .map_err(db_error)?;
     }
     if status_of(tx, id)?.is_some_and(JobStatus::is_terminal) {
@@ -1536,7 +1567,7 @@ fn finish_in(
     let expires = now + ctx.retention_ms();
     match outcome {
         Outcome::Succeeded(done) => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE jobs SET status = 'succeeded', finished_at_ms = ?2, result = ?3,
                  prompt_tokens = ?4, completion_tokens = ?5, ttft_ms = ?6, worker_id = ?7,
                  error_kind = NULL, error_message = NULL, expires_at_ms = ?8 WHERE id = ?1",
@@ -1554,7 +1585,7 @@ fn finish_in(
             .map_err(db_error)?;
             count_outcome(tx, ctx, job.spec.tenant(), "succeeded")?;
             let tokens = done.usage.prompt_tokens + done.usage.completion_tokens;
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO tenant_tokens (list, tenant, minute, tokens) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(list, tenant, minute) DO UPDATE SET tokens = tokens + excluded.tokens",
                 params![
@@ -1573,7 +1604,7 @@ fn finish_in(
                 AfterFailure::Failed => {
                     count_outcome(tx, ctx, job.spec.tenant(), "failed")?;
                     count(tx, ctx, &format!("error:{kind}"))?;
-                    tx.execute(
+                    tx.execute_cached(
                         "UPDATE jobs SET status = 'failed', finished_at_ms = ?2, error_kind = ?3,
                          error_message = ?4, expires_at_ms = ?5 WHERE id = ?1",
                         params![id, now, kind, message, expires],
@@ -1607,7 +1638,7 @@ fn finish_in(
                 "delayed",
                 Some(now + delay.as_millis() as i64),
             )?;
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE jobs SET status = 'queued', error_kind = ?2, error_message = ?3 WHERE id = ?1",
                 params![id, kind, message],
             )
