@@ -1,7 +1,10 @@
 -- finish.lua: record the outcomes of runs and release their leases, idempotently. Takes
 -- the outcomes a worker has ready at once; counters several share are written once.
 -- A job that already has a final status (succeeded, failed, dead, cancelled, expired) is
--- never overwritten, so a duplicate or late delivery cannot corrupt its record.
+-- never overwritten, so a duplicate or late delivery cannot corrupt its record. Every
+-- script that makes a record final notes the job in the `ended` sorted set, so one ZMSCORE
+-- there tells it for the whole call; a job whose entry this worker no longer held (handed
+-- back, and maybe finished by another worker) has its status read as well.
 -- KEYS[1]      the worker's in-flight list
 -- KEYS[2]      delayed retries sorted set (member: entry, score: due time, Unix ms)
 -- KEYS[3]      dead-letter list
@@ -30,12 +33,16 @@ local P, retention, records = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now = now_ms()
 local out = {}
 local counts, tenant_counts, tokens = {}, {}, {}
-local gone = {} -- ids of the jobs that ended here
+local gone, ended_here = {}, {} -- ids of the jobs that ended here (a list, and a set)
 local function add(t, k, n) t[k] = (t[k] or 0) + n end
 local function tadd(tenant, field, n)
   tenant_counts[tenant] = tenant_counts[tenant] or {}
   add(tenant_counts[tenant], field, n)
 end
+-- Which of the jobs have ended already, by their ids (those with a record).
+local ids = {}
+for i = 1, (#KEYS - 4) / 2 do ids[i] = string.sub(KEYS[3 + 2 * i], #records + 1) end
+local ended_at = #ids > 0 and redis.call('ZMSCORE', P .. 'ended', unpack(ids)) or {}
 local a = 5
 for i = 1, (#KEYS - 4) / 2 do
   local record_key, result_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
@@ -55,8 +62,12 @@ for i = 1, (#KEYS - 4) / 2 do
   local held = redis.call('LREM', KEYS[1], 1, entry)
   if held == 1 then tadd(tenant, 'running', -1) end
   local status = nil
-  if record then status = redis.call('HGET', record_key, 'status') end
-  if status and TERMINAL[status] then
+  if record and (ended_at[i] or ended_here[ids[i]]) then
+    status = 'ended'
+  elseif record and held == 0 then
+    status = redis.call('HGET', record_key, 'status')
+  end
+  if status == 'ended' or (status and TERMINAL[status]) then
     out[#out + 1] = 'final'
   elseif outcome == 'retry' and held == 0 then
     out[#out + 1] = 'lost'
@@ -81,7 +92,8 @@ for i = 1, (#KEYS - 4) / 2 do
         else
           redis.call('HSET', record_key, 'status', outcome, 'finished_at_ms', now, unpack(fields))
         end
-        gone[#gone + 1] = string.sub(record_key, #records + 1)
+        gone[#gone + 1] = ids[i]
+        ended_here[ids[i]] = true
       end
     end
     out[#out + 1] = outcome

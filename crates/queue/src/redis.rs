@@ -21,8 +21,9 @@
 //! - `greenscale:L:index`: job ids by enqueue time (for listing), trimmed after retention;
 //!   `greenscale:L:index:{tenant}` the same for one tenant.
 //! - `greenscale:L:events`: pub/sub channel of job events (jobs with `stream`).
-//! - `greenscale:L:ended`: the jobs that ended, by when (Unix ms): a record is deleted by
-//!   maintenance once the retention has passed since then.
+//! - `greenscale:L:ended`: the jobs that ended, by when (Unix ms): every final record is
+//!   noted here by the script that made it final (the finish script asks it whether a job
+//!   ended already), and deleted by maintenance once the retention has passed since then.
 //! - `greenscale:L:counters`: how many runs ended how (`succeeded`, `retry`, `failed`,
 //!   `dead`, `cancelled`, `error:<kind>`), for metrics.
 //! - `greenscale:idem:{key}`: the job an idempotency key created.

@@ -590,6 +590,44 @@ async fn cancel_can_spare_running_jobs(open: Open) {
     assert_eq!(q.cancel(&a, true).await.unwrap(), Cancelled::Cancelled);
 }
 
+async fn a_job_cancelled_while_running_stays_cancelled_when_its_worker_answers(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    let q = f.q();
+    let id = q.enqueue(JobSpec::from_prompt("a")).await.unwrap();
+    let leased = q.lease("w1", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(q.cancel(&id, true).await.unwrap(), Cancelled::Cancelled);
+    let outcomes = [(leased[0].clone(), success("too late"))];
+    assert_eq!(
+        q.finish_all("w1", &outcomes).await.unwrap(),
+        [Finished::AlreadyFinal]
+    );
+    let rec = q.job(&id).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Cancelled);
+    assert_eq!(rec.result, None);
+    assert_eq!(q.stats().await.unwrap().in_flight, 0);
+}
+
+async fn two_runs_of_one_job_ending_together_keep_the_first_answer(open: Open) {
+    let f = open(QueueConfig::default()).await;
+    // A producer pushed the same job twice; both entries are leased and run at once.
+    f.push_raw(r#"{"job_id":"twice","prompt":"p"}"#).await;
+    f.push_raw(r#"{"job_id":"twice","prompt":"p"}"#).await;
+    let q = f.q();
+    let leased = q.lease("w1", 2, Duration::ZERO).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    let outcomes = [
+        (leased[0].clone(), success("first")),
+        (leased[1].clone(), success("second")),
+    ];
+    assert_eq!(
+        q.finish_all("w1", &outcomes).await.unwrap(),
+        [Finished::Succeeded, Finished::AlreadyFinal]
+    );
+    let rec = q.job("twice").await.unwrap().unwrap();
+    assert_eq!(rec.result.as_deref(), Some("first"));
+    assert_eq!(q.stats().await.unwrap().in_flight, 0);
+}
+
 async fn outcomes_are_counted(open: Open) {
     let f = open(fast_config()).await;
     let q = f.q();
@@ -882,6 +920,8 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_job_cancelled_while_running_stays_cancelled_when_its_worker_answers,
+    two_runs_of_one_job_ending_together_keep_the_first_answer,
     leases_whose_reply_was_lost_are_handed_back,
     outcomes_are_counted,
     jobs_come_out_in_the_order_they_went_in,
