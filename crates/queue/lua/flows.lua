@@ -89,10 +89,15 @@ local function is_ingress(prio, tenant)
   return tonumber(prio) == 0 and tenant == 'default'
 end
 
+-- Whether a flow is ready (listed among its class's tenants with work).
+local function is_ready(P, prio, tenant)
+  return redis.call('ZSCORE', P .. 'class:' .. prio, tenant) ~= false
+end
+
 -- Makes a flow ready, its head tagged max(V, finish), unless it is.
 local function activate(P, prio, tenant)
+  if is_ready(P, prio, tenant) then return end
   local ckey = P .. 'class:' .. prio
-  if redis.call('ZSCORE', ckey, tenant) then return end
   local clock = P .. 'clock:' .. prio
   local v = tonumber(redis.call('HGET', clock, 'v') or '0')
   local f = tonumber(redis.call('HGET', clock, 'f:' .. tenant) or '0')

@@ -22,8 +22,9 @@
 local P = ARGV[4]
 local now = now_ms()
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
--- Entries pushed straight onto the pending list make the default flow ready.
-if redis.call('LLEN', KEYS[1]) > 0 then activate(P, 0, 'default') end
+-- Entries pushed straight onto the pending list make the default flow ready (its length is
+-- read only when it is not ready already).
+if not is_ready(P, 0, 'default') and redis.call('LLEN', KEYS[1]) > 0 then activate(P, 0, 'default') end
 local running = {}
 local leased, taken = take(P, KEYS[1], tonumber(ARGV[2]), running, ARGV[5])
 if taken == 0 then return {} end
