@@ -129,14 +129,24 @@ local function push_front(P, ingress, entry)
   activate(P, prio, tenant)
 end
 
--- Whether an entry's job has a final status (`records`: the record key prefix).
-local function is_final(records, entry)
+-- What becomes of a capped tenant's entry once leased, as far as its place under the cap
+-- goes (`records`: the record key prefix; `now`: Unix ms): 'final' when its job has a
+-- final status already (it is dropped here), 'given_up' when it is started only to be
+-- dead-lettered (its runs reached `max_attempts`) or expired (its deadline passed), else
+-- nil.
+local function fate_of(records, entry, now, max_attempts)
   local ok, job = pcall(cjson.decode, entry)
-  if not (ok and type(job) == 'table') then return false end
+  if not (ok and type(job) == 'table') then return nil end
   local id = job.job_id
-  if type(id) ~= 'string' and type(id) ~= 'number' then return false end
-  local status = redis.call('HGET', records .. tostring(id), 'status')
-  return (status and TERMINAL[status]) or false
+  if type(id) ~= 'string' and type(id) ~= 'number' then return nil end
+  local state = redis.call('HMGET', records .. tostring(id), 'status', 'attempts')
+  if state[1] and TERMINAL[state[1]] then return 'final' end
+  local deadline = job.deadline_at_ms
+  if (tonumber(state[2]) or 0) >= max_attempts
+    or (type(deadline) == 'number' and deadline <= now) then
+    return 'given_up'
+  end
+  return nil
 end
 
 -- Takes up to `want` entries by the fair rule: each from the highest class with a ready
@@ -147,11 +157,15 @@ end
 -- the max_running checks; the caller adds it to the stored counts. An entry of a capped
 -- tenant whose job is final already (cancelled while queued, or answered by a worker
 -- thought dead; `records` is the record key prefix) is dropped here, so it holds no place
--- of the cap; other such entries are dropped when started. Returns the entries in the
--- order taken, and how many were taken (dropped ones included). The caller makes the
--- default flow ready first when producers pushed straight onto the pending list.
-local function take(P, ingress, want, running, records)
+-- of the cap; other such entries are dropped when started. One that will be given up when
+-- started (see fate_of; `now` in Unix ms, `max_attempts` the runs a job may have) is
+-- taken but frees its place at once, so the tenant's next entry can follow it in the same
+-- call. Returns the entries in the order taken, and how many were taken (dropped ones
+-- included). The caller makes the default flow ready first when producers pushed straight
+-- onto the pending list.
+local function take(P, ingress, want, running, records, now, max_attempts)
   local out, taken = {}, 0
+  local freed = {} -- tenant -> its entries taken here that will not run
   local settings_cache = {}
   -- Set when an entry pushed onto the list was sent to another flow: the classes and tags
   -- are read again, as a one-at-a-time pick would after it.
@@ -175,7 +189,7 @@ local function take(P, ingress, want, running, records)
         local cap = settings and tonumber(settings.max_running)
         if cap then
           local stored = tonumber(redis.call('HGET', P .. 'tenant:' .. tenant, 'running') or '0')
-          limit = math.min(limit, cap - stored - (running[tenant] or 0))
+          limit = math.min(limit, cap - stored - (running[tenant] or 0) + (freed[tenant] or 0))
         end
         if limit <= 0 then
           at = at + 1
@@ -189,7 +203,7 @@ local function take(P, ingress, want, running, records)
           end
           local from_ingress = is_ingress(prio, tenant)
           local flow = from_ingress and ingress or flow_key(P, prio, tenant)
-          local n, drained, rerouted, dropped = 0, false, false, 0
+          local n, drained, rerouted, dropped, given_up = 0, false, false, 0, 0
           while n < #tags and not drained and not again do
             local asked = #tags - n
             local got = redis.call(from_ingress and 'RPOP' or 'LPOP', flow, asked) or {}
@@ -204,10 +218,12 @@ local function take(P, ingress, want, running, records)
               else
                 n = n + 1
                 taken = taken + 1
-                if cap and is_final(records, entry) then
+                local fate = cap and fate_of(records, entry, now, max_attempts)
+                if fate == 'final' then
                   dropped = dropped + 1
                 else
                   out[#out + 1] = entry
+                  if fate == 'given_up' then given_up = given_up + 1 end
                 end
                 if rerouted then
                   -- the rest goes back, in its order, for the next round
@@ -228,6 +244,7 @@ local function take(P, ingress, want, running, records)
             local nxt = tags[n] + step
             redis.call('HSET', P .. 'clock:' .. prio, 'v', tags[n], 'f:' .. tenant, nxt)
             running[tenant] = (running[tenant] or 0) + n - dropped
+            freed[tenant] = (freed[tenant] or 0) + given_up
             if not drained and redis.call('LLEN', flow) > 0 then
               redis.call('ZADD', ckey, nxt, tenant)
             else

@@ -9,6 +9,8 @@
 -- ARGV[3]  lease duration in ms
 -- ARGV[4]  key prefix P
 -- ARGV[5]  job record key prefix
+-- ARGV[6]  the most runs a job may have (one whose runs reached it is dead-lettered when
+--          started)
 -- Entries of jobs that already finished (cancelled while queued, or answered by a worker
 -- thought dead) count among the ARGV[2] taken; those of capped tenants are dropped here,
 -- the others when started.
@@ -26,7 +28,7 @@ redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
 -- read only when it is not ready already).
 if not is_ready(P, 0, 'default') and redis.call('LLEN', KEYS[1]) > 0 then activate(P, 0, 'default') end
 local running = {}
-local leased, taken = take(P, KEYS[1], tonumber(ARGV[2]), running, ARGV[5])
+local leased, taken = take(P, KEYS[1], tonumber(ARGV[2]), running, ARGV[5], now, tonumber(ARGV[6]))
 if taken == 0 then return {} end
 if #leased > 0 then redis.call('LPUSH', KEYS[2], unpack(leased)) end
 for tenant, n in pairs(running) do

@@ -382,11 +382,11 @@ impl RedisQueue {
         });
     }
 
-    /// Leases what is there now, without waiting. An entry dropped while it is started (its
-    /// job is final already, its workers kept dying, or it is malformed) held a place of its
-    /// tenant's `max_running` during the lease script; the places it kept from others are
-    /// leased again at once, so a worker asking for work gets what a fair pick would have
-    /// given.
+    /// Leases what is there now, without waiting. The lease script frees a tenant's
+    /// `max_running` place at once for an entry it can tell will not run (its job is final,
+    /// its runs are used up, its deadline passed); one it cannot read held its place during
+    /// the script, and the places such entries kept from others are leased again at once,
+    /// so a worker asking for work gets what a fair pick would have given.
     async fn lease_now(&self, worker: &str, max: usize) -> Result<Vec<LeasedJob>, QueueError> {
         let mut jobs = Vec::new();
         let mut left = max;
@@ -404,7 +404,7 @@ impl RedisQueue {
                 .arg(self.config.lease.as_millis() as u64)
                 .arg(&self.keys.prefix)
                 .arg(RECORD_PREFIX)
-                .arg(self.config.retention.as_secs().max(1))
+                .arg(self.config.max_attempts)
                 .invoke_async(&mut c)
                 .await
                 .map_err(unavailable)?;
